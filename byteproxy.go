@@ -1,0 +1,18 @@
+// Package byteproxy pulls in every ByteProxy module and its Caddyfile
+// support, so that
+//
+//	xcaddy build --with github.com/byteproxy/byteproxy
+//
+// builds a Caddy with the whole gateway.
+package byteproxy
+
+import (
+	_ "github.com/byteproxy/byteproxy/caddyfile"
+	_ "github.com/byteproxy/byteproxy/modules/auth"
+	_ "github.com/byteproxy/byteproxy/modules/cors"
+	_ "github.com/byteproxy/byteproxy/modules/gateway"
+	_ "github.com/byteproxy/byteproxy/modules/manage"
+	_ "github.com/byteproxy/byteproxy/modules/pressure"
+	_ "github.com/byteproxy/byteproxy/modules/ratelimit"
+	_ "github.com/byteproxy/byteproxy/modules/services"
+)

@@ -1,0 +1,477 @@
+// Package caddyfile adapts ByteProxy's Caddyfile syntax: the `byteproxy`
+// global option (the apps.byteproxy app) and the `byteproxy` site
+// directive (the whole gateway as one route).
+package caddyfile
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/dustin/go-humanize"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("byteproxy", parseGlobal)
+}
+
+// parseGlobal parses the `byteproxy { ... }` global option into the app.
+func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(gateway.App)
+	if existing != nil {
+		return nil, d.Err("the byteproxy global option may appear only once")
+	}
+	d.Next() // "byteproxy"
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		if err := parseAppOption(d, app); err != nil {
+			return nil, err
+		}
+	}
+	return httpcaddyfile.App{Name: "byteproxy", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+func parseAppOption(d *caddyfile.Dispenser, app *gateway.App) error {
+	switch opt := d.Val(); opt {
+	case "auth":
+		return parseAuth(d, app)
+	case "query_key":
+		b, err := oneBool(d)
+		app.QueryKey = &b
+		return err
+	case "timeout":
+		dur, err := oneDuration(d)
+		app.Timeout = dur
+		return err
+	case "retries":
+		n, err := oneInt(d)
+		app.Retries = &n
+		return err
+	case "strict_tls":
+		b, err := oneBool(d)
+		app.StrictTLS = &b
+		return err
+	case "cors":
+		return parseCORS(d, app)
+	case "pressure":
+		return parsePressure(d, app)
+	case "client_rate_limit":
+		rl, err := parseRateLimit(d)
+		app.ClientRateLimit = rl
+		return err
+	case "redis":
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		app.Redis = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	case "runtime_services":
+		return parseRuntimeServices(d, app)
+	case "service":
+		return parseService(d, app)
+	default:
+		return d.Errf("unrecognized byteproxy option '%s'", opt)
+	}
+}
+
+// auth <proxy|management> { key <k>...; required <bool> }
+func parseAuth(d *caddyfile.Dispenser, app *gateway.App) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	scope := d.Val()
+	if scope != gateway.ScopeProxy && scope != gateway.ScopeManagement {
+		return d.Errf("unknown auth scope '%s': want proxy or management", scope)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if app.Auth == nil {
+		app.Auth = map[string]*gateway.AuthScope{}
+	}
+	sc := app.Auth[scope]
+	if sc == nil {
+		sc = new(gateway.AuthScope)
+		app.Auth[scope] = sc
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "key":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			sc.Keys = append(sc.Keys, args...)
+		case "required":
+			b, err := oneBool(d)
+			if err != nil {
+				return err
+			}
+			sc.Required = &b
+		default:
+			return d.Errf("unrecognized auth subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// cors [on|off] [{ origins ...; headers ...; methods ...; max_age <d> }]
+func parseCORS(d *caddyfile.Dispenser, app *gateway.App) error {
+	c := new(gateway.CORSConfig)
+	app.CORS = c
+	if d.NextArg() {
+		on, err := parseBool(d, d.Val())
+		if err != nil {
+			return err
+		}
+		c.Disabled = !on
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "origins":
+			args := splitList(d.RemainingArgs())
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			c.Origins = append(c.Origins, args...)
+		case "headers":
+			c.AllowHeaders = append(c.AllowHeaders, splitList(d.RemainingArgs())...)
+		case "methods":
+			c.AllowMethods = append(c.AllowMethods, splitList(d.RemainingArgs())...)
+		case "max_age":
+			dur, err := oneDuration(d)
+			if err != nil {
+				return err
+			}
+			c.MaxAge = dur
+		default:
+			return d.Errf("unrecognized cors subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// pressure [on|off] [{ max_heap <size>; max_rss <size>; ... }]
+func parsePressure(d *caddyfile.Dispenser, app *gateway.App) error {
+	p := new(gateway.PressureConfig)
+	app.Pressure = p
+	if d.NextArg() {
+		on, err := parseBool(d, d.Val())
+		if err != nil {
+			return err
+		}
+		p.Disabled = !on
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "max_heap":
+			p.MaxHeap, err = oneSize(d)
+		case "max_rss":
+			p.MaxRSS, err = oneSize(d)
+		case "max_sched_latency":
+			p.MaxSchedLatency, err = oneDuration(d)
+		case "max_cpu":
+			p.MaxCPU, err = oneFloat(d)
+		case "max_in_flight":
+			var n int
+			n, err = oneInt(d)
+			p.MaxInFlight = int64(n)
+		case "interval":
+			p.Interval, err = oneDuration(d)
+		case "retry_after":
+			p.RetryAfter, err = oneDuration(d)
+		case "health_check":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			p.HealthCheckURL = args[0]
+			if len(args) == 2 {
+				dur, perr := caddy.ParseDuration(args[1])
+				if perr != nil {
+					return d.Errf("health_check interval: %v", perr)
+				}
+				p.HealthCheckInterval = caddy.Duration(dur)
+			}
+		default:
+			return d.Errf("unrecognized pressure subdirective '%s'", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runtime_services { token_env <glob>...; allow_private_upstreams [bool]; sync_interval <d> }
+func parseRuntimeServices(d *caddyfile.Dispenser, app *gateway.App) error {
+	rs := new(gateway.RuntimeServicesConfig)
+	app.RuntimeServices = rs
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "token_env":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			rs.TokenEnv = append(rs.TokenEnv, args...)
+		case "allow_private_upstreams":
+			b := true
+			if d.NextArg() {
+				var err error
+				if b, err = parseBool(d, d.Val()); err != nil {
+					return err
+				}
+			}
+			rs.AllowPrivateUpstreams = b
+		case "sync_interval":
+			dur, err := oneDuration(d)
+			if err != nil {
+				return err
+			}
+			rs.SyncInterval = dur
+		default:
+			return d.Errf("unrecognized runtime_services subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// service <key> [<preset>] [{ name; base_url; version; header; auth; rate_limit; timeout; retries; tls_insecure_skip_verify }]
+func parseService(d *caddyfile.Dispenser, app *gateway.App) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	key := d.Val()
+	if !gateway.ServiceKeyPattern.MatchString(key) || gateway.ReservedKeys[key] {
+		return d.Errf("invalid service key '%s': want lowercase letters, digits, '-' or '_', not a reserved name", key)
+	}
+	cfg := new(gateway.ServiceConfig)
+	if _, ok := gateway.Presets[key]; ok {
+		cfg.Preset = key
+	}
+	if d.NextArg() {
+		if _, ok := gateway.Presets[d.Val()]; !ok {
+			return d.Errf("unknown preset '%s' (want discord or github)", d.Val())
+		}
+		cfg.Preset = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if app.Services == nil {
+		app.Services = map[string]*gateway.ServiceConfig{}
+	}
+	if _, dup := app.Services[key]; dup {
+		return d.Errf("service '%s' is defined twice", key)
+	}
+	app.Services[key] = cfg
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := parseServiceOption(d, cfg); err != nil {
+			return err
+		}
+	}
+	if cfg.Preset == "" && cfg.BaseURL == "" {
+		return d.Errf("service '%s' needs a base_url (or a preset)", key)
+	}
+	return nil
+}
+
+func parseServiceOption(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) error {
+	var err error
+	switch d.Val() {
+	case "name":
+		cfg.Name, err = oneString(d)
+	case "base_url":
+		cfg.BaseURL, err = oneString(d)
+	case "version":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		if cfg.Versions == nil {
+			cfg.Versions = map[string]string{}
+		}
+		cfg.Versions[args[0]] = args[1]
+	case "header":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		if cfg.Headers == nil {
+			cfg.Headers = map[string]string{}
+		}
+		cfg.Headers[args[0]] = args[1]
+	case "auth":
+		return parseServiceAuth(d, cfg)
+	case "rate_limit":
+		cfg.RateLimit, err = parseRateLimit(d)
+	case "timeout":
+		cfg.Timeout, err = oneDuration(d)
+	case "retries":
+		var n int
+		n, err = oneInt(d)
+		cfg.Retries = &n
+	case "tls_insecure_skip_verify":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		cfg.TLSInsecureSkipVerify = true
+	default:
+		return d.Errf("unrecognized service subdirective '%s'", d.Val())
+	}
+	return err
+}
+
+// auth bot|bearer|basic <token> | auth header|query <name> <token>
+func parseServiceAuth(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	a := &gateway.ServiceAuth{Type: args[0]}
+	switch a.Type {
+	case "bot", "bearer", "basic":
+		if len(args) != 2 {
+			return d.Errf("auth %s takes one token argument", a.Type)
+		}
+		a.Token = args[1]
+	case "header", "query":
+		if len(args) != 3 {
+			return d.Errf("auth %s takes a name and a token", a.Type)
+		}
+		a.Name, a.Token = args[1], args[2]
+	default:
+		return d.Errf("unknown auth type '%s' (want bot, bearer, basic, header or query)", a.Type)
+	}
+	cfg.Auth = a
+	return nil
+}
+
+// <max_requests> <window>
+func parseRateLimit(d *caddyfile.Dispenser) (*gateway.RateLimit, error) {
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return nil, d.Errf("%s takes <max_requests> <window>, e.g. 100 1m", d.Val())
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n <= 0 {
+		return nil, d.Errf("max requests must be a positive integer, got '%s'", args[0])
+	}
+	w, err := caddy.ParseDuration(args[1])
+	if err != nil || w <= 0 {
+		return nil, d.Errf("window must be a positive duration, got '%s'", args[1])
+	}
+	return &gateway.RateLimit{MaxRequests: n, Window: caddy.Duration(w)}, nil
+}
+
+func oneString(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+func oneBool(d *caddyfile.Dispenser) (bool, error) {
+	s, err := oneString(d)
+	if err != nil {
+		return false, err
+	}
+	return parseBool(d, s)
+}
+
+func parseBool(d *caddyfile.Dispenser, s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "on", "true", "yes", "1":
+		return true, nil
+	case "off", "false", "no", "0":
+		return false, nil
+	}
+	return false, d.Errf("want on or off (true or false), got '%s'", s)
+}
+
+func oneInt(d *caddyfile.Dispenser) (int, error) {
+	s, err := oneString(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, d.Errf("want a non-negative integer, got '%s'", s)
+	}
+	return n, nil
+}
+
+func oneFloat(d *caddyfile.Dispenser) (float64, error) {
+	s, err := oneString(d)
+	if err != nil {
+		return 0, err
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 {
+		return 0, d.Errf("want a non-negative number, got '%s'", s)
+	}
+	return f, nil
+}
+
+func oneDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	s, err := oneString(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur < 0 {
+		return 0, d.Errf("want a duration such as 30s or 1500ms, got '%s'", s)
+	}
+	return caddy.Duration(dur), nil
+}
+
+func oneSize(d *caddyfile.Dispenser) (int64, error) {
+	s, err := oneString(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, d.Errf("want a size such as 512MiB, got '%s'", s)
+	}
+	return int64(n), nil
+}
+
+// splitList accepts both "a b" and "a,b" (the original's CORS_ORIGINS).
+func splitList(args []string) []string {
+	var out []string
+	for _, a := range args {
+		for _, p := range strings.Split(a, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+

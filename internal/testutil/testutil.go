@@ -1,0 +1,244 @@
+// Package testutil runs the real gateway for integration tests: the
+// byteproxy binary built from this module, started as a child process on
+// loopback with a Caddyfile, so multi-instance, reload, kill -9 and restart
+// tests exercise exactly what users run.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds ./cmd/byteproxy once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		out, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		root := filepath.Dir(strings.TrimSpace(string(out)))
+		dir, err := os.MkdirTemp("", "byteproxy-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "byteproxy")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/byteproxy")
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, b)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("building byteproxy: %v", buildErr)
+	}
+	return binPath
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Instance is one running gateway process.
+type Instance struct {
+	t         testing.TB
+	cmd       *exec.Cmd
+	Dir       string // working directory, holds the Caddyfile
+	DataDir   string // XDG_DATA_HOME: Caddy's file storage lives below it
+	AdminPort int
+	Port      int // the site port ({{PORT}} in the Caddyfile)
+	logs      *syncBuffer
+	done      chan struct{}
+}
+
+// Options for Start.
+type Options struct {
+	// Env is added to the process environment ("K=V").
+	Env []string
+	// DataDir shares Caddy storage between instances; a new one if empty.
+	DataDir string
+	// Port for {{PORT}}; a free one if zero.
+	Port int
+}
+
+// Start runs the gateway with caddyfile, in which {{PORT}} is replaced by
+// the site port and {{ADMIN}} by the admin address; the global options
+// block gets an admin line if {{ADMIN}} is not used. It waits until the
+// admin endpoint answers and the site port accepts connections.
+func Start(t testing.TB, caddyfile string, opt Options) *Instance {
+	t.Helper()
+	in := &Instance{t: t, Dir: t.TempDir(), AdminPort: FreePort(t), Port: opt.Port, logs: new(syncBuffer), done: make(chan struct{})}
+	if in.Port == 0 {
+		in.Port = FreePort(t)
+	}
+	in.DataDir = opt.DataDir
+	if in.DataDir == "" {
+		in.DataDir = t.TempDir()
+	}
+	in.write(caddyfile)
+	in.cmd = exec.Command(Binary(t), "run", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", "caddyfile")
+	in.cmd.Dir = in.Dir
+	in.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+in.DataDir, "XDG_CONFIG_HOME="+filepath.Join(in.Dir, "config"), "HOME="+in.Dir)
+	in.cmd.Env = append(in.cmd.Env, opt.Env...)
+	in.cmd.Stdout = in.logs
+	in.cmd.Stderr = in.logs
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = in.cmd.Wait(); close(in.done) }()
+	t.Cleanup(in.Kill)
+	in.waitReady()
+	return in
+}
+
+// Render replaces {{PORT}} and {{ADMIN}} in a Caddyfile for this instance.
+func (in *Instance) render(caddyfile string) string {
+	admin := fmt.Sprintf("127.0.0.1:%d", in.AdminPort)
+	if !strings.Contains(caddyfile, "{{ADMIN}}") {
+		caddyfile = addAdmin(caddyfile)
+	}
+	r := strings.NewReplacer("{{PORT}}", fmt.Sprint(in.Port), "{{ADMIN}}", admin)
+	return r.Replace(caddyfile)
+}
+
+// addAdmin puts "admin {{ADMIN}}" in the global options block, creating
+// the block if the Caddyfile has none.
+func addAdmin(c string) string {
+	trim := strings.TrimLeft(c, " \t\n")
+	if strings.HasPrefix(trim, "{") {
+		return "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(trim, "{")
+	}
+	return "{\n\tadmin {{ADMIN}}\n}\n" + c
+}
+
+func (in *Instance) write(caddyfile string) {
+	if err := os.WriteFile(filepath.Join(in.Dir, "Caddyfile"), []byte(in.render(caddyfile)), 0o600); err != nil {
+		in.t.Fatal(err)
+	}
+}
+
+func (in *Instance) waitReady() {
+	in.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-in.done:
+			in.t.Fatalf("byteproxy exited during startup:\n%s", in.Logs())
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", in.Port), 200*time.Millisecond); err == nil {
+			c.Close()
+			if resp, err := http.Get(in.AdminURL("/config/")); err == nil {
+				resp.Body.Close()
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	in.t.Fatalf("byteproxy did not become ready in 30s:\n%s", in.Logs())
+}
+
+// URL is the gateway's base URL plus path.
+func (in *Instance) URL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", in.Port, path) }
+
+// AdminURL is the admin endpoint's URL plus path.
+func (in *Instance) AdminURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", in.AdminPort, path)
+}
+
+// Reload writes a new Caddyfile and applies it with `byteproxy reload`.
+func (in *Instance) Reload(caddyfile string) {
+	in.t.Helper()
+	in.write(caddyfile)
+	cmd := exec.Command(Binary(in.t), "reload", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", in.AdminPort), "--force")
+	cmd.Env = in.cmd.Env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		in.t.Fatalf("reload: %v\n%s\nlogs:\n%s", err, out, in.Logs())
+	}
+}
+
+// Logs is everything the process printed so far.
+func (in *Instance) Logs() string { return in.logs.String() }
+
+// Kill ends the process with SIGKILL (no graceful shutdown) and waits.
+func (in *Instance) Kill() {
+	if in.cmd.Process != nil {
+		_ = in.cmd.Process.Signal(syscall.SIGKILL)
+		<-in.done
+	}
+}
+
+// Stop ends the process gracefully (SIGTERM) and waits at most 10s.
+func (in *Instance) Stop() {
+	_ = in.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-in.done:
+	case <-time.After(10 * time.Second):
+		in.Kill()
+	}
+}
+
+// Do sends a request to the gateway and returns status, headers and body.
+func Do(t testing.TB, method, url string, body []byte, headers ...string) (*http.Response, []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b := new(bytes.Buffer)
+	_, _ = b.ReadFrom(resp.Body)
+	return resp, b.Bytes()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,185 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// ServiceConfig configures one upstream API reachable at /proxy/{key}/...
+// When Preset names a preset ("discord", "github"), the preset is the
+// starting point and every field set here overrides it.
+type ServiceConfig struct {
+	// Preset to start from: "discord" or "github". Empty for none.
+	Preset string `json:"preset,omitempty"`
+
+	// Human-readable name, shown in service listings.
+	Name string `json:"name,omitempty"`
+
+	// Absolute http(s) URL that /proxy/{key}/{path} maps onto; the path is
+	// appended to it and can never climb above it.
+	BaseURL string `json:"base_url,omitempty"`
+
+	// Versioned base URLs: a first path segment equal to a key here selects
+	// that base URL instead, e.g. "v10" -> "https://discord.com/api/v10/".
+	Versions map[string]string `json:"versions,omitempty"`
+
+	// Default request headers. A header the client sends wins over these.
+	Headers map[string]string `json:"headers,omitempty"`
+
+	// The credential the gateway adds to every upstream request.
+	Auth *ServiceAuth `json:"auth,omitempty"`
+
+	// At most this many requests per window for the whole service (a fixed
+	// window opened by the first request).
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// Upstream timeout for this service: dialing, and waiting for the
+	// response headers once the request is sent. Defaults to the gateway's.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Retries of idempotent requests that failed to connect (nothing was
+	// sent). Defaults to the gateway's.
+	Retries *int `json:"retries,omitempty"`
+
+	// Do not verify the upstream's TLS certificate. Also implied for every
+	// service when the gateway's strict_tls is off.
+	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
+}
+
+// ServiceAuth is the credential added upstream.
+type ServiceAuth struct {
+	// One of: "bot" (Authorization: Bot <token>), "bearer"
+	// (Authorization: Bearer <token>), "basic" (Authorization: Basic
+	// base64(<token>), the token being "user:password"), "header" (the
+	// header named by Name carries the token), "query" (the query parameter
+	// named by Name carries the token).
+	Type string `json:"type,omitempty"`
+
+	// The token. Placeholders are resolved once at provisioning, so
+	// "{env.GITHUB_TOKEN}" reads the environment variable.
+	Token string `json:"token,omitempty"`
+
+	// Header name (type "header") or query parameter name (type "query").
+	Name string `json:"name,omitempty"`
+}
+
+// RateLimit is "at most MaxRequests per Window".
+type RateLimit struct {
+	// Requests allowed per window.
+	MaxRequests int `json:"max_requests,omitempty"`
+	// Window length.
+	Window caddy.Duration `json:"window,omitempty"`
+}
+
+// Validate reports a limit that cannot be enforced.
+func (r *RateLimit) Validate() error {
+	if r == nil {
+		return nil
+	}
+	if r.MaxRequests <= 0 {
+		return fmt.Errorf("max_requests must be positive, got %d", r.MaxRequests)
+	}
+	if time.Duration(r.Window) <= 0 {
+		return fmt.Errorf("window must be positive, got %s", time.Duration(r.Window))
+	}
+	return nil
+}
+
+// AuthScope configures the API keys that open one scope of the gateway
+// ("proxy" for /proxy/*, "management" for /manage/*).
+type AuthScope struct {
+	// Accepted keys; several allow rotation. Placeholders are resolved at
+	// provisioning and empty results are ignored.
+	Keys []string `json:"keys,omitempty"`
+
+	// Require a key. A required scope without any non-empty key is a
+	// configuration error (fail closed). Defaults to true when keys are set.
+	Required *bool `json:"required,omitempty"`
+}
+
+// CORSConfig configures cross-origin access for browsers.
+type CORSConfig struct {
+	// Disable CORS handling entirely.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// Allowed origins; "*" allows any origin without credentials. A list of
+	// origins reflects only a listed origin and allows credentials.
+	// Default: ["*"].
+	Origins []string `json:"origins,omitempty"`
+
+	// Allowed request headers in preflight answers. Default: Authorization,
+	// X-API-Key, Content-Type, X-Requested-With.
+	AllowHeaders []string `json:"allow_headers,omitempty"`
+
+	// Allowed methods in preflight answers. Default: GET, POST, PUT, PATCH,
+	// DELETE, OPTIONS.
+	AllowMethods []string `json:"allow_methods,omitempty"`
+
+	// How long browsers may cache a preflight answer. Default: 24h.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+}
+
+// PressureConfig configures load shedding. Zero thresholds are off.
+type PressureConfig struct {
+	// Disable shedding; readings are still reported at /up.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// Shed when the Go heap in use exceeds this many bytes. Default 512 MiB.
+	MaxHeap int64 `json:"max_heap,omitempty"`
+
+	// Shed when the process's resident set exceeds this many bytes.
+	// Default 1 GiB.
+	MaxRSS int64 `json:"max_rss,omitempty"`
+
+	// Shed when the p99 Go scheduler latency over the last interval exceeds
+	// this. Default 250ms.
+	MaxSchedLatency caddy.Duration `json:"max_sched_latency,omitempty"`
+
+	// Shed when process CPU use, as a fraction of GOMAXPROCS, exceeds this.
+	// Default 0.98.
+	MaxCPU float64 `json:"max_cpu,omitempty"`
+
+	// At most this many proxied requests in flight; 0 is no limit.
+	MaxInFlight int64 `json:"max_in_flight,omitempty"`
+
+	// How often the monitor samples. Default 1s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// Retry-After sent with a 503. Default 10s.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	// Optional URL of a dependency to probe; failing it is pressure of
+	// type "healthCheck".
+	HealthCheckURL string `json:"health_check_url,omitempty"`
+
+	// How often the dependency is probed. Default 10s.
+	HealthCheckInterval caddy.Duration `json:"health_check_interval,omitempty"`
+}
+
+// RuntimeServicesConfig governs services added through the management API.
+type RuntimeServicesConfig struct {
+	// Glob patterns (path.Match syntax, e.g. "CUSTOM_*") of environment
+	// variables a runtime service may name as its token. Default: none, so
+	// the management API can never read a secret from the environment.
+	TokenEnv []string `json:"token_env,omitempty"`
+
+	// Allow upstreams on loopback, private, link-local, unspecified and
+	// metadata addresses. Default off; enforced at validation and at dial
+	// time.
+	AllowPrivateUpstreams bool `json:"allow_private_upstreams,omitempty"`
+
+	// How often storage is re-read so that changes made by other instances
+	// sharing it become visible. Default 10s.
+	SyncInterval caddy.Duration `json:"sync_interval,omitempty"`
+}
+
+// clone returns a deep copy, so presets and stored configs are never shared.
+func (c ServiceConfig) clone() ServiceConfig {
+	b, _ := json.Marshal(c)
+	var out ServiceConfig
+	_ = json.Unmarshal(b, &out)
+	return out
+}

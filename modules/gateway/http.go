@@ -1,0 +1,57 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+)
+
+// Request variables that byteproxy handlers set for later handlers, logs
+// and placeholders ({http.vars.byteproxy.client}, ...).
+const (
+	// VarClient holds the consumer id: a non-secret id of the API key used,
+	// set by byteproxy_auth.
+	VarClient = "byteproxy.client"
+	// VarService holds the service key of a proxied request.
+	VarService = "byteproxy.service"
+)
+
+// WriteJSON writes v as the JSON body of a response with this status. Every
+// byteproxy module answers through it, so every body has the same shape
+// rules: application/json, no caching of errors.
+func WriteJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	if status >= 400 {
+		h.Set("Cache-Control", "no-store")
+	}
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	_, err = w.Write(append(body, '\n'))
+	return err
+}
+
+// ProxyPath splits "/proxy/{service}/{rest}" into the service key and the
+// rest (starting with "/"). ok is false for paths that are not a service
+// call: not under /proxy/, a reserved name (/proxy/services, ...), or a
+// bare "/proxy/{service}" without the trailing slash.
+func ProxyPath(p string) (key, rest string, ok bool) {
+	const prefix = "/proxy/"
+	if !strings.HasPrefix(p, prefix) {
+		return "", "", false
+	}
+	p = p[len(prefix):]
+	i := strings.IndexByte(p, '/')
+	if i <= 0 {
+		return "", "", false
+	}
+	key, rest = p[:i], p[i:]
+	if ReservedKeys[key] {
+		return "", "", false
+	}
+	return key, rest, true
+}

@@ -1,0 +1,87 @@
+package gateway
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Version is the gateway's release version.
+const Version = "0.2.0"
+
+// ProjectURL is where the gateway lives; Discord asks bots to name it.
+const ProjectURL = "https://github.com/byteproxy/byteproxy"
+
+// Presets are the built-in service definitions a `service` may start from.
+var Presets = map[string]ServiceConfig{
+	"discord": {
+		Name:    "Discord API",
+		BaseURL: "https://discord.com/api/",
+		Versions: map[string]string{
+			"v9":  "https://discord.com/api/v9/",
+			"v10": "https://discord.com/api/v10/",
+		},
+		Headers: map[string]string{
+			"User-Agent": "DiscordBot (" + ProjectURL + ", " + Version + ")",
+		},
+		Auth:      &ServiceAuth{Type: "bot", Token: "{env.DISCORD_BOT_TOKEN}"},
+		RateLimit: &RateLimit{MaxRequests: 50, Window: caddy.Duration(time.Minute)},
+	},
+	"github": {
+		Name:    "GitHub API",
+		BaseURL: "https://api.github.com/",
+		Headers: map[string]string{
+			"Accept":               "application/vnd.github+json",
+			"X-GitHub-Api-Version": "2022-11-28",
+			"User-Agent":           "ByteProxy/" + Version,
+		},
+		Auth:      &ServiceAuth{Type: "bearer", Token: "{env.GITHUB_TOKEN}"},
+		RateLimit: &RateLimit{MaxRequests: 60, Window: caddy.Duration(time.Hour)},
+	},
+}
+
+// mergePreset returns the preset named by cfg.Preset overridden by every
+// field cfg sets. Maps are merged key by key (cfg wins).
+func mergePreset(cfg ServiceConfig) ServiceConfig {
+	p, ok := Presets[cfg.Preset]
+	if !ok {
+		return cfg
+	}
+	out := p.clone()
+	out.Preset = cfg.Preset
+	if cfg.Name != "" {
+		out.Name = cfg.Name
+	}
+	if cfg.BaseURL != "" {
+		out.BaseURL = cfg.BaseURL
+	}
+	for k, v := range cfg.Versions {
+		if out.Versions == nil {
+			out.Versions = map[string]string{}
+		}
+		out.Versions[k] = v
+	}
+	for k, v := range cfg.Headers {
+		if out.Headers == nil {
+			out.Headers = map[string]string{}
+		}
+		out.Headers[http.CanonicalHeaderKey(k)] = v
+	}
+	if cfg.Auth != nil {
+		a := *cfg.Auth
+		out.Auth = &a
+	}
+	if cfg.RateLimit != nil {
+		r := *cfg.RateLimit
+		out.RateLimit = &r
+	}
+	if cfg.Timeout != 0 {
+		out.Timeout = cfg.Timeout
+	}
+	if cfg.Retries != nil {
+		out.Retries = cfg.Retries
+	}
+	out.TLSInsecureSkipVerify = out.TLSInsecureSkipVerify || cfg.TLSInsecureSkipVerify
+	return out
+}

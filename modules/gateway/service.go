@@ -1,0 +1,351 @@
+package gateway
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Service is a provisioned service: its settings compiled for the hot path.
+// It is immutable once built; a change builds a new Service.
+type Service struct {
+	// Key is the name in /proxy/{key}/...
+	Key string
+	// Config is the effective configuration (preset merged), placeholders
+	// unresolved, so it is safe to show: it never holds a resolved token.
+	Config ServiceConfig
+	// Source is "config" for services of the Caddy config, "runtime" for
+	// those added through the management API.
+	Source string
+
+	// BaseURL is the parsed base URL, its path ending in "/".
+	BaseURL *url.URL
+	// Versions maps a first path segment to its base URL.
+	Versions map[string]*url.URL
+	// Headers are the default request headers, canonicalized.
+	Headers http.Header
+	// Timeout bounds dialing and waiting for response headers.
+	Timeout time.Duration
+	// Retries of idempotent requests that failed to connect.
+	Retries int
+	// Transport is this service's own connection pool.
+	Transport *http.Transport
+
+	// TokenEnv is the environment variable the token comes from, if the
+	// token is an {env.X} placeholder; used in hints, never a secret.
+	TokenEnv string
+
+	token      string // resolved credential; never logged or shown
+	authHeader string // precomputed header value for bot/bearer/basic
+}
+
+// HasAuth reports whether the service is configured to send a credential.
+func (s *Service) HasAuth() bool { return s.Config.Auth != nil && s.Config.Auth.Type != "" }
+
+// TokenConfigured reports whether the credential resolved to a non-empty value.
+func (s *Service) TokenConfigured() bool { return s.token != "" }
+
+// AuthType is the credential type, or "" when the service sends none.
+func (s *Service) AuthType() string {
+	if !s.HasAuth() {
+		return ""
+	}
+	return s.Config.Auth.Type
+}
+
+// ApplyCredential sets the service's credential on an outgoing request,
+// replacing anything the client sent in the same place. It returns false
+// when the service needs a token that is not configured.
+func (s *Service) ApplyCredential(h http.Header, u *url.URL) bool {
+	if !s.HasAuth() {
+		return true
+	}
+	if s.token == "" {
+		return false
+	}
+	switch s.Config.Auth.Type {
+	case "header":
+		h.Set(s.Config.Auth.Name, s.token)
+	case "query":
+		q := u.Query()
+		q.Set(s.Config.Auth.Name, s.token)
+		u.RawQuery = q.Encode()
+	default:
+		h.Set("Authorization", s.authHeader)
+	}
+	return true
+}
+
+// RedactURL returns u as text with the service's query credential hidden,
+// for messages that name the upstream.
+func (s *Service) RedactURL(u *url.URL) string {
+	c := *u
+	c.User = nil
+	if s.HasAuth() && s.Config.Auth.Type == "query" && c.RawQuery != "" {
+		q := c.Query()
+		if q.Has(s.Config.Auth.Name) {
+			q.Set(s.Config.Auth.Name, "REDACTED")
+			c.RawQuery = q.Encode()
+		}
+	}
+	return c.String()
+}
+
+// Redact removes the service's token from text (an error message, say).
+func (s *Service) Redact(text string) string {
+	if s.token == "" {
+		return text
+	}
+	text = strings.ReplaceAll(text, s.token, "REDACTED")
+	return strings.ReplaceAll(text, url.QueryEscape(s.token), "REDACTED")
+}
+
+var envPlaceholder = regexp.MustCompile(`^\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$`)
+
+// ServiceKeyPattern is what a service key may look like.
+var ServiceKeyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ReservedKeys are path segments under /proxy/ that the gateway answers
+// itself, so no service may take them.
+var ReservedKeys = map[string]bool{"services": true, "auth-test": true, "auth-debug": true, "key-debug": true}
+
+// FieldError is a validation error that names the offending field, in the
+// original's camelCase where the management API reports it.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// DialGuard decides whether the gateway may connect to an address; nil
+// allows everything.
+type DialGuard func(ip net.IP) error
+
+// BuildOptions are the gateway-wide defaults a service inherits.
+type BuildOptions struct {
+	Timeout   time.Duration
+	Retries   int
+	StrictTLS bool
+	Guard     DialGuard
+	Replacer  *caddy.Replacer
+}
+
+// BuildService validates cfg and compiles it into a Service.
+func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions) (*Service, error) {
+	if !ServiceKeyPattern.MatchString(key) {
+		return nil, fieldErr("key", "service key %q must match %s", key, ServiceKeyPattern)
+	}
+	if ReservedKeys[key] {
+		return nil, fieldErr("key", "service key %q is reserved", key)
+	}
+	if cfg.Preset != "" {
+		if _, ok := Presets[cfg.Preset]; !ok {
+			return nil, fieldErr("preset", "unknown preset %q", cfg.Preset)
+		}
+	}
+	cfg = mergePreset(cfg)
+	s := &Service{Key: key, Config: cfg, Source: source, Headers: http.Header{}, Versions: map[string]*url.URL{}}
+	if s.Config.Name == "" {
+		s.Config.Name = key
+	}
+	var err error
+	if s.BaseURL, err = parseBaseURL(cfg.BaseURL); err != nil {
+		return nil, fieldErr("baseUrl", "%v", err)
+	}
+	for v, raw := range cfg.Versions {
+		if strings.ContainsAny(v, "/?#") || v == "" || v == "." || v == ".." {
+			return nil, fieldErr("versionedBaseUrls", "version %q must be a single path segment", v)
+		}
+		if s.Versions[v], err = parseBaseURL(raw); err != nil {
+			return nil, fieldErr("versionedBaseUrls", "version %s: %v", v, err)
+		}
+	}
+	for k, v := range cfg.Headers {
+		if !validHeaderName(k) {
+			return nil, fieldErr("headers", "invalid header name %q", k)
+		}
+		s.Headers.Set(k, v)
+	}
+	if err := cfg.RateLimit.Validate(); err != nil {
+		return nil, fieldErr("rateLimit", "%v", err)
+	}
+	if err := s.compileAuth(opt.Replacer); err != nil {
+		return nil, err
+	}
+	s.Timeout = opt.Timeout
+	if cfg.Timeout > 0 {
+		s.Timeout = time.Duration(cfg.Timeout)
+	} else if cfg.Timeout < 0 {
+		return nil, fieldErr("timeout", "must not be negative")
+	}
+	s.Retries = opt.Retries
+	if cfg.Retries != nil {
+		if *cfg.Retries < 0 || *cfg.Retries > 10 {
+			return nil, fieldErr("retries", "must be between 0 and 10")
+		}
+		s.Retries = *cfg.Retries
+	}
+	s.Transport = newTransport(s.Timeout, cfg.TLSInsecureSkipVerify || !opt.StrictTLS, opt.Guard)
+	return s, nil
+}
+
+func (s *Service) compileAuth(repl *caddy.Replacer) error {
+	a := s.Config.Auth
+	if a == nil || a.Type == "" {
+		s.Config.Auth = nil
+		return nil
+	}
+	switch a.Type {
+	case "bot", "bearer", "basic":
+	case "header", "query":
+		if a.Name == "" {
+			return fieldErr("auth.headerName", "auth type %q needs a name", a.Type)
+		}
+		if a.Type == "header" && !validHeaderName(a.Name) {
+			return fieldErr("auth.headerName", "invalid header name %q", a.Name)
+		}
+	default:
+		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header or query)", a.Type)
+	}
+	if m := envPlaceholder.FindStringSubmatch(a.Token); m != nil {
+		s.TokenEnv = m[1]
+	}
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	s.token = strings.TrimSpace(repl.ReplaceAll(a.Token, ""))
+	switch a.Type {
+	case "bot":
+		s.authHeader = "Bot " + s.token
+	case "bearer":
+		s.authHeader = "Bearer " + s.token
+	case "basic":
+		s.authHeader = "Basic " + base64.StdEncoding.EncodeToString([]byte(s.token))
+	}
+	return nil
+}
+
+func parseBaseURL(raw string) (*url.URL, error) {
+	if raw == "" {
+		return nil, errors.New("base URL is required")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, errors.New("base URL is not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("base URL must be an absolute http or https URL, got %q", raw)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return nil, fmt.Errorf("base URL %q has no host", raw)
+	}
+	if u.User != nil {
+		return nil, errors.New("base URL must not carry user information; use auth basic")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return nil, errors.New("base URL must not have a query or fragment")
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+		if u.RawPath != "" {
+			u.RawPath += "/"
+		}
+	}
+	return u, nil
+}
+
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range name {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
+			return false
+		}
+	}
+	return true
+}
+
+// newTransport builds a service's connection pool: a large idle pool, no
+// transparent compression (bodies pass through as the upstream sent them),
+// HTTP/2 to TLS upstreams, and an optional dial-time address guard.
+func newTransport(timeout time.Duration, insecure bool, guard DialGuard) *http.Transport {
+	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	if guard != nil {
+		dialer.Control = func(network, address string, _ syscall.RawConn) error {
+			host, _, err := net.SplitHostPort(address)
+			if err != nil {
+				return err
+			}
+			return guard(net.ParseIP(host))
+		}
+	}
+	t := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+	if insecure {
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by strict_tls off / tls_insecure_skip_verify
+	}
+	return t
+}
+
+// ServiceInfo is the public description of a service in listings.
+type ServiceInfo struct {
+	Key       string     `json:"key"`
+	Name      string     `json:"name"`
+	BaseURL   string     `json:"baseUrl"`
+	HasAuth   bool       `json:"hasAuth"`
+	RateLimit *LimitInfo `json:"rateLimit"`
+}
+
+// LimitInfo is a rate limit in the original's field names.
+type LimitInfo struct {
+	MaxRequests int   `json:"maxRequests"`
+	WindowMs    int64 `json:"windowMs"`
+}
+
+// Info describes the service for listings; it holds no secret.
+func (s *Service) Info() ServiceInfo {
+	info := ServiceInfo{Key: s.Key, Name: s.Config.Name, BaseURL: s.BaseURL.String(), HasAuth: s.HasAuth()}
+	if rl := s.Config.RateLimit; rl != nil {
+		info.RateLimit = &LimitInfo{MaxRequests: rl.MaxRequests, WindowMs: time.Duration(rl.Window).Milliseconds()}
+	}
+	return info
+}
+
+// SortedKeys returns the keys of a service map in order.
+func SortedKeys(m map[string]*Service) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
