@@ -74,6 +74,8 @@ type App struct {
 	services       atomic.Pointer[map[string]*Service]
 	writeMu        sync.Mutex // serializes registry writers
 
+	metrics *Metrics
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
