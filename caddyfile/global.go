@@ -75,6 +75,10 @@ func parseAppOption(d *caddyfile.Dispenser, app *gateway.App) error {
 			return d.ArgErr()
 		}
 		return nil
+	case "update_check":
+		u, err := oneString(d)
+		app.UpdateCheck = u
+		return err
 	case "runtime_services":
 		return parseRuntimeServices(d, app)
 	case "service":

@@ -62,6 +62,11 @@ type App struct {
 	// Rules for services added through the management API.
 	RuntimeServices *RuntimeServicesConfig `json:"runtime_services,omitempty"`
 
+	// URL of a release feed that /version/check compares the running
+	// version with. Without it, /version/check reports that no check is
+	// configured; the check never blocks startup.
+	UpdateCheck string `json:"update_check,omitempty"`
+
 	ctx      caddy.Context
 	logger   *zap.Logger
 	started  time.Time
@@ -75,6 +80,9 @@ type App struct {
 	writeMu        sync.Mutex // serializes registry writers
 
 	metrics *Metrics
+
+	statusMu sync.RWMutex
+	statuses map[string]any
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -288,6 +296,28 @@ func FromContext(ctx caddy.Context) (*App, error) {
 		return nil, fmt.Errorf("loading byteproxy app: %v", err)
 	}
 	return v.(*App), nil
+}
+
+// SetStatus publishes a component's state (e.g. "redis") for /status; v
+// must marshal to JSON and hold no secret.
+func (a *App) SetStatus(component string, v any) {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
+	if a.statuses == nil {
+		a.statuses = map[string]any{}
+	}
+	a.statuses[component] = v
+}
+
+// Statuses returns a copy of every component's published state.
+func (a *App) Statuses() map[string]any {
+	a.statusMu.RLock()
+	defer a.statusMu.RUnlock()
+	out := make(map[string]any, len(a.statuses))
+	for k, v := range a.statuses {
+		out[k] = v
+	}
+	return out
 }
 
 // Interface guards

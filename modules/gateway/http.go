@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -54,4 +55,27 @@ func ProxyPath(p string) (key, rest string, ok bool) {
 		return "", "", false
 	}
 	return key, rest, true
+}
+
+// StripQueryParam removes every occurrence of the parameter name from a
+// raw query string and leaves everything else byte for byte as it was
+// (order, repeated parameters, bare flags, encoding), unlike
+// url.Values.Encode. It is used to drop ?api_key= before a request goes
+// upstream.
+func StripQueryParam(rawQuery, name string) string {
+	if rawQuery == "" || !strings.Contains(rawQuery, name) {
+		return rawQuery
+	}
+	var b strings.Builder
+	for part := range strings.SplitSeq(rawQuery, "&") {
+		k, _, _ := strings.Cut(part, "=")
+		if uk, err := url.QueryUnescape(k); err == nil && uk == name || k == name {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(part)
+	}
+	return b.String()
 }
