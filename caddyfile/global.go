@@ -478,4 +478,3 @@ func splitList(args []string) []string {
 	}
 	return out
 }
-

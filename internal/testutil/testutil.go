@@ -165,7 +165,9 @@ func (in *Instance) waitReady() {
 }
 
 // URL is the gateway's base URL plus path.
-func (in *Instance) URL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", in.Port, path) }
+func (in *Instance) URL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", in.Port, path)
+}
 
 // AdminURL is the admin endpoint's URL plus path.
 func (in *Instance) AdminURL(path string) string {
