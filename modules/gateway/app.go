@@ -116,6 +116,7 @@ const (
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.metrics = newMetrics(ctx, a)
 	a.started = time.Now()
 	a.stop = make(chan struct{})
 	a.storage = ctx.Storage()

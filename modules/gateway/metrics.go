@@ -1,20 +1,29 @@
 package gateway
 
 import (
+	"errors"
 	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
-// Metrics records the gateway's Prometheus metrics. Every module reports
-// through these methods; label values are bounded (service keys come only
-// from the registry, never from a request path).
+// Metrics records the gateway's Prometheus metrics (namespace byteproxy).
+// Every module reports through these methods; they are safe for concurrent
+// use, and a zero Metrics records nothing.
 //
-// NOT YET IMPLEMENTED: the methods are no-ops until the observability
-// issue lands; their signatures are the contract the modules call.
-type Metrics struct{}
+// Label values are bounded: service keys come only from the registry,
+// never from a request path, and at most maxServiceLabels distinct
+// services get their own label value (the rest are counted as "other").
+type Metrics struct {
+	set *metricSet
+}
 
 // Upstream error kinds.
 const (
@@ -30,29 +39,103 @@ const (
 	LimitClient  = "client"
 )
 
+// Label bounds: distinct values beyond these share the label "other".
+const (
+	maxServiceLabels = 1000
+	maxSmallLabels   = 32
+	otherLabel       = "other"
+)
+
 // ProxyRequest records one proxied request of a known service: the status
 // sent to the client, the total duration, and the upstream duration (zero
 // if the upstream was never reached).
-func (m *Metrics) ProxyRequest(service string, status int, total, upstream time.Duration) {}
+func (m *Metrics) ProxyRequest(service string, status int, total, upstream time.Duration) {
+	if m == nil || m.set == nil {
+		return
+	}
+	sm := m.set.service(service)
+	sm.code(status).Inc()
+	sm.duration.Observe(total.Seconds())
+	if upstream > 0 {
+		sm.upstream.Observe(upstream.Seconds())
+	}
+}
 
 // UpstreamError records a failed upstream exchange of a known service.
-func (m *Metrics) UpstreamError(service, kind string) {}
+func (m *Metrics) UpstreamError(service, kind string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	sm := m.set.service(service)
+	switch kind {
+	case UpstreamErrDial:
+		sm.errDial.Inc()
+	case UpstreamErrTimeout:
+		sm.errTimeout.Inc()
+	case UpstreamErrReset:
+		sm.errReset.Inc()
+	default:
+		sm.errOther.Inc()
+	}
+}
 
 // RateLimited records a 429 of the given kind (LimitService, LimitClient).
-func (m *Metrics) RateLimited(service, kind string) {}
+func (m *Metrics) RateLimited(service, kind string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	sm := m.set.service(service)
+	switch kind {
+	case LimitService:
+		sm.limitService.Inc()
+	case LimitClient:
+		sm.limitClient.Inc()
+	default:
+		sm.limitOther.Inc()
+	}
+}
 
 // AuthFailure records a 401 for a scope ("proxy", "management").
-func (m *Metrics) AuthFailure(scope string) {}
+func (m *Metrics) AuthFailure(scope string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	m.set.authFailures.get(scope).Inc()
+}
 
 // Shed records a request refused with 503 for a pressure type.
-func (m *Metrics) Shed(pressureType string) {}
+func (m *Metrics) Shed(pressureType string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	m.set.shed.get(pressureType).Inc()
+}
 
 // SetPressure publishes the monitor's latest readings.
 func (m *Metrics) SetPressure(heapBytes, rssBytes uint64, schedLatency time.Duration, cpu float64, goroutines, inFlight int64) {
+	if m == nil || m.set == nil {
+		return
+	}
+	s := m.set
+	s.heap.Set(float64(heapBytes))
+	s.rss.Set(float64(rssBytes))
+	s.sched.Set(schedLatency.Seconds())
+	s.cpu.Set(cpu)
+	s.goroutines.Set(float64(goroutines))
+	s.inFlight.Set(float64(inFlight))
 }
 
 // SetRedisFallback publishes whether rate limits fell back to memory.
-func (m *Metrics) SetRedisFallback(fallback bool) {}
+func (m *Metrics) SetRedisFallback(fallback bool) {
+	if m == nil || m.set == nil {
+		return
+	}
+	v := 0.0
+	if fallback {
+		v = 1
+	}
+	m.set.redisFallback.Set(v)
+}
 
 // Metrics returns the app's metrics recorder (never nil).
 func (a *App) Metrics() *Metrics {
@@ -63,9 +146,259 @@ func (a *App) Metrics() *Metrics {
 }
 
 // AddLogField adds a field to the request's access log entry (Caddy's `log`
-// directive), e.g. the service or the consumer id. Never pass a secret.
+// directive), e.g. the service or the consumer id. A field with the same
+// key replaces the earlier one. Never pass a secret.
 func AddLogField(r *http.Request, f zap.Field) {
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Add(f)
+		extra.Set(f)
 	}
+}
+
+// newMetrics registers the gateway's collectors in this config's registry
+// (the one behind the admin endpoint's /metrics and the `metrics`
+// directive) and returns the recorder for app.
+//
+// Caddy gives every config load a fresh registry; the counters themselves
+// are process-wide (sharedMetrics), so a config reload does not reset them
+// and registering them again in the new registry never collides. The
+// service gauge is per app: it reads this config's registry of services.
+func newMetrics(ctx caddy.Context, app *App) *Metrics {
+	var reg prometheus.Registerer
+	if r := ctx.GetMetricsRegistry(); r != nil {
+		reg = r
+	}
+	m, err := newMetricsIn(reg, sharedMetrics(), app)
+	if err != nil {
+		// A metrics failure must not stop the gateway.
+		app.logger.Error("registering metrics", zap.Error(err))
+		return new(Metrics)
+	}
+	return m
+}
+
+var sharedMetrics = sync.OnceValue(newMetricSet)
+
+// newMetricsIn registers set (and a service gauge reading app, if not nil)
+// in reg. Registering a collector that reg already holds is not an error.
+func newMetricsIn(reg prometheus.Registerer, set *metricSet, app *App) (*Metrics, error) {
+	cs := set.collectors()
+	if app != nil {
+		cs = append(cs, serviceGauge(app, "config"), serviceGauge(app, "runtime"))
+	}
+	if reg != nil {
+		for _, c := range cs {
+			if err := reg.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if errors.As(err, &are) && are.ExistingCollector == c {
+					continue
+				}
+				return nil, err
+			}
+		}
+	}
+	return &Metrics{set: set}, nil
+}
+
+// serviceGauge counts the app's services of one source at scrape time.
+func serviceGauge(app *App, source string) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace:   "byteproxy",
+		Name:        "services",
+		Help:        "Services in the registry, by source (config or runtime).",
+		ConstLabels: prometheus.Labels{"source": source},
+	}, func() float64 {
+		p := app.services.Load()
+		if p == nil {
+			return 0
+		}
+		n := 0
+		for _, s := range *p {
+			if s.Source == source {
+				n++
+			}
+		}
+		return float64(n)
+	})
+}
+
+// metricSet holds the collectors and the per-label children cached for the
+// hot path (WithLabelValues hashes and allocates; a cached child is one
+// atomic add).
+type metricSet struct {
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	upstreamDur   *prometheus.HistogramVec
+	upstreamErrs  *prometheus.CounterVec
+	rateLimited   *prometheus.CounterVec
+	authFailures  *labelCache
+	shed          *labelCache
+	heap          prometheus.Gauge
+	rss           prometheus.Gauge
+	sched         prometheus.Gauge
+	cpu           prometheus.Gauge
+	goroutines    prometheus.Gauge
+	inFlight      prometheus.Gauge
+	redisFallback prometheus.Gauge
+
+	services     sync.Map // service key -> *serviceMetrics
+	serviceMu    sync.Mutex
+	serviceCount int
+}
+
+// Duration buckets in seconds: from a fast local upstream to the longest
+// sensible upstream timeout.
+var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetricSet() *metricSet {
+	const ns = "byteproxy"
+	gauge := func(sub, name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	s := &metricSet{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "requests_total",
+			Help: "Proxied requests by service and the status code sent to the client.",
+		}, []string{"service", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "request_duration_seconds", Buckets: durationBuckets,
+			Help: "Time to answer a proxied request, by service.",
+		}, []string{"service"}),
+		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "upstream_duration_seconds", Buckets: durationBuckets,
+			Help: "Time the upstream took to send its response headers, by service.",
+		}, []string{"service"}),
+		upstreamErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "upstream_errors_total",
+			Help: "Failed upstream exchanges by service and kind (dial, timeout, reset, other).",
+		}, []string{"service", "kind"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "rate_limited_total",
+			Help: "Requests refused with 429 by service and limit kind (service, client).",
+		}, []string{"service", "kind"}),
+		authFailures: newLabelCache(prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "auth_failures_total",
+			Help: "Requests refused with 401 by scope (proxy, management).",
+		}, []string{"scope"})),
+		shed: newLabelCache(prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "shed_requests_total",
+			Help: "Requests refused with 503 under pressure, by pressure type.",
+		}, []string{"type"})),
+		heap:          gauge("pressure", "heap_bytes", "Heap in use at the last pressure reading."),
+		rss:           gauge("pressure", "rss_bytes", "Resident set size at the last pressure reading."),
+		sched:         gauge("pressure", "sched_latency_seconds", "Go scheduler latency at the last pressure reading."),
+		cpu:           gauge("pressure", "cpu_ratio", "Process CPU use as a fraction of GOMAXPROCS at the last pressure reading."),
+		goroutines:    gauge("pressure", "goroutines", "Goroutines at the last pressure reading."),
+		inFlight:      gauge("pressure", "in_flight_requests", "Requests in flight at the last pressure reading."),
+		redisFallback: gauge("redis", "fallback", "1 while rate limits fell back to in-memory counters because Redis is unreachable, else 0."),
+	}
+	return s
+}
+
+func (s *metricSet) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		s.requests, s.duration, s.upstreamDur, s.upstreamErrs, s.rateLimited,
+		s.authFailures.vec, s.shed.vec,
+		s.heap, s.rss, s.sched, s.cpu, s.goroutines, s.inFlight, s.redisFallback,
+	}
+}
+
+// serviceMetrics are one service's pre-curried children.
+type serviceMetrics struct {
+	set      *metricSet
+	label    string
+	duration prometheus.Observer
+	upstream prometheus.Observer
+
+	errDial, errTimeout, errReset, errOther prometheus.Counter
+	limitService, limitClient, limitOther   prometheus.Counter
+
+	codes [500]atomic.Pointer[prometheus.Counter] // status 100..599
+	other prometheus.Counter                      // any other status value
+}
+
+// service returns the cached children of a service label, creating them on
+// first use; past maxServiceLabels distinct keys, every new key shares
+// "other".
+func (s *metricSet) service(key string) *serviceMetrics {
+	if v, ok := s.services.Load(key); ok {
+		return v.(*serviceMetrics)
+	}
+	s.serviceMu.Lock()
+	defer s.serviceMu.Unlock()
+	if v, ok := s.services.Load(key); ok {
+		return v.(*serviceMetrics)
+	}
+	label := key
+	if s.serviceCount >= maxServiceLabels || key == "" {
+		label = otherLabel
+		if v, ok := s.services.Load(otherLabel); ok {
+			return v.(*serviceMetrics) // do not store key: the map stays bounded
+		}
+	}
+	sm := s.newServiceMetrics(label)
+	s.services.Store(label, sm)
+	s.serviceCount++
+	return sm
+}
+
+func (s *metricSet) newServiceMetrics(label string) *serviceMetrics {
+	errs := s.upstreamErrs.MustCurryWith(prometheus.Labels{"service": label})
+	lim := s.rateLimited.MustCurryWith(prometheus.Labels{"service": label})
+	return &serviceMetrics{
+		set:          s,
+		label:        label,
+		duration:     s.duration.WithLabelValues(label),
+		upstream:     s.upstreamDur.WithLabelValues(label),
+		errDial:      errs.WithLabelValues(UpstreamErrDial),
+		errTimeout:   errs.WithLabelValues(UpstreamErrTimeout),
+		errReset:     errs.WithLabelValues(UpstreamErrReset),
+		errOther:     errs.WithLabelValues(UpstreamErrOther),
+		limitService: lim.WithLabelValues(LimitService),
+		limitClient:  lim.WithLabelValues(LimitClient),
+		limitOther:   lim.WithLabelValues(otherLabel),
+		other:        s.requests.WithLabelValues(label, otherLabel),
+	}
+}
+
+// code returns the request counter of one status code.
+func (sm *serviceMetrics) code(status int) prometheus.Counter {
+	if status < 100 || status > 599 {
+		return sm.other
+	}
+	slot := &sm.codes[status-100]
+	if c := slot.Load(); c != nil {
+		return *c
+	}
+	c := sm.set.requests.WithLabelValues(sm.label, strconv.Itoa(status))
+	slot.Store(&c) // racing stores hold the same child
+	return c
+}
+
+// labelCache caches the children of a one-label counter, bounded to
+// maxSmallLabels distinct values.
+type labelCache struct {
+	vec   *prometheus.CounterVec
+	mu    sync.Mutex
+	m     sync.Map // label -> prometheus.Counter
+	count int
+}
+
+func newLabelCache(vec *prometheus.CounterVec) *labelCache { return &labelCache{vec: vec} }
+
+func (l *labelCache) get(v string) prometheus.Counter {
+	if c, ok := l.m.Load(v); ok {
+		return c.(prometheus.Counter)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.m.Load(v); ok {
+		return c.(prometheus.Counter)
+	}
+	if l.count >= maxSmallLabels || v == "" {
+		return l.vec.WithLabelValues(otherLabel)
+	}
+	c := l.vec.WithLabelValues(v)
+	l.m.Store(v, c)
+	l.count++
+	return c
 }
