@@ -63,7 +63,7 @@ func ProxyPath(p string) (key, rest string, ok bool) {
 // url.Values.Encode. It is used to drop ?api_key= before a request goes
 // upstream.
 func StripQueryParam(rawQuery, name string) string {
-	if rawQuery == "" || !strings.Contains(rawQuery, name) {
+	if rawQuery == "" || !strings.Contains(rawQuery, name) && !strings.Contains(rawQuery, "%") {
 		return rawQuery
 	}
 	var b strings.Builder

@@ -1,0 +1,104 @@
+package caddyfile_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/byteproxy/byteproxy"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden JSON of testdata/*.caddyfiletest")
+
+const separator = "\n----------\n"
+
+// TestAdaptGolden adapts each testdata/*.caddyfiletest (a Caddyfile, a line
+// of dashes, the expected JSON) and compares the JSON.
+func TestAdaptGolden(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, want, ok := strings.Cut(string(raw), separator)
+			if !ok {
+				t.Fatalf("%s: no %q separator", file, strings.TrimSpace(separator))
+			}
+			got := adapt(t, input+"\n")
+			if *update {
+				if err := os.WriteFile(file, []byte(input+separator+got+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if got != strings.TrimSpace(want) {
+				t.Errorf("adapted JSON differs from %s (run go test ./caddyfile -update to accept)\n--- got ---\n%s", file, got)
+			}
+		})
+	}
+}
+
+func adapt(t *testing.T, input string) string {
+	t.Helper()
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	for _, w := range warnings {
+		t.Errorf("warning: %s", w)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, out, "", "\t"); err != nil {
+		t.Fatal(err)
+	}
+	return buf.String()
+}
+
+// TestAdaptErrors checks that bad syntax is refused with a message that
+// names the problem and the line.
+func TestAdaptErrors(t *testing.T) {
+	cases := []struct {
+		name, input, want string
+		line              int
+	}{
+		{"unknown option", "{\n byteproxy {\n  bogus 1\n }\n}\n:80 {\n byteproxy\n}", "unrecognized byteproxy option 'bogus'", 3},
+		{"unknown preset", "{\n byteproxy {\n  service x nope\n }\n}", "unknown preset 'nope'", 3},
+		{"bad key", "{\n byteproxy {\n  service Bad_Key {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'Bad_Key'", 3},
+		{"reserved key", "{\n byteproxy {\n  service services {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'services'", 0},
+		{"no base url", "{\n byteproxy {\n  service x {\n   name X\n  }\n }\n}", "service 'x' needs a base_url", 0},
+		{"duplicate service", "{\n byteproxy {\n  service github\n  service github\n }\n}", "service 'github' is defined twice", 4},
+		{"bad rate limit", "{\n byteproxy {\n  service github {\n   rate_limit ten 1m\n  }\n }\n}", "max requests must be a positive integer, got 'ten'", 4},
+		{"bad window", "{\n byteproxy {\n  client_rate_limit 10 soon\n }\n}", "window must be a positive duration, got 'soon'", 3},
+		{"bad auth type", "{\n byteproxy {\n  service x {\n   base_url https://x/\n   auth digest t\n  }\n }\n}", "unknown auth type 'digest'", 5},
+		{"header auth needs name", "{\n byteproxy {\n  service x {\n   base_url https://x/\n   auth header t\n  }\n }\n}", "auth header takes a name and a token", 0},
+		{"bad scope", "{\n byteproxy {\n  auth admin {\n   key k\n  }\n }\n}", "unknown auth scope 'admin'", 3},
+		{"bad bool", "{\n byteproxy {\n  strict_tls maybe\n }\n}", "want on or off (true or false), got 'maybe'", 3},
+		{"bad size", "{\n byteproxy {\n  pressure {\n   max_heap lots\n  }\n }\n}", "want a size such as 512MiB, got 'lots'", 4},
+		{"auth directive scope", ":80 {\n byteproxy_auth everyone\n}", "unknown scope \"everyone\"", 2},
+		{"byteproxy directive block", ":80 {\n byteproxy {\n  service x\n }\n}", "unrecognized subdirective 'service'", 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tc.input), map[string]any{"filename": "Caddyfile"})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got error %v, want one containing %q", err, tc.want)
+			}
+			if at := fmt.Sprintf("Caddyfile:%d", tc.line); tc.line > 0 && !strings.Contains(err.Error(), at) {
+				t.Errorf("error %q does not name the line (%s)", err, at)
+			}
+		})
+	}
+}

@@ -1,0 +1,209 @@
+package gateway
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func TestProxyPath(t *testing.T) {
+	cases := []struct {
+		in, key, rest string
+		ok            bool
+	}{
+		{"/proxy/github/users/x", "github", "/users/x", true},
+		{"/proxy/github/", "github", "/", true},
+		{"/proxy/github", "", "", false},
+		{"/proxy/", "", "", false},
+		{"/proxy//x", "", "", false},
+		{"/proxy/services", "", "", false},
+		{"/proxy/services/github/rate-limit", "", "", false},
+		{"/proxy/auth-test/", "", "", false},
+		{"/manage/services", "", "", false},
+		{"/proxyx/github/a", "", "", false},
+	}
+	for _, c := range cases {
+		key, rest, ok := ProxyPath(c.in)
+		if key != c.key || rest != c.rest || ok != c.ok {
+			t.Errorf("ProxyPath(%q) = %q, %q, %v; want %q, %q, %v", c.in, key, rest, ok, c.key, c.rest, c.ok)
+		}
+	}
+}
+
+func TestStripQueryParam(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"", ""},
+		{"a=1", "a=1"},
+		{"api_key=k", ""},
+		{"a=1&api_key=k&b=2", "a=1&b=2"},
+		{"y=2&y=3&flag&api_key=k", "y=2&y=3&flag"},
+		{"api%5Fkey=k&x=%2F", "x=%2F"},
+		{"api_key&api_key=1&api_keyx=2", "api_keyx=2"},
+		{"q=api_key", "q=api_key"},
+	}
+	for _, c := range cases {
+		if got := StripQueryParam(c.in, "api_key"); got != c.want {
+			t.Errorf("StripQueryParam(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestPresetsAndOverrides(t *testing.T) {
+	t.Setenv("GITHUB_TOKEN", "ghp-test-token")
+	three := 3
+	svc, err := BuildService("ghe", ServiceConfig{
+		Preset:  "github",
+		BaseURL: "https://github.example.com/api/v3",
+		Headers: map[string]string{"user-agent": "mine"},
+		Retries: &three,
+	}, "config", BuildOptions{Timeout: time.Second, Retries: 2, StrictTLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := svc.BaseURL.String(); got != "https://github.example.com/api/v3/" {
+		t.Errorf("base URL %q: want the override with a trailing slash", got)
+	}
+	if svc.Headers.Get("User-Agent") != "mine" || len(svc.Headers["User-Agent"]) != 1 {
+		t.Errorf("User-Agent = %q: the override must replace the preset's, case-insensitively", svc.Headers["User-Agent"])
+	}
+	if svc.Headers.Get("X-Github-Api-Version") != "2022-11-28" {
+		t.Errorf("preset header lost: %v", svc.Headers)
+	}
+	if svc.Retries != 3 || svc.Timeout != time.Second {
+		t.Errorf("retries %d timeout %s", svc.Retries, svc.Timeout)
+	}
+	if svc.Config.RateLimit == nil || svc.Config.RateLimit.MaxRequests != 60 {
+		t.Errorf("preset rate limit lost: %+v", svc.Config.RateLimit)
+	}
+	if !svc.TokenConfigured() || svc.TokenEnv != "GITHUB_TOKEN" {
+		t.Errorf("token from {env.GITHUB_TOKEN}: configured=%v env=%q", svc.TokenConfigured(), svc.TokenEnv)
+	}
+	if strings.Contains(svc.Config.Auth.Token, "ghp-test-token") {
+		t.Error("Config must keep the placeholder, never the resolved token")
+	}
+	if Presets["github"].Headers["User-Agent"] != "ByteProxy/"+Version {
+		t.Error("building a service modified the preset")
+	}
+
+	discord, err := BuildService("discord", ServiceConfig{Preset: "discord"}, "config", BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if discord.Versions["v10"].String() != "https://discord.com/api/v10/" {
+		t.Errorf("discord v10 = %v", discord.Versions["v10"])
+	}
+}
+
+func TestApplyCredential(t *testing.T) {
+	cases := []struct {
+		auth   ServiceAuth
+		header string
+		value  string
+		query  string
+	}{
+		{ServiceAuth{Type: "bot", Token: "T0K"}, "Authorization", "Bot T0K", ""},
+		{ServiceAuth{Type: "bearer", Token: "T0K"}, "Authorization", "Bearer T0K", ""},
+		{ServiceAuth{Type: "basic", Token: "u:p"}, "Authorization", "Basic dTpw", ""},
+		{ServiceAuth{Type: "header", Name: "X-Key", Token: "T0K"}, "X-Key", "T0K", ""},
+		{ServiceAuth{Type: "query", Name: "appid", Token: "T 0&K"}, "", "", "a=1&appid=T+0%26K"},
+	}
+	for _, c := range cases {
+		a := c.auth
+		svc, err := BuildService("svc", ServiceConfig{BaseURL: "https://api.example/", Auth: &a}, "config", BuildOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := http.Header{"Authorization": {"Bearer client-key"}}
+		u, _ := url.Parse("https://api.example/x?a=1")
+		if !svc.ApplyCredential(h, u) {
+			t.Fatalf("%s: credential not applied", a.Type)
+		}
+		if c.header != "" && h.Get(c.header) != c.value {
+			t.Errorf("%s: %s = %q, want %q", a.Type, c.header, h.Get(c.header), c.value)
+		}
+		if c.query != "" && u.RawQuery != c.query {
+			t.Errorf("%s: query %q, want %q", a.Type, u.RawQuery, c.query)
+		}
+		if c.query != "" && strings.Contains(svc.RedactURL(u), "T+0") {
+			t.Errorf("RedactURL leaks the token: %s", svc.RedactURL(u))
+		}
+	}
+	missing, _ := BuildService("svc", ServiceConfig{BaseURL: "https://api.example/", Auth: &ServiceAuth{Type: "bearer", Token: "{env.BYTEPROXY_TEST_UNSET_TOKEN}"}}, "config", BuildOptions{})
+	if missing.ApplyCredential(http.Header{}, &url.URL{}) {
+		t.Error("an unset token must report false so the proxy answers 401")
+	}
+}
+
+func TestBuildServiceValidation(t *testing.T) {
+	ok := "https://api.example/"
+	cases := []struct {
+		name  string
+		key   string
+		cfg   ServiceConfig
+		field string
+	}{
+		{"bad key", "Bad", ServiceConfig{BaseURL: ok}, "key"},
+		{"reserved key", "services", ServiceConfig{BaseURL: ok}, "key"},
+		{"no url", "x", ServiceConfig{}, "baseUrl"},
+		{"relative url", "x", ServiceConfig{BaseURL: "/api"}, "baseUrl"},
+		{"ftp url", "x", ServiceConfig{BaseURL: "ftp://x/"}, "baseUrl"},
+		{"not a url", "x", ServiceConfig{BaseURL: "not a url"}, "baseUrl"},
+		{"userinfo", "x", ServiceConfig{BaseURL: "https://u:p@x/"}, "baseUrl"},
+		{"bad version", "x", ServiceConfig{BaseURL: ok, Versions: map[string]string{"a/b": ok}}, "versionedBaseUrls"},
+		{"bad header", "x", ServiceConfig{BaseURL: ok, Headers: map[string]string{"Bad Header": "v"}}, "headers"},
+		{"zero limit", "x", ServiceConfig{BaseURL: ok, RateLimit: &RateLimit{MaxRequests: 0, Window: caddy.Duration(time.Second)}}, "rateLimit"},
+		{"zero window", "x", ServiceConfig{BaseURL: ok, RateLimit: &RateLimit{MaxRequests: 1}}, "rateLimit"},
+		{"auth type", "x", ServiceConfig{BaseURL: ok, Auth: &ServiceAuth{Type: "digest"}}, "auth.type"},
+		{"header auth name", "x", ServiceConfig{BaseURL: ok, Auth: &ServiceAuth{Type: "header", Token: "t"}}, "auth.headerName"},
+		{"preset", "x", ServiceConfig{Preset: "gitlab"}, "preset"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := BuildService(c.key, c.cfg, "runtime", BuildOptions{})
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != c.field {
+				t.Fatalf("got %v, want a FieldError on %q", err, c.field)
+			}
+		})
+	}
+}
+
+func TestScopesFailClosed(t *testing.T) {
+	yes, no := true, false
+	cases := []struct {
+		name     string
+		auth     map[string]*AuthScope
+		wantErr  string
+		required bool
+		keys     int
+	}{
+		{"required without key", map[string]*AuthScope{"proxy": {Keys: []string{"{env.BYTEPROXY_TEST_UNSET}", "  "}, Required: &yes}}, "auth proxy: required", false, 0},
+		{"keys imply required", map[string]*AuthScope{"proxy": {Keys: []string{"k1", "", "k2"}}}, "", true, 2},
+		{"explicitly optional", map[string]*AuthScope{"proxy": {Keys: []string{"k1"}, Required: &no}}, "", false, 1},
+		{"unknown scope", map[string]*AuthScope{"admin": {Keys: []string{"k"}}}, "unknown scope", false, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a := &App{Auth: c.auth}
+			err := a.provisionScopes(caddy.NewReplacer())
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("got %v, want error containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := a.ScopeFor(ScopeProxy)
+			if sc.Required != c.required || len(sc.Keys) != c.keys {
+				t.Errorf("required=%v keys=%d, want %v and %d", sc.Required, len(sc.Keys), c.required, c.keys)
+			}
+		})
+	}
+}
