@@ -312,8 +312,9 @@ type serviceMetrics struct {
 	errDial, errTimeout, errReset, errOther prometheus.Counter
 	limitService, limitClient, limitOther   prometheus.Counter
 
-	codes [500]atomic.Pointer[prometheus.Counter] // status 100..599
-	other prometheus.Counter                      // any other status value
+	// codes[status-100] for status 100..599, codes[500] for any other
+	// value; filled on first use so only codes seen become series.
+	codes [501]atomic.Pointer[prometheus.Counter]
 }
 
 // service returns the cached children of a service label, creating them on
@@ -356,20 +357,23 @@ func (s *metricSet) newServiceMetrics(label string) *serviceMetrics {
 		limitService: lim.WithLabelValues(LimitService),
 		limitClient:  lim.WithLabelValues(LimitClient),
 		limitOther:   lim.WithLabelValues(otherLabel),
-		other:        s.requests.WithLabelValues(label, otherLabel),
 	}
 }
 
 // code returns the request counter of one status code.
 func (sm *serviceMetrics) code(status int) prometheus.Counter {
+	i, code := status-100, ""
 	if status < 100 || status > 599 {
-		return sm.other
+		i, code = 500, otherLabel
 	}
-	slot := &sm.codes[status-100]
+	slot := &sm.codes[i]
 	if c := slot.Load(); c != nil {
 		return *c
 	}
-	c := sm.set.requests.WithLabelValues(sm.label, strconv.Itoa(status))
+	if code == "" {
+		code = strconv.Itoa(status)
+	}
+	c := sm.set.requests.WithLabelValues(sm.label, code)
 	slot.Store(&c) // racing stores hold the same child
 	return c
 }
