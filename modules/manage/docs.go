@@ -1,9 +1,105 @@
 package manage
 
-import "net/http"
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// The API page and its OpenAPI document ship inside the binary: /docs works
+// offline and loads nothing from a CDN.
+//
+//go:embed docs/index.html docs/docs.js docs/docs.css docs/openapi.json
+var docsFS embed.FS
+
+// docAssets are built once: the page with its script and style inlined
+// (each response only fills in a fresh CSP nonce) and the OpenAPI document
+// with the running version.
+type docAssets struct {
+	page    string // index.html with {{NONCE}} left in
+	spec    []byte
+	specTag string
+}
+
+var loadDocs = sync.OnceValue(func() *docAssets {
+	read := func(name string) string {
+		b, err := docsFS.ReadFile("docs/" + name)
+		if err != nil {
+			panic(err) // embedded at build time: cannot happen
+		}
+		return string(b)
+	}
+	// The replacer is one pass, so a "{{...}}" inside the script or style
+	// is never substituted again.
+	page := strings.NewReplacer("{{CSS}}", read("docs.css"), "{{JS}}", read("docs.js")).Replace(read("index.html"))
+	spec := []byte(strings.Replace(read("openapi.json"), "{{VERSION}}", gateway.Version, 1))
+	sum := sha256.Sum256(spec)
+	return &docAssets{page: page, spec: spec, specTag: `"` + hex.EncodeToString(sum[:8]) + `"`}
+})
 
 // serveDocs answers /docs, /docs/openapi.json and /docs/json. It reports
 // false for any other path.
-//
-// NOT YET IMPLEMENTED: answers nothing until the docs issue lands.
-func serveDocs(w http.ResponseWriter, r *http.Request) bool { return false }
+func serveDocs(w http.ResponseWriter, r *http.Request) bool {
+	var serve func(http.ResponseWriter, *http.Request)
+	switch r.URL.Path {
+	case "/docs", "/docs/":
+		serve = servePage
+	case "/docs/openapi.json", "/docs/json":
+		serve = serveSpec
+	default:
+		return false
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		_ = gateway.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
+			"error":   "Method not allowed",
+			"message": "The endpoint '" + r.URL.Path + "' does not accept " + r.Method,
+			"allowed": []string{"GET", "HEAD"},
+		})
+		return true
+	}
+	serve(w, r)
+	return true
+}
+
+// servePage writes the API page under a strict Content-Security-Policy:
+// only the inline script and style carrying this response's nonce run, and
+// the page may only talk to this gateway.
+func servePage(w http.ResponseWriter, r *http.Request) {
+	nonce := newNonce()
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'nonce-"+nonce+"'; style-src 'nonce-"+nonce+"'; "+
+		"connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store") // the nonce must not be reused
+	page := strings.ReplaceAll(loadDocs().page, "{{NONCE}}", nonce)
+	http.ServeContent(w, r, "", time.Time{}, strings.NewReader(page))
+}
+
+// serveSpec writes the OpenAPI document; its ETag lets clients revalidate.
+func serveSpec(w http.ResponseWriter, r *http.Request) {
+	d := loadDocs()
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("ETag", d.specTag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(d.spec))
+}
+
+func newNonce() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	return base64.RawStdEncoding.EncodeToString(b)
+}
