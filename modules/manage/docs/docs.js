@@ -185,7 +185,8 @@
     s.appendChild(el("span", "path", path));
     s.appendChild(el("span", "muted", op.summary || ""));
     var sec = op.security !== undefined ? op.security : spec.security;
-    s.appendChild(el("span", "lock", sec && sec.length ? "key required" : "public"));
+    var keyName = /^\/manage(\/|$)/.test(path) ? "management key" : "proxy key";
+    s.appendChild(el("span", "lock", sec && sec.length ? keyName : "public"));
     d.appendChild(s);
     var b = el("div", "body");
     if (op.description) b.appendChild(prose("p", op.description));
@@ -241,6 +242,9 @@
       toc.appendChild(a);
     });
     var schemes = spec.components && spec.components.securitySchemes || {};
+    // A link to #operationId opens that operation.
+    var target = location.hash && document.getElementById(location.hash.slice(1));
+    if (target && target.tagName === "DETAILS") { target.open = true; target.scrollIntoView(); }
     var auth = document.getElementById("auth");
     var list = el("div", "hint");
     Object.keys(schemes).forEach(function (k) { list.appendChild(prose("div", schemes[k].description || k)); });
