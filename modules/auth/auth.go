@@ -1,11 +1,16 @@
-// Package auth is the http.handlers.byteproxy_auth module.
+// Package auth is the http.handlers.byteproxy_auth module: API keys that
+// protect one scope of the gateway ("proxy" for /proxy/*, "management" for
+// /manage/*).
 package auth
 
 import (
+	"fmt"
 	"net/http"
+	"net/netip"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -14,15 +19,33 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler requires an API key for one scope.
+// Handler requires an API key of one scope. The keys, whether they are
+// required, and whether ?api_key= is accepted are settings of the byteproxy
+// app (`auth <scope> { key ...; required ... }` and `query_key`), so every
+// handler of a scope agrees on them.
 //
-// NOT YET IMPLEMENTED: this handler currently passes every request to the
-// next handler unchanged.
+// A key is accepted in `Authorization: Bearer <key>`, `X-API-Key: <key>` or
+// (with query_key on) `?api_key=<key>`; if any presented credential is a key
+// of the scope, the request passes. The credential is removed from the
+// request before it goes on, and the non-secret id of the key used is set
+// as the request variable `byteproxy.client` (placeholder
+// `{http.vars.byteproxy.client}`) and as the access-log field `client`.
+//
+// A scope that is not required lets requests without a credential through,
+// except the management scope, which then answers only clients whose TCP
+// peer address is loopback. The handler also answers /proxy/auth-test,
+// /proxy/auth-debug (proxy scope) and /manage/key-debug (management scope)
+// once the request is authenticated.
 type Handler struct {
 	// Scope to enforce: "proxy" or "management".
 	Scope string `json:"scope,omitempty"`
 
-	app *gateway.App
+	app      *gateway.App
+	keys     *keyring
+	required bool
+	queryKey bool
+	logger   *zap.Logger
+	metrics  *gateway.Metrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -33,23 +56,102 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision borrows the byteproxy app.
+// Provision takes the scope's keys from the byteproxy app and hashes them
+// once, so that serving a request only compares digests.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	if err := h.Validate(); err != nil {
+		return err
+	}
 	app, err := gateway.FromContext(ctx)
 	if err != nil {
 		return err
 	}
+	sc := app.ScopeFor(h.Scope)
+	if sc == nil {
+		return fmt.Errorf("scope: %q is not provisioned by the byteproxy app", h.Scope)
+	}
 	h.app = app
+	h.setup(sc, app.QueryKeyOn(), ctx.Logger(), app.Metrics())
 	return nil
 }
 
-// ServeHTTP passes the request on.
+// setup is Provision without a Caddy context, for tests.
+func (h *Handler) setup(sc *gateway.Scope, queryKey bool, logger *zap.Logger, m *gateway.Metrics) {
+	h.keys = newKeyring(sc.Keys)
+	h.required = sc.Required
+	h.queryKey = queryKey
+	h.logger = logger
+	h.metrics = m
+}
+
+// Validate checks the scope name.
+func (h *Handler) Validate() error {
+	if h.Scope != gateway.ScopeProxy && h.Scope != gateway.ScopeManagement {
+		return fmt.Errorf("scope: want %q or %q, got %q", gateway.ScopeProxy, gateway.ScopeManagement, h.Scope)
+	}
+	return nil
+}
+
+// ServeHTTP authenticates the request, removes its credential, and either
+// answers one of the auth endpoints or passes the request on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	c := readCredentials(r, h.queryKey)
+	idx := h.check(c)
+	switch {
+	case idx >= 0:
+		id := h.keys.ids[idx]
+		caddyhttp.SetVar(r.Context(), gateway.VarClient, id)
+		gateway.AddLogField(r, zap.String("client", id.(string)))
+	case h.required, c.any() && len(h.keys.sums) > 0:
+		// A wrong key is refused even where none is required: the client
+		// meant to authenticate, and ignoring a bad key hides a mistake.
+		// (A required scope without keys cannot be provisioned; should one
+		// appear anyway, it fails closed here.)
+		return h.unauthorized(w, r, c.any())
+	case h.Scope == gateway.ScopeManagement && !peerIsLoopback(r.RemoteAddr):
+		// Without a key (none configured, or none required and none sent),
+		// management is for the machine itself only. The TCP peer decides:
+		// a forwarded header is whatever the client says.
+		return h.forbidden(w, r)
+	}
+	h.strip(r, c)
+	if h.serveEndpoint(w, r, c) {
+		return nil
+	}
 	return next.ServeHTTP(w, r)
+}
+
+// check returns the index of the key one of the credentials carries, or -1.
+// Each presented credential is compared with every key.
+func (h *Handler) check(c credentials) int {
+	idx := -1
+	for _, v := range [...]string{c.bearer, c.header, c.query} {
+		if v == "" {
+			continue
+		}
+		if m := h.keys.match(v); m >= 0 && idx < 0 {
+			idx = m
+		}
+	}
+	return idx
+}
+
+// peerIsLoopback reports whether the TCP peer (not a forwarded-for header)
+// is on this machine. Anything unparsable, such as a Unix socket peer, is
+// not loopback: fail closed.
+func peerIsLoopback(remoteAddr string) bool {
+	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
+		return ap.Addr().Unmap().IsLoopback()
+	}
+	if a, err := netip.ParseAddr(remoteAddr); err == nil {
+		return a.Unmap().IsLoopback()
+	}
+	return false
 }
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -1,0 +1,175 @@
+package auth
+
+import (
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// Endpoints the auth handler answers itself once a request is
+// authenticated for its scope.
+const (
+	pathAuthTest  = "/proxy/auth-test"
+	pathAuthDebug = "/proxy/auth-debug"
+	pathKeyDebug  = "/manage/key-debug"
+)
+
+// isoMillis is JavaScript's Date.toISOString, as the original wrote
+// timestamps.
+const isoMillis = "2006-01-02T15:04:05.000Z07:00"
+
+// unauthorized answers 401. Neither the body nor the log line says anything
+// about the presented or the configured keys: not a part, not a length.
+func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) error {
+	msg, reason := "No authentication provided. API key required for "+h.Scope+" routes.", "missing"
+	if presented {
+		msg, reason = "Authentication failed. Invalid API key for "+h.Scope+" routes.", "invalid"
+	}
+	if h.metrics != nil {
+		h.metrics.AuthFailure(h.Scope)
+	}
+	h.logFailure(r, reason)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="byteproxy"`)
+	_ = gateway.WriteJSON(w, http.StatusUnauthorized, map[string]any{
+		"error":             "Unauthorized",
+		"message":           msg,
+		"howToAuthenticate": howToAuthenticate(h.Scope, h.queryKey),
+	})
+	// A write error means the client left. It is not returned: Caddy would
+	// log it with the request as it arrived, X-API-Key included.
+	return nil
+}
+
+// forbidden answers 403 to a non-loopback client of a management scope
+// that has no key to check.
+func (h *Handler) forbidden(w http.ResponseWriter, r *http.Request) error {
+	h.logFailure(r, "not loopback")
+	_ = gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+		"error": "Forbidden",
+		"message": "Management API is only available from localhost when no management key is configured. " +
+			"Set one (auth management { key ... } in the byteproxy global option) to manage the gateway remotely.",
+	})
+	return nil // as in unauthorized
+}
+
+// logFailure records a refused request at debug level (an attacker must not
+// be able to flood the log at the default level) with what identifies the
+// request, never the credential.
+func (h *Handler) logFailure(r *http.Request, reason string) {
+	if h.logger == nil {
+		return
+	}
+	if ce := h.logger.Check(zap.DebugLevel, "authentication failed"); ce != nil {
+		ce.Write(
+			zap.String("scope", h.Scope),
+			zap.String("reason", reason),
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path),
+			zap.String("remote", r.RemoteAddr),
+		)
+	}
+}
+
+// howToAuthenticate lists the transports, as the original's 401 did.
+func howToAuthenticate(scope string, queryKey bool) []string {
+	ph := "<your-" + scope + "-key>"
+	q := "Query parameter: ?api_key=" + ph
+	if !queryKey {
+		q = "Query parameter ?api_key= is disabled on this gateway (query_key off)"
+	}
+	return []string{"Authorization: Bearer " + ph, "X-API-Key: " + ph, q}
+}
+
+// serveEndpoint answers the auth endpoints of this handler's scope and
+// reports whether it did.
+func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c credentials) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	var body map[string]any
+	switch {
+	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathAuthTest:
+		body = success()
+	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathAuthDebug:
+		body = success()
+		body["authMethod"] = map[string]string{
+			"bearer":     provided(c.bearer),
+			"xApiKey":    provided(c.header),
+			"queryParam": provided(c.query),
+		}
+		body["help"] = "Any one of the methods above is enough. The key is removed from the request before it is forwarded to a service."
+	case h.Scope == gateway.ScopeManagement && r.URL.Path == pathKeyDebug:
+		body = keyDebug(h.app)
+	default:
+		return false
+	}
+	_ = gateway.WriteJSON(w, http.StatusOK, body)
+	return true
+}
+
+func success() map[string]any {
+	return map[string]any{
+		"status":    "success",
+		"message":   "Authentication successful",
+		"timestamp": time.Now().UTC().Format(isoMillis),
+	}
+}
+
+func provided(v string) string {
+	if v != "" {
+		return "provided"
+	}
+	return "not provided"
+}
+
+// keyDebug describes the key setup of both scopes: whether keys are
+// required and configured, and how many. Deliberately nothing else about a
+// key, not even its length (the original showed prefixes and lengths).
+func keyDebug(app *gateway.App) map[string]any {
+	cfg := configOf(app)
+	return map[string]any{
+		"message": "API key configuration",
+		"note":    "Keys are never shown, not even in part or by length.",
+		"authStatus": map[string]any{
+			"proxyAuthRequired":       cfg.ProxyAuthRequired,
+			"managementAuthRequired":  cfg.ManagementAuthRequired,
+			"proxyKeyConfigured":      cfg.ProxyKeyConfigured,
+			"managementKeyConfigured": cfg.ManagementKeyConfigured,
+			"proxyKeyCount":           cfg.proxyKeys,
+			"managementKeyCount":      cfg.managementKeys,
+			"queryKeyEnabled":         app != nil && app.QueryKeyOn(),
+			"setupStatus": map[string]string{
+				"proxy":      setupStatus(app, gateway.ScopeProxy),
+				"management": setupStatus(app, gateway.ScopeManagement),
+			},
+		},
+		"howToAuthenticate": howToAuthenticate(gateway.ScopeManagement, app != nil && app.QueryKeyOn()),
+		"help": map[string]string{
+			"keys":     "Keys are set in the byteproxy global option: auth proxy { key {env.PROXY_API_KEY} } and auth management { key {env.MANAGEMENT_API_KEY} }. Repeat key for rotation.",
+			"required": "A scope that is required with no key set stops the configuration from loading.",
+			"proxy":    "The proxy key opens /proxy/* only; the management key opens /manage/* only.",
+		},
+	}
+}
+
+func setupStatus(app *gateway.App, scope string) string {
+	var sc *gateway.Scope
+	if app != nil {
+		sc = app.ScopeFor(scope)
+	}
+	switch {
+	case sc == nil || len(sc.Keys) == 0 && scope == gateway.ScopeManagement:
+		return "no key configured: open to loopback clients only"
+	case len(sc.Keys) == 0:
+		return "no key configured: open to everyone"
+	case sc.Required:
+		return "key required"
+	case scope == gateway.ScopeManagement:
+		return "key optional on loopback, required from elsewhere"
+	default:
+		return "key optional: requests without a key pass, a wrong key is refused"
+	}
+}
