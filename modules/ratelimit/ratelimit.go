@@ -1,11 +1,20 @@
-// Package ratelimit is the http.handlers.byteproxy_ratelimit module.
+// Package ratelimit is the http.handlers.byteproxy_ratelimit module: the
+// gateway's service and client rate limits.
 package ratelimit
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -14,13 +23,64 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler enforces service and client rate limits.
+// Handler enforces the rate limits of the byteproxy app on requests to
+// /proxy/{service}/...; requests to anything else pass untouched. It has
+// no settings of its own: the limits are the app's.
 //
-// NOT YET IMPLEMENTED: this handler currently passes every request to the
-// next handler unchanged.
+// A service limit (`rate_limit N W` on a service, `rateLimit` on a runtime
+// service) protects the upstream's quota: a fixed window that opens at the
+// service's first request and admits at most N requests, from all clients
+// and paths together. A client limit (`client_rate_limit N W`) is fair use
+// per consumer (the API key used, else the client IP, which honours the
+// server's trusted_proxies): a token bucket holding N tokens and refilled
+// with N per W. The client limit is checked first; a request refused by
+// one limit spends nothing of the other.
+//
+// Limited responses carry X-RateLimit-Limit, X-RateLimit-Remaining and
+// X-RateLimit-Reset (seconds); a refusal is a 429 with Retry-After and a
+// JSON body. GET /proxy/services/{service}/rate-limit reports a service's
+// window without counting.
+//
+// Counters live in memory and survive config reloads (an unchanged limit
+// keeps its state; a changed one starts afresh). With `redis <url>` in the
+// app, every decision is made atomically in Redis in one round trip, so
+// the limits are exact across every instance sharing that Redis. If Redis
+// becomes unreachable, each instance falls back to its memory (logged
+// once, shown in /status) and returns to Redis when it answers again;
+// requests never fail because of Redis.
 type Handler struct {
-	app *gateway.App
+	app    *gateway.App
+	logger *zap.Logger
+
+	// Service windows of this handler by service key, copied on write so
+	// that requests read them without a lock.
+	windows atomic.Pointer[map[string]*serviceLimit]
+	mu      sync.Mutex // serializes changes to windows and closed
+	closed  bool
+
+	clientMax     int
+	clientWindow  time.Duration
+	clients       *bucketStore
+	clientsKey    string
+	clientsPrefix string // Redis key prefix of the client buckets
+
+	redis    *redisStore
+	redisKey string
+	redisSub int
 }
+
+// serviceLimit is a service's limit and the state that enforces it.
+type serviceLimit struct {
+	limit    gateway.RateLimit
+	poolKey  string // empty for a window outside the pool
+	win      *window
+	redisKey string
+}
+
+// limiters keeps windows, client buckets and Redis connections across
+// config reloads: a new config's handler loads the entries of the old one
+// with the same key before the old one is cleaned up.
+var limiters = caddy.NewUsagePool()
 
 // CaddyModule returns the Caddy module information.
 func (*Handler) CaddyModule() caddy.ModuleInfo {
@@ -30,23 +90,367 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision borrows the byteproxy app.
+// Provision acquires the state of every limit of the current config.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	app, err := gateway.FromContext(ctx)
 	if err != nil {
 		return err
 	}
 	h.app = app
+	h.logger = ctx.Logger()
+	h.windows.Store(&map[string]*serviceLimit{})
+	for key, svc := range app.AllServices() {
+		if rl := svc.Config.RateLimit; rl != nil {
+			h.serviceLimitFor(key, rl)
+		}
+	}
+	if rl := app.ClientRateLimit; rl != nil {
+		if err := h.provisionClients(rl); err != nil {
+			return err
+		}
+	}
+	return h.provisionRedis()
+}
+
+func (h *Handler) provisionClients(rl *gateway.RateLimit) error {
+	if err := rl.Validate(); err != nil {
+		return fmt.Errorf("client_rate_limit: %v", err)
+	}
+	h.clientMax, h.clientWindow = rl.MaxRequests, time.Duration(rl.Window)
+	h.clientsKey = fmt.Sprintf("clients|%d|%d", h.clientMax, h.clientWindow)
+	h.clientsPrefix = redisClientPrefix(h.clientMax, h.clientWindow)
+	v, _, err := limiters.LoadOrNew(h.clientsKey, func() (caddy.Destructor, error) {
+		s := newBucketStore(h.clientMax, h.clientWindow)
+		s.start()
+		return s, nil
+	})
+	if err != nil {
+		return err
+	}
+	h.clients = v.(*bucketStore)
 	return nil
 }
 
-// ServeHTTP passes the request on.
+func (h *Handler) provisionRedis() error {
+	url := caddy.NewReplacer().ReplaceAll(h.app.Redis, "")
+	if url == "" {
+		h.app.SetStatus("redis", redisStatus{})
+		return nil
+	}
+	h.redisKey = "redis|" + url
+	v, _, err := limiters.LoadOrNew(h.redisKey, func() (caddy.Destructor, error) {
+		return newRedisStore(url, h.logger)
+	})
+	if err != nil {
+		h.redisKey = ""
+		return fmt.Errorf("redis: %v", err)
+	}
+	h.redis = v.(*redisStore)
+	app := h.app
+	h.redisSub = h.redis.subscribe(func(st redisStatus) {
+		app.SetStatus("redis", st)
+		app.Metrics().SetRedisFallback(st.Fallback)
+	}, h.logger)
+	return nil
+}
+
+// ServeHTTP answers the rate-limit endpoint and enforces the limits of
+// service requests.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if key, ok := infoPath(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		return h.serveInfo(w, r, key)
+	}
+	key, rest, ok := gateway.ProxyPath(r.URL.Path)
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	svc := h.app.Service(key)
+	if svc == nil || (svc.Config.RateLimit == nil && h.clients == nil) {
+		return next.ServeHTTP(w, r)
+	}
+	var sl *serviceLimit
+	if rl := svc.Config.RateLimit; rl != nil {
+		sl = h.serviceLimitFor(key, rl)
+	}
+	now := time.Now()
+	v := h.decide(r, now, sl)
+	v.setHeaders(w.Header(), now)
+	if v.refused != "" {
+		return h.refuse(w, r, key, rest, &v, now)
+	}
 	return next.ServeHTTP(w, r)
+}
+
+// verdict is one request's decision and the figures for its headers.
+type verdict struct {
+	refused string // "", gateway.LimitClient or gateway.LimitService
+
+	service    *serviceLimit // nil without a service limit
+	window     windowState
+	hasClient  bool
+	bucket     bucketState
+	clientMax  int
+	clientSize time.Duration
+}
+
+// decide makes the decision in Redis when it is configured and reachable,
+// else in memory.
+func (h *Handler) decide(r *http.Request, now time.Time, sl *serviceLimit) verdict {
+	v := verdict{service: sl, hasClient: h.clients != nil, clientMax: h.clientMax, clientSize: h.clientWindow}
+	var ck clientKey
+	if v.hasClient {
+		ck = clientOf(r)
+	}
+	if h.redis != nil && h.redis.up.Load() {
+		err := h.decideRedis(r.Context(), now, &v, ck)
+		if err == nil {
+			return v
+		}
+		if r.Context().Err() == nil { // a client that left is no outage
+			h.redis.markDown(err)
+		}
+	}
+	h.decideLocal(now, &v, ck)
+	return v
+}
+
+func (h *Handler) decideLocal(now time.Time, v *verdict, ck clientKey) {
+	sl := v.service
+	if !v.hasClient {
+		if v.window = sl.win.take(now); !v.window.ok {
+			v.refused = gateway.LimitService
+		}
+		return
+	}
+	var next func() bool
+	if sl != nil {
+		next = func() bool {
+			v.window = sl.win.take(now)
+			return v.window.ok
+		}
+	}
+	v.bucket = h.clients.admit(now, ck, next)
+	switch {
+	case !v.bucket.ok:
+		v.refused = gateway.LimitClient
+	case sl != nil && !v.window.ok:
+		v.refused = gateway.LimitService
+	}
+}
+
+func (h *Handler) decideRedis(ctx context.Context, now time.Time, v *verdict, ck clientKey) error {
+	var clientKey, serviceKey string
+	var smax int
+	var swin time.Duration
+	if v.hasClient {
+		clientKey = h.clientsPrefix + ck.String()
+	}
+	if sl := v.service; sl != nil {
+		serviceKey, smax, swin = sl.redisKey, sl.limit.MaxRequests, time.Duration(sl.limit.Window)
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
+	defer cancel()
+	rep, err := h.redis.decide(ctx, clientKey, h.clientMax, h.clientWindow, serviceKey, smax, swin)
+	if err != nil {
+		return err
+	}
+	if v.hasClient {
+		v.bucket = bucketState{ok: rep.verdict != 1, remaining: int64(max(rep.tokens, 0)), full: rep.full, retry: rep.retry}
+	}
+	if v.service != nil {
+		v.window = windowState{ok: rep.verdict == 0, remaining: max(int64(smax)-rep.count, 0), end: now.Add(rep.ttl)}
+	}
+	switch rep.verdict {
+	case 1:
+		v.refused = gateway.LimitClient
+	case 2:
+		v.refused = gateway.LimitService
+	}
+	return nil
+}
+
+// figures are the limit, remaining and reset of the X-RateLimit headers:
+// the limit that refused the request, else the service limit, else the
+// client limit.
+func (v *verdict) figures(now time.Time) (limit, remaining int64, reset, retry time.Duration) {
+	if v.refused == gateway.LimitClient || v.service == nil {
+		return int64(v.clientMax), v.bucket.remaining, v.bucket.full, v.bucket.retry
+	}
+	reset = v.window.end.Sub(now)
+	return int64(v.service.limit.MaxRequests), v.window.remaining, reset, reset
+}
+
+func (v *verdict) setHeaders(hdr http.Header, now time.Time) {
+	limit, remaining, reset, retry := v.figures(now)
+	// One backing array for the values; the keys are already canonical.
+	vals := make([]string, 4)
+	vals[0] = strconv.FormatInt(limit, 10)
+	vals[1] = strconv.FormatInt(remaining, 10)
+	vals[2] = strconv.FormatInt(ceilSeconds(reset), 10)
+	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
+	if v.refused != "" {
+		vals[3] = strconv.FormatInt(max(ceilSeconds(retry), 1), 10)
+		hdr["Retry-After"] = vals[3:4:4]
+	}
+}
+
+// refused is the 429 body; its fields are the original ByteProxy's.
+type refusedBody struct {
+	Error           string          `json:"error"`
+	Service         string          `json:"service"`
+	Path            string          `json:"path"`
+	LimitType       string          `json:"limitType,omitempty"`
+	Troubleshooting troubleshooting `json:"troubleshooting"`
+}
+
+type troubleshooting struct {
+	Hint          string `json:"hint"`
+	Documentation string `json:"documentation"`
+}
+
+// documentation is where users read about the limits.
+const documentation = gateway.ProjectURL + "#rate-limits"
+
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, key, rest string, v *verdict, now time.Time) error {
+	h.app.Metrics().RateLimited(key, v.refused)
+	gateway.AddLogField(r, zap.String("rate_limited", v.refused))
+	_, _, _, retry := v.figures(now)
+	secs := max(ceilSeconds(retry), 1)
+	body := refusedBody{Service: key, Path: rest}
+	if v.refused == gateway.LimitClient {
+		body.Error = fmt.Sprintf("Client rate limit exceeded. Reset in %d seconds.", secs)
+		body.LimitType = gateway.LimitClient
+		body.Troubleshooting = troubleshooting{
+			Hint: fmt.Sprintf("Each client (its API key, else its IP address) may make %d requests per %s through this gateway, across all services. Wait %d seconds before retrying.",
+				v.clientMax, humanDuration(v.clientSize), secs),
+			Documentation: documentation,
+		}
+	} else {
+		rl := v.service.limit
+		body.Error = fmt.Sprintf("Rate limit exceeded for %s. Reset in %d seconds.", key, secs)
+		body.Troubleshooting = troubleshooting{
+			Hint: fmt.Sprintf("The service '%s' allows %d requests per %s through this gateway, shared by all clients. Wait for the window to reset, or raise the service's rate_limit.",
+				key, rl.MaxRequests, humanDuration(time.Duration(rl.Window))),
+			Documentation: documentation,
+		}
+	}
+	h.logger.Debug("rate limited", zap.String("service", key), zap.String("limit", v.refused), zap.Int64("retry_after", secs))
+	return gateway.WriteJSON(w, http.StatusTooManyRequests, body)
+}
+
+// serviceLimitFor returns the state of the service's current limit,
+// acquiring it on first use (runtime services appear and change between
+// reloads).
+func (h *Handler) serviceLimitFor(key string, rl *gateway.RateLimit) *serviceLimit {
+	if sl := (*h.windows.Load())[key]; sl != nil && sl.limit == *rl {
+		return sl
+	}
+	return h.acquireWindow(key, *rl)
+}
+
+// acquireWindow loads the window of key's limit from the pool and drops
+// the windows of services that were removed or whose limit changed.
+func (h *Handler) acquireWindow(key string, rl gateway.RateLimit) *serviceLimit {
+	size := time.Duration(rl.Window)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old := *h.windows.Load()
+	if sl := old[key]; sl != nil && sl.limit == rl {
+		return sl
+	}
+	sl := &serviceLimit{limit: rl, redisKey: redisServiceKey(key, rl.MaxRequests, size)}
+	if h.closed { // a request still in flight after Cleanup: do not leak a pool entry
+		sl.win = newWindow(rl.MaxRequests, size)
+		return sl
+	}
+	sl.poolKey = fmt.Sprintf("window|%s|%d|%d", key, rl.MaxRequests, size)
+	v, _, _ := limiters.LoadOrNew(sl.poolKey, func() (caddy.Destructor, error) {
+		return newWindow(rl.MaxRequests, size), nil
+	})
+	sl.win = v.(*window)
+	m := make(map[string]*serviceLimit, len(old)+1)
+	for k, o := range old {
+		if svc := h.app.Service(k); k == key || svc == nil || svc.Config.RateLimit == nil || *svc.Config.RateLimit != o.limit {
+			_, _ = limiters.Delete(o.poolKey)
+			continue
+		}
+		m[k] = o
+	}
+	m[key] = sl
+	h.windows.Store(&m)
+	return sl
+}
+
+// Cleanup releases this handler's share of the pooled state; state that
+// the new config still uses lives on.
+func (h *Handler) Cleanup() error {
+	h.mu.Lock()
+	h.closed = true
+	var m map[string]*serviceLimit
+	if p := h.windows.Load(); p != nil {
+		m = *p
+	}
+	h.mu.Unlock()
+	for _, sl := range m {
+		_, _ = limiters.Delete(sl.poolKey)
+	}
+	if h.clients != nil {
+		_, _ = limiters.Delete(h.clientsKey)
+	}
+	if h.redis != nil {
+		h.redis.unsubscribe(h.redisSub)
+		_, _ = limiters.Delete(h.redisKey)
+	}
+	return nil
+}
+
+// clientOf names the consumer: the API key id that byteproxy_auth set,
+// else the client IP (which honours trusted_proxies), else the peer
+// address.
+func clientOf(r *http.Request) clientKey {
+	ctx := r.Context()
+	if id, _ := caddyhttp.GetVar(ctx, gateway.VarClient).(string); id != "" {
+		return clientKey{kind: kindKeyID, id: id}
+	}
+	if ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ip != "" {
+		return clientKey{kind: kindIP, id: ip}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return clientKey{kind: kindIP, id: host}
+}
+
+// ceilSeconds rounds up to whole seconds; never negative.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// humanDuration writes a window as people say it: "1 minute", "2 hours".
+func humanDuration(d time.Duration) string {
+	for _, u := range []struct {
+		d    time.Duration
+		name string
+	}{{24 * time.Hour, "day"}, {time.Hour, "hour"}, {time.Minute, "minute"}, {time.Second, "second"}} {
+		if d >= u.d && d%u.d == 0 {
+			if n := d / u.d; n != 1 {
+				return fmt.Sprintf("%d %ss", n, u.name)
+			}
+			return "1 " + u.name
+		}
+	}
+	return d.String()
 }
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

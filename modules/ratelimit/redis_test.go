@@ -1,0 +1,162 @@
+package ratelimit
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func newTestStore(t *testing.T, url string) (*redisStore, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.InfoLevel)
+	s, err := newRedisStore(url, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Destruct() })
+	return s, logs
+}
+
+func TestRedisServiceWindowExact(t *testing.T) {
+	s, _ := newTestStore(t, testRedisURL(t))
+	key := redisServiceKey(uniqueName("svc"), 100, time.Minute)
+	var ok, refused atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 300)
+	for range 300 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			rep, err := s.decide(ctx, "", 0, 0, key, 100, time.Minute)
+			switch {
+			case err != nil:
+				errs <- err
+			case rep.verdict == 0:
+				ok.Add(1)
+			case rep.verdict == 2:
+				refused.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if ok.Load() != 100 || refused.Load() != 200 {
+		t.Fatalf("admitted %d, refused %d; want exactly 100 and 200", ok.Load(), refused.Load())
+	}
+	count, ttl, err := s.peek(context.Background(), key)
+	if err != nil || count != 100 || ttl <= 50*time.Second || ttl > time.Minute {
+		t.Fatalf("peek: count %d ttl %v err %v; want 100 counted (refusals not counted), ttl under 1m", count, ttl, err)
+	}
+}
+
+func TestRedisClientBucket(t *testing.T) {
+	s, _ := newTestStore(t, testRedisURL(t))
+	ctx := context.Background()
+	ck := redisClientPrefix(3, 3*time.Second) + uniqueName("key:alice")
+	svc := redisServiceKey(uniqueName("svc"), 100, time.Minute)
+	for i := range 3 {
+		rep, err := s.decide(ctx, ck, 3, 3*time.Second, svc, 100, time.Minute)
+		if err != nil || rep.verdict != 0 || int(rep.tokens) != 2-i {
+			t.Fatalf("request %d: %+v %v; want admitted with %d tokens left", i+1, rep, err, 2-i)
+		}
+	}
+	rep, err := s.decide(ctx, ck, 3, 3*time.Second, svc, 100, time.Minute)
+	if err != nil || rep.verdict != 1 || rep.retry <= 0 || rep.retry > time.Second {
+		t.Fatalf("4th request: %+v %v; want refused by the client limit, retry within 1s", rep, err)
+	}
+	// The client refusal did not count against the service.
+	if count, _, _ := s.peek(ctx, svc); count != 3 {
+		t.Fatalf("service count %d, want 3: a client refusal must not count", count)
+	}
+	// A service refusal does not spend the client's token.
+	full := redisServiceKey(uniqueName("full"), 1, time.Minute)
+	bob := redisClientPrefix(3, 3*time.Second) + uniqueName("key:bob")
+	if rep, _ := s.decide(ctx, bob, 3, 3*time.Second, full, 1, time.Minute); rep.verdict != 0 {
+		t.Fatalf("first request: %+v", rep)
+	}
+	for range 3 {
+		if rep, _ := s.decide(ctx, bob, 3, 3*time.Second, full, 1, time.Minute); rep.verdict != 2 || int(rep.tokens) != 2 {
+			t.Fatalf("refused by the service: %+v, want verdict 2 and 2 tokens kept", rep)
+		}
+	}
+	// Tokens come back: one per second here.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rep, err := s.decide(ctx, ck, 3, 3*time.Second, "", 0, 0)
+		if err == nil && rep.verdict == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no token after 5s: %+v %v", rep, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestRedisOutageLoggedOnceAndRecovered(t *testing.T) {
+	srv := startRedis(t, freePort(t))
+	s, logs := newTestStore(t, srv.url)
+	var statuses []redisStatus
+	var mu sync.Mutex
+	s.subscribe(func(st redisStatus) { mu.Lock(); statuses = append(statuses, st); mu.Unlock() }, s.logger.Load())
+	waitFor(t, "initial connection", func() bool { mu.Lock(); defer mu.Unlock(); return statuses[len(statuses)-1].Connected })
+
+	srv.kill()
+	ctx := context.Background()
+	key := redisServiceKey("outage", 10, time.Minute)
+	failures := 0
+	for range 20 {
+		start := time.Now()
+		if _, err := s.decide(ctx, "", 0, 0, key, 10, time.Minute); err != nil {
+			failures++
+			s.markDown(err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("a decision against a dead Redis took %v", d)
+		}
+	}
+	if failures == 0 || s.up.Load() {
+		t.Fatalf("Redis killed, yet %d failures and up=%v", failures, s.up.Load())
+	}
+	if n := logs.FilterMessageSnippet("redis unreachable").Len(); n != 1 {
+		t.Fatalf("outage logged %d times, want once", n)
+	}
+	mu.Lock()
+	last := statuses[len(statuses)-1]
+	mu.Unlock()
+	if !last.Configured || last.Connected || !last.Fallback || strings.Contains(last.LastError, "redis://") {
+		t.Fatalf("status during the outage: %+v", last)
+	}
+
+	startRedis(t, srv.port)
+	waitFor(t, "recovery", s.up.Load)
+	if n := logs.FilterMessageSnippet("redis reachable again").Len(); n != 1 {
+		t.Fatalf("recovery logged %d times, want once", n)
+	}
+	if rep, err := s.decide(ctx, "", 0, 0, key, 10, time.Minute); err != nil || rep.verdict != 0 || rep.count != 1 {
+		t.Fatalf("after recovery: %+v %v", rep, err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
