@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +50,32 @@ type Service struct {
 
 	token      string // resolved credential; never logged or shown
 	authHeader string // precomputed header value for bot/bearer/basic
+	authName   string // canonical header name the credential goes in (bot, bearer, basic, header)
+	authValue  string // that header's value
+	queryName  string // query parameter the credential goes in (query)
+	queryPair  string // "name=escaped-token", appended to the upstream query (query)
+
+	proxyMu sync.Mutex
+	proxy   atomic.Pointer[http.Handler]
+}
+
+// Proxy returns the handler that forwards requests to this service,
+// calling build the first time only. The proxy module keeps its
+// per-service forwarder (a ReverseProxy over Transport) here, so that it
+// lives exactly as long as the Service: a changed service is a new
+// Service with a new forwarder, and an old one is dropped with it.
+func (s *Service) Proxy(build func(*Service) http.Handler) http.Handler {
+	if p := s.proxy.Load(); p != nil {
+		return *p
+	}
+	s.proxyMu.Lock()
+	defer s.proxyMu.Unlock()
+	if p := s.proxy.Load(); p != nil {
+		return *p
+	}
+	h := build(s)
+	s.proxy.Store(&h)
+	return h
 }
 
 // HasAuth reports whether the service is configured to send a credential.
@@ -74,16 +102,18 @@ func (s *Service) ApplyCredential(h http.Header, u *url.URL) bool {
 	if s.token == "" {
 		return false
 	}
-	switch s.Config.Auth.Type {
-	case "header":
-		h.Set(s.Config.Auth.Name, s.token)
-	case "query":
-		q := u.Query()
-		q.Set(s.Config.Auth.Name, s.token)
-		u.RawQuery = q.Encode()
-	default:
-		h.Set("Authorization", s.authHeader)
+	if s.queryName != "" {
+		// Replace any client value of the parameter, and leave the rest of
+		// the query byte for byte as the client sent it.
+		q := StripQueryParam(u.RawQuery, s.queryName)
+		if q == "" {
+			u.RawQuery = s.queryPair
+		} else {
+			u.RawQuery = q + "&" + s.queryPair
+		}
+		return true
 	}
+	h[s.authName] = []string{s.authValue}
 	return true
 }
 
@@ -108,7 +138,11 @@ func (s *Service) Redact(text string) string {
 		return text
 	}
 	text = strings.ReplaceAll(text, s.token, "REDACTED")
-	return strings.ReplaceAll(text, url.QueryEscape(s.token), "REDACTED")
+	text = strings.ReplaceAll(text, url.QueryEscape(s.token), "REDACTED")
+	if s.authValue != "" {
+		text = strings.ReplaceAll(text, s.authValue, "REDACTED")
+	}
+	return text
 }
 
 var envPlaceholder = regexp.MustCompile(`^\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$`)
@@ -230,6 +264,7 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 		repl = caddy.NewReplacer()
 	}
 	s.token = strings.TrimSpace(repl.ReplaceAll(a.Token, ""))
+	s.authName = "Authorization"
 	switch a.Type {
 	case "bot":
 		s.authHeader = "Bot " + s.token
@@ -237,7 +272,14 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 		s.authHeader = "Bearer " + s.token
 	case "basic":
 		s.authHeader = "Basic " + base64.StdEncoding.EncodeToString([]byte(s.token))
+	case "header":
+		s.authName = http.CanonicalHeaderKey(a.Name)
+		s.authHeader = s.token
+	case "query":
+		s.queryName = a.Name
+		s.queryPair = url.QueryEscape(a.Name) + "=" + url.QueryEscape(s.token)
 	}
+	s.authValue = s.authHeader
 	return nil
 }
 

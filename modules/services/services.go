@@ -1,11 +1,17 @@
-// Package services is the http.handlers.byteproxy_services module.
+// Package services is the http.handlers.byteproxy_services module: the
+// proxy itself, forwarding /proxy/{service}/{path} to the service's base
+// URL with the gateway's credential.
 package services
 
 import (
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -14,12 +20,45 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler proxies /proxy/{service}/... to the service's upstream.
+// Handler proxies `/proxy/{service}/{path}?{query}` to
+// `{base_url}{path}?{query}` of the service configured in the byteproxy
+// app (`apps.byteproxy`), and passes every other request to the next
+// handler (so `/proxy/services` and the like reach byteproxy_manage).
 //
-// NOT YET IMPLEMENTED: this handler currently passes every request to the
-// next handler unchanged.
+// What goes upstream: the method, the path below the service's base URL
+// (a first segment naming one of the service's versions selects that
+// version's base URL), the query without `api_key`, the body streamed as
+// it arrives, and the headers: the service's default headers, then the
+// client's (a client header wins), then the service's credential (always
+// the gateway's). The client's `Authorization`, `Proxy-Authorization`,
+// `X-API-Key`, `X-Forwarded-*`, `Forwarded` and hop-by-hop headers are
+// never forwarded, and none are added: the upstream does not learn the
+// client's address.
+//
+// What comes back: the upstream's status, headers and body as they are
+// (redirects are not followed, compressed bodies stay compressed, bodies
+// and trailers stream, WebSocket upgrades pass through), plus
+// `X-Proxy-Service: <key>` and `X-Proxy-Duration: <ms>ms` (time until the
+// upstream's response headers).
+//
+// A path can never leave the base URL: the upstream host is always the
+// service's, a leading `//` is collapsed, and a `.` or `..` segment (also
+// percent-encoded, or hidden behind an encoded slash or a backslash) is
+// refused with 400.
+//
+// Errors are JSON: 404 unknown service, 401 when the service's token is
+// not set, 400 for a refused path or the GitHub `/org/` mistake, 502 when
+// the upstream cannot be reached, 504 when it does not answer within the
+// service's timeout. Connection failures of idempotent requests without a
+// body are retried up to the service's `retries`.
+//
+// The handler has no options: services are configured in the byteproxy
+// app (the `byteproxy` global option).
 type Handler struct {
-	app *gateway.App
+	app     *gateway.App
+	metrics *gateway.Metrics
+	logger  *zap.Logger
+	build   func(*gateway.Service) http.Handler
 }
 
 // CaddyModule returns the Caddy module information.
@@ -37,12 +76,106 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.app = app
+	h.metrics = app.Metrics()
+	h.logger = ctx.Logger()
+	h.build = func(s *gateway.Service) http.Handler { return newForwarder(s, h.metrics, h.logger) }
 	return nil
 }
 
-// ServeHTTP passes the request on.
+// ServeHTTP forwards a service call, answers its local errors, and passes
+// anything that is not a service call to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return next.ServeHTTP(w, r)
+	// The escaped path, so that an encoded slash stays one.
+	key, rest, ok := gateway.ProxyPath(r.URL.EscapedPath())
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	svc := h.app.Service(key)
+	if svc == nil {
+		return h.notConfigured(w, key)
+	}
+	f := svc.Proxy(h.build).(*forwarder)
+	caddyhttp.SetVar(r.Context(), gateway.VarService, f.keyVar)
+	gateway.AddLogField(r, zap.String("service", key))
+	if status, body := f.check(rest); status != 0 {
+		f.metrics.ProxyRequest(key, status, 0, 0)
+		f.logLocal(r, status)
+		_ = gateway.WriteJSON(w, status, body)
+		return nil
+	}
+	f.ServeHTTP(w, r)
+	return nil
+}
+
+// notConfigured answers 404 for a key no service has.
+func (h *Handler) notConfigured(w http.ResponseWriter, key string) error {
+	_ = gateway.WriteJSON(w, http.StatusNotFound, notConfiguredBody{
+		Error:             "Service '" + key + "' not configured",
+		AvailableServices: gateway.SortedKeys(h.app.AllServices()),
+	})
+	return nil
+}
+
+type notConfiguredBody struct {
+	Error             string   `json:"error"`
+	AvailableServices []string `json:"availableServices"`
+}
+
+// check answers what the gateway refuses before contacting the upstream,
+// in the original's order: the GitHub /org/ hint before the token check.
+// It returns status 0 when the request may go upstream.
+func (f *forwarder) check(rest string) (int, any) {
+	if f.github && (rest == "/org" || strings.HasPrefix(rest, "/org/")) {
+		return http.StatusBadRequest, githubHintBody{
+			Error: "Invalid GitHub API path. Did you mean '/orgs/:org' instead of '/org/:org'?",
+			Hint:  "GitHub's organization endpoints live under /orgs/, e.g. /proxy/" + f.key + "/orgs/{org}/repos",
+		}
+	}
+	if reason := unsafePath(rest); reason != "" {
+		return http.StatusBadRequest, upstreamErrorBody{Error: "Invalid path", Message: reason, Service: f.key}
+	}
+	if f.svc.HasAuth() && !f.svc.TokenConfigured() {
+		hint := "Set the token of the service's auth setting in the byteproxy configuration"
+		if f.svc.TokenEnv != "" {
+			hint = "Set the environment variable: " + f.svc.TokenEnv
+		}
+		return http.StatusUnauthorized, tokenMissingBody{
+			Error:    "Authentication token missing for " + f.key,
+			Hint:     hint,
+			AuthType: f.svc.AuthType(),
+		}
+	}
+	return 0, nil
+}
+
+type githubHintBody struct {
+	Error string `json:"error"`
+	Hint  string `json:"hint"`
+}
+
+type tokenMissingBody struct {
+	Error    string `json:"error"`
+	Hint     string `json:"hint"`
+	AuthType string `json:"authType"`
+}
+
+type upstreamErrorBody struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+	Service string `json:"service"`
+}
+
+// logLocal records a request the gateway answered itself.
+func (f *forwarder) logLocal(r *http.Request, status int) {
+	if ce := f.logger.Check(zap.DebugLevel, "refused proxy request"); ce != nil {
+		ce.Write(zap.String("service", f.key), zap.String("method", r.Method), zap.Int("status", status))
+	}
+}
+
+// durationMS formats d as the original's X-Proxy-Duration value, "12ms".
+func durationMS(d time.Duration) string {
+	var buf [24]byte
+	return string(append(strconv.AppendInt(buf[:0], d.Milliseconds(), 10), 'm', 's'))
 }
 
 // Interface guards

@@ -1,0 +1,395 @@
+package services
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// forwarder forwards requests to one service: a ReverseProxy over the
+// service's own Transport, with everything a request needs computed once.
+// There is one per *gateway.Service (see Service.Proxy).
+type forwarder struct {
+	svc      *gateway.Service
+	key      string
+	keyVal   []string // X-Proxy-Service value; shared, never modified
+	keyVar   any      // the key boxed once for the request variable
+	github   bool     // the GitHub preset's /org/ hint applies
+	base     route
+	versions map[string]*route
+	defaults []headerValue
+	rp       *httputil.ReverseProxy
+	metrics  *gateway.Metrics
+	logger   *zap.Logger
+}
+
+// headerValue is a default request header; vals is shared by every
+// request and never modified.
+type headerValue struct {
+	key  string
+	vals []string
+}
+
+func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *forwarder {
+	f := &forwarder{
+		svc:     s,
+		key:     s.Key,
+		keyVal:  []string{s.Key},
+		keyVar:  s.Key,
+		github:  s.Config.Preset == "github",
+		base:    newRoute(s.BaseURL),
+		metrics: m,
+		logger:  logger.With(zap.String("service", s.Key)),
+	}
+	if len(s.Versions) > 0 {
+		f.versions = make(map[string]*route, len(s.Versions))
+		for v, u := range s.Versions {
+			rt := newRoute(u)
+			f.versions[v] = &rt
+		}
+	}
+	for k, vals := range s.Headers {
+		f.defaults = append(f.defaults, headerValue{key: k, vals: vals[:len(vals):len(vals)]})
+	}
+	var transport http.RoundTripper = s.Transport
+	if s.Retries > 0 {
+		transport = &retryTransport{next: s.Transport, retries: s.Retries, f: f}
+	}
+	f.rp = &httputil.ReverseProxy{
+		Rewrite:      f.rewrite,
+		Transport:    transport,
+		BufferPool:   buffers,
+		ErrorHandler: f.handleError,
+		ErrorLog:     log.New(logWriter{f}, "", 0),
+	}
+	return f
+}
+
+// ServeHTTP forwards r, which the handler has checked, and records it.
+func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	pw := writers.Get().(*proxyWriter)
+	*pw = proxyWriter{ResponseWriter: w, f: f, start: time.Now()}
+	// Set here too for upgrades, whose 101 is written without WriteHeader.
+	w.Header()["X-Proxy-Service"] = f.keyVal
+	defer f.finish(pw, r)
+	f.rp.ServeHTTP(pw, r)
+}
+
+// finish records the request once it is over (also when the response copy
+// was aborted) and recycles its writer.
+func (f *forwarder) finish(pw *proxyWriter, r *http.Request) {
+	total := time.Since(pw.start)
+	status := pw.status
+	if status == 0 {
+		status = 499 // the client went away before anything was written
+	}
+	f.metrics.ProxyRequest(f.key, status, total, pw.upstream)
+	if ce := f.logger.Check(zap.DebugLevel, "proxied request"); ce != nil {
+		ce.Write(zap.String("method", r.Method), zap.Int("status", status),
+			zap.Duration("duration", total), zap.Duration("upstream_duration", pw.upstream))
+	}
+	*pw = proxyWriter{}
+	writers.Put(pw)
+}
+
+// rewrite builds the outgoing request: target URL, query and headers.
+func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	_, rest, _ := gateway.ProxyPath(in.URL.EscapedPath())
+	rt, tail := f.route(rest)
+
+	u := out.URL
+	u.Scheme, u.Host, u.Opaque, u.User = rt.scheme, rt.host, "", nil
+	u.Fragment, u.RawFragment, u.ForceQuery, u.OmitHost = "", "", false, false
+	rt.setPath(u, tail)
+	// The raw query of the client, not ReverseProxy's cleaned one: byte for
+	// byte, minus the gateway's own key.
+	u.RawQuery = gateway.StripQueryParam(in.URL.RawQuery, "api_key")
+	out.Host = "" // the upstream's host, from u
+
+	h := out.Header
+	delete(h, "Authorization")
+	delete(h, "Proxy-Authorization")
+	delete(h, "X-Api-Key")
+	delete(h, "Forwarded")
+	for k := range h {
+		if strings.HasPrefix(k, "X-Forwarded-") {
+			delete(h, k)
+		}
+	}
+	for _, d := range f.defaults {
+		if _, ok := h[d.key]; !ok {
+			h[d.key] = d.vals
+		}
+	}
+	f.svc.ApplyCredential(h, u)
+}
+
+// route picks the base URL for the escaped path rest: a first segment that
+// names a version selects that version's. tail is the path below it.
+func (f *forwarder) route(rest string) (*route, string) {
+	tail := rest[1:]
+	if f.versions != nil {
+		first, after, _ := strings.Cut(tail, "/")
+		if rt, ok := f.versions[first]; ok {
+			return rt, after
+		}
+	}
+	return &f.base, tail
+}
+
+// proxyWriter is the ResponseWriter a forwarded request writes to: it adds
+// the X-Proxy-* headers just before the status goes out and remembers what
+// the metrics need. Unwrap gives http.ResponseController (flush, hijack
+// for upgrades, deadlines) the writer below.
+type proxyWriter struct {
+	http.ResponseWriter
+	f        *forwarder
+	start    time.Time
+	status   int
+	upstream time.Duration // until the upstream's response headers
+	failed   bool          // the error handler answered
+}
+
+var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
+
+func (w *proxyWriter) WriteHeader(code int) {
+	if code < 200 || w.status != 0 { // 1xx, or a superfluous call
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.status = code
+	d := time.Since(w.start)
+	if !w.failed {
+		w.upstream = d
+	}
+	h := w.ResponseWriter.Header()
+	h["X-Proxy-Service"] = w.f.keyVal // replaces one the upstream sent
+	h["X-Proxy-Duration"] = []string{durationMS(d)}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *proxyWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Hijack is called for a protocol upgrade (WebSocket) once the upstream
+// answered 101.
+func (w *proxyWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+		w.upstream = time.Since(w.start)
+	}
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+func (w *proxyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// handleError answers a failed upstream exchange: 504 for a timeout, 502
+// for anything else, nothing at all when the client went away. Messages
+// are written here, never copied from the error, which may hold the
+// upstream URL and with it a query credential.
+func (f *forwarder) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	pw, _ := w.(*proxyWriter)
+	if pw != nil {
+		pw.failed = true
+	}
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		if ce := f.logger.Check(zap.DebugLevel, "client went away before the upstream answered"); ce != nil {
+			ce.Write(zap.String("method", r.Method))
+		}
+		return
+	}
+	status, kind, msg := f.describe(r, err)
+	f.metrics.UpstreamError(f.key, kind)
+	if ce := f.logger.Check(zap.WarnLevel, "upstream request failed"); ce != nil {
+		ce.Write(zap.String("method", r.Method), zap.String("upstream", r.URL.Scheme+"://"+r.URL.Host),
+			zap.String("kind", kind), zap.Int("status", status), zap.String("error", f.svc.Redact(err.Error())))
+	}
+	title := "Bad Gateway"
+	if status == http.StatusGatewayTimeout {
+		title = "Gateway Timeout"
+	}
+	_ = gateway.WriteJSON(w, status, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
+}
+
+// describe classifies an upstream error: status, metrics kind, message.
+func (f *forwarder) describe(r *http.Request, err error) (int, string, string) {
+	upstream := r.URL.Scheme + "://" + r.URL.Host
+	var opErr *net.OpError
+	dial := errors.As(err, &opErr) && opErr.Op == "dial"
+	var netErr net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout() {
+		if dial {
+			return http.StatusGatewayTimeout, gateway.UpstreamErrTimeout,
+				"Could not connect to " + upstream + " within " + f.svc.Timeout.String() + "."
+		}
+		return http.StatusGatewayTimeout, gateway.UpstreamErrTimeout,
+			"The upstream " + upstream + " did not answer within " + f.svc.Timeout.String() + "."
+	}
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr):
+		return http.StatusBadGateway, gateway.UpstreamErrDial,
+			"Could not resolve the upstream host " + dnsErr.Name + "."
+	case dial:
+		reason := "connection failed"
+		var sysErr syscall.Errno
+		if errors.As(err, &sysErr) {
+			reason = sysErr.Error()
+		} else if opErr.Err != nil {
+			reason = f.svc.Redact(opErr.Err.Error()) // e.g. the private-address guard
+		}
+		return http.StatusBadGateway, gateway.UpstreamErrDial,
+			"Could not connect to " + upstream + ": " + reason + "."
+	case isTLSError(err):
+		return http.StatusBadGateway, gateway.UpstreamErrOther,
+			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return http.StatusBadGateway, gateway.UpstreamErrReset,
+			"The upstream " + upstream + " closed the connection before sending a response."
+	}
+	return http.StatusBadGateway, gateway.UpstreamErrOther,
+		"The request to the upstream " + upstream + " failed."
+}
+
+func isTLSError(err error) bool {
+	var certErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &certErr) || errors.As(err, &recErr) || errors.As(err, &unknownAuth) ||
+		errors.As(err, &hostErr) || errors.As(err, &invalid)
+}
+
+func tlsReason(err error) string {
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) && certErr.Err != nil {
+		return certErr.Err.Error()
+	}
+	var recErr tls.RecordHeaderError
+	if errors.As(err, &recErr) {
+		return "the upstream did not answer with TLS"
+	}
+	return "certificate not accepted"
+}
+
+// retryTransport retries what is safe to retry: a request that failed to
+// connect (so nothing was sent), with an idempotent method and no body.
+// Timeouts are not retried: the service's timeout bounds the wait.
+type retryTransport struct {
+	next    http.RoundTripper
+	retries int
+	f       *forwarder
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err == nil || !replayable(req) {
+		return resp, err
+	}
+	for attempt := 1; attempt <= t.retries && connectFailed(err); attempt++ {
+		if ce := t.f.logger.Check(zap.DebugLevel, "retrying upstream request after a connection failure"); ce != nil {
+			ce.Write(zap.String("method", req.Method), zap.Int("attempt", attempt), zap.Int("retries", t.retries))
+		}
+		if !pause(req.Context(), backoff(attempt)) {
+			return nil, err
+		}
+		if resp, err = t.next.RoundTrip(req); err == nil {
+			return resp, nil
+		}
+	}
+	return resp, err
+}
+
+// replayable: an idempotent method without a body to resend.
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
+		return req.Body == nil || req.Body == http.NoBody
+	}
+	return false
+}
+
+// connectFailed: the connection could not be made, so nothing was sent.
+func connectFailed(err error) bool {
+	var opErr *net.OpError
+	if !errors.As(err, &opErr) || opErr.Op != "dial" || opErr.Timeout() {
+		return false
+	}
+	var dnsErr *net.DNSError
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.As(err, &dnsErr) && (dnsErr.IsTemporary || dnsErr.IsTimeout)
+}
+
+// backoff before retry n (1, 2, ...): 50ms, 100ms, 200ms ... at most 1s.
+func backoff(n int) time.Duration {
+	d := 50 * time.Millisecond << (n - 1)
+	if d > time.Second || d <= 0 {
+		d = time.Second
+	}
+	return d
+}
+
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// bufferPool lends ReverseProxy its 32 KiB copy buffers.
+type bufferPool struct{ p sync.Pool }
+
+const bufSize = 32 << 10
+
+var buffers = new(bufferPool)
+
+func (b *bufferPool) Get() []byte {
+	if buf, ok := b.p.Get().(*[bufSize]byte); ok {
+		return buf[:]
+	}
+	return new([bufSize]byte)[:]
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) >= bufSize {
+		b.p.Put((*[bufSize]byte)(buf[:bufSize]))
+	}
+}
+
+// logWriter sends ReverseProxy's own messages (aborted copies, upgrade
+// errors) to the service's logger at debug level, redacted.
+type logWriter struct{ f *forwarder }
+
+func (l logWriter) Write(p []byte) (int, error) {
+	if ce := l.f.logger.Check(zap.DebugLevel, "reverse proxy"); ce != nil {
+		ce.Write(zap.String("detail", l.f.svc.Redact(strings.TrimSpace(string(p)))))
+	}
+	return len(p), nil
+}
