@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// child is a process started by the benchmark. Every child is killed when
+// the benchmark returns (killAll), and on Linux also by the kernel if the
+// benchmark dies (Pdeathsig).
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{}
+}
+
+// children tracks every running child so that one deferred call ends them.
+type children struct {
+	mu   sync.Mutex
+	list []*child
+}
+
+func (cs *children) start(name string, cmd *exec.Cmd) (*child, error) {
+	c := &child{name: name, cmd: cmd, logs: new(syncBuffer), done: make(chan struct{})}
+	if cmd.Stdout == nil {
+		cmd.Stdout = c.logs
+	}
+	cmd.Stderr = c.logs
+	setDeathSignal(cmd)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	go func() { _ = cmd.Wait(); close(c.done) }()
+	cs.mu.Lock()
+	cs.list = append(cs.list, c)
+	cs.mu.Unlock()
+	return c, nil
+}
+
+// killAll kills every child and waits (bounded) for each to exit.
+func (cs *children) killAll() {
+	cs.mu.Lock()
+	list := cs.list
+	cs.list = nil
+	cs.mu.Unlock()
+	for _, c := range list {
+		_ = c.cmd.Process.Kill()
+	}
+	for _, c := range list {
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail returns the last n bytes of the child's output, for error messages.
+func (c *child) tail(n int) string {
+	s := c.logs.String()
+	if len(s) > n {
+		s = "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// startUpstream re-executes this binary as the upstream and returns it with
+// its address.
+func startUpstream(ctx context.Context, cs *children) (*child, string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), roleEnv+"=upstream")
+	stdin, err := cmd.StdinPipe() // closed when we exit: the upstream follows
+	if err != nil {
+		return nil, "", err
+	}
+	_ = stdin // kept open for the lifetime of the process
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := cs.start("upstream", cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case line, ok := <-lines:
+		addr, found := strings.CutPrefix(line, "listening ")
+		if !ok || !found {
+			return nil, "", fmt.Errorf("upstream did not start: %q %s", line, c.tail(2000))
+		}
+		return c, addr, nil
+	case <-time.After(15 * time.Second):
+		return nil, "", errors.New("upstream did not report its address within 15s")
+	case <-ctx.Done():
+		return nil, "", ctx.Err()
+	}
+}
+
+// startCaddy runs `bin run` on caddyfile in its own directory and waits
+// until the site port accepts connections.
+func startCaddy(ctx context.Context, cs *children, name, bin, dir, caddyfile string, port int) (*child, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"HOME="+dir,
+		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	c, err := cs.start(name, cmd)
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if c.exited() {
+			return nil, fmt.Errorf("%s exited during startup:\n%s", name, c.tail(4000))
+		}
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("%s did not listen on %s within 60s:\n%s", name, addr, c.tail(4000))
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// buildGateway builds ./cmd/byteproxy of the enclosing module into dir.
+func buildGateway(ctx context.Context, dir string) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the byteproxy module: run from the repository or pass -bin")
+	}
+	bin := filepath.Join(dir, "byteproxy")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/byteproxy")
+	cmd.Dir = filepath.Dir(mod)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/byteproxy: %w\n%s", err, b)
+	}
+	return bin, nil
+}
+
+// cpuTimes is a process's user and system CPU time.
+type cpuTimes struct {
+	User, System time.Duration
+}
+
+func (t cpuTimes) total() time.Duration { return t.User + t.System }
+
+// clockTick is USER_HZ, the unit of utime/stime in /proc/<pid>/stat. It is
+// 100 on every Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// readCPU reads the CPU time of every thread of process pid so far.
+func readCPU(pid int) (cpuTimes, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	return parseProcStat(string(b))
+}
+
+// parseProcStat extracts utime and stime (fields 14 and 15) from the
+// contents of /proc/<pid>/stat. The command name (field 2) may contain
+// spaces and parentheses, so fields are counted after its last ')'.
+func parseProcStat(s string) (cpuTimes, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return cpuTimes{}, errors.New("malformed /proc stat: no ')'")
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state), so field n is f[n-3].
+	if len(f) < 13 {
+		return cpuTimes{}, errors.New("malformed /proc stat: too few fields")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return cpuTimes{}, errors.New("malformed /proc stat: utime/stime")
+	}
+	return cpuTimes{User: time.Duration(ut) * clockTick, System: time.Duration(st) * clockTick}, nil
+}
+
+// cpuPerRequest is the CPU time spent between two readings divided by the
+// number of requests served in between; zero when unknown.
+func cpuPerRequest(before, after cpuTimes, requests int64) time.Duration {
+	d := after.total() - before.total()
+	if requests <= 0 || d < 0 {
+		return 0
+	}
+	return d / time.Duration(requests)
+}
+
+// loadAvg returns the 1-minute load average, or -1 when unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers, bounded to its
+// last 1 MiB so that a chatty child cannot exhaust memory.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+const maxLog = 1 << 20
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b.Len()+len(p) > maxLog {
+		keep := s.b.Bytes()
+		if len(keep) > maxLog/2 {
+			keep = keep[len(keep)-maxLog/2:]
+		}
+		nb := append([]byte(nil), keep...)
+		s.b.Reset()
+		s.b.Write(nb)
+	}
+	if len(p) > maxLog/2 {
+		s.b.Write(p[len(p)-maxLog/2:])
+		return len(p), nil
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
