@@ -10,7 +10,9 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("byteproxy_ratelimit", httpcaddyfile.Before, "encode")
 }
 
-// parseCaddyfile sets up the handler from Caddyfile tokens.
+// parseCaddyfile sets up the handler from Caddyfile tokens. The directive
+// takes no arguments: the limits are the byteproxy app's (rate_limit on a
+// service, client_rate_limit and redis in the global byteproxy block).
 //
 //	byteproxy_ratelimit
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

@@ -239,18 +239,18 @@ func (h *Handler) decideLocal(now time.Time, v *verdict, ck clientKey) {
 }
 
 func (h *Handler) decideRedis(ctx context.Context, now time.Time, v *verdict, ck clientKey) error {
-	var clientKey, serviceKey string
+	var bucketKey, windowKey string
 	var smax int
 	var swin time.Duration
 	if v.hasClient {
-		clientKey = h.clientsPrefix + ck.String()
+		bucketKey = h.clientsPrefix + ck.String()
 	}
 	if sl := v.service; sl != nil {
-		serviceKey, smax, swin = sl.redisKey, sl.limit.MaxRequests, time.Duration(sl.limit.Window)
+		windowKey, smax, swin = sl.redisKey, sl.limit.MaxRequests, time.Duration(sl.limit.Window)
 	}
 	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
 	defer cancel()
-	rep, err := h.redis.decide(ctx, clientKey, h.clientMax, h.clientWindow, serviceKey, smax, swin)
+	rep, err := h.redis.decide(ctx, bucketKey, h.clientMax, h.clientWindow, windowKey, smax, swin)
 	if err != nil {
 		return err
 	}
@@ -296,7 +296,7 @@ func (v *verdict) setHeaders(hdr http.Header, now time.Time) {
 	}
 }
 
-// refused is the 429 body; its fields are the original ByteProxy's.
+// refusedBody is the 429 body; its fields are the original ByteProxy's.
 type refusedBody struct {
 	Error           string          `json:"error"`
 	Service         string          `json:"service"`

@@ -195,19 +195,19 @@ type redisReply struct {
 	retry   time.Duration
 }
 
-// decide runs decideScript. clientKey and serviceKey are empty when that
-// limit does not apply.
-func (s *redisStore) decide(ctx context.Context, clientKey string, cmax int, cwin time.Duration, serviceKey string, smax int, swin time.Duration) (redisReply, error) {
+// decide runs decideScript. bucketKey (the client's) and windowKey (the
+// service's) are empty when that limit does not apply.
+func (s *redisStore) decide(ctx context.Context, bucketKey string, cmax int, cwin time.Duration, windowKey string, smax int, swin time.Duration) (redisReply, error) {
 	keys := make([]string, 0, 2)
-	if clientKey == "" {
+	if bucketKey == "" {
 		cmax = 0
 	} else {
-		keys = append(keys, clientKey)
+		keys = append(keys, bucketKey)
 	}
-	if serviceKey == "" {
+	if windowKey == "" {
 		smax = 0
 	} else {
-		keys = append(keys, serviceKey)
+		keys = append(keys, windowKey)
 	}
 	res, err := decideScript.Run(ctx, s.client, keys, cmax, millis(cwin), smax, millis(swin)).Int64Slice()
 	if err != nil {
@@ -228,8 +228,8 @@ func (s *redisStore) decide(ctx context.Context, clientKey string, cmax int, cwi
 
 // peek reads a service window: requests counted and time until it ends
 // (zero or less when no window is open).
-func (s *redisStore) peek(ctx context.Context, serviceKey string) (int64, time.Duration, error) {
-	res, err := peekScript.Run(ctx, s.client, []string{serviceKey}).Int64Slice()
+func (s *redisStore) peek(ctx context.Context, windowKey string) (int64, time.Duration, error) {
+	res, err := peekScript.Run(ctx, s.client, []string{windowKey}).Int64Slice()
 	if err != nil {
 		return 0, 0, err
 	}
