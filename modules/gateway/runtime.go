@@ -8,22 +8,39 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
-// Runtime services are stored one per key under this storage prefix, so two
-// instances changing different services never overwrite each other.
+// Runtime services are stored one record per key under this storage
+// prefix, so two instances changing different services never overwrite
+// each other, and a change is one atomic write.
 const storagePrefix = "byteproxy/services"
+
+// storageTimeout bounds a locked storage change. It is detached from the
+// request: a client that hangs up must not leave a change half done.
+const storageTimeout = time.Minute
 
 // Registry errors the management API maps to statuses.
 var (
 	ErrExists        = errors.New("service already exists")
 	ErrNotFound      = errors.New("service not found")
 	ErrConfigDefined = errors.New("service is defined in the Caddy config")
+)
+
+// Limits on one runtime service, so the management API cannot be used to
+// bloat storage or every instance's memory.
+const (
+	maxNameLen     = 200
+	maxMapEntries  = 64
+	maxHeaderValue = 8 << 10
 )
 
 // storedService is the storage record of a runtime service.
@@ -35,11 +52,53 @@ type storedService struct {
 
 func storageKey(key string) string { return path.Join(storagePrefix, key+".json") }
 
+// NormalizeRuntime returns cfg as it is stored and as the live service
+// reports it, so a stored record and a live service compare equal.
+func NormalizeRuntime(key string, cfg ServiceConfig) ServiceConfig {
+	cfg = cfg.clone()
+	if cfg.Name == "" {
+		cfg.Name = key
+	}
+	if cfg.Auth != nil && cfg.Auth.Type == "" {
+		cfg.Auth = nil
+	}
+	if len(cfg.Headers) == 0 {
+		cfg.Headers = nil
+	}
+	if len(cfg.Versions) == 0 {
+		cfg.Versions = nil
+	}
+	return cfg
+}
+
 // BuildRuntime validates a runtime service as the management API would add
-// it, with the abuse guards applied, without storing it.
+// it, with every abuse guard applied (including resolving the upstream
+// host), without storing it.
 func (a *App) BuildRuntime(ctx context.Context, key string, cfg ServiceConfig) (*Service, error) {
+	svc, err := a.ValidateRuntime(key, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !a.allowPrivate() {
+		for _, host := range hostsOf(svc) {
+			if err := checkHostPublic(ctx, host); err != nil {
+				return nil, fieldErr(hostField(svc, host), "%v", err)
+			}
+		}
+	}
+	return svc, nil
+}
+
+// ValidateRuntime is BuildRuntime without name resolution: every check
+// that needs no network. Services loaded from storage go through it (the
+// dial guard still refuses private addresses when they connect), and so
+// does the fuzz target.
+func (a *App) ValidateRuntime(key string, cfg ServiceConfig) (*Service, error) {
 	if cfg.Preset != "" {
 		return nil, fieldErr("preset", "runtime services cannot use presets")
+	}
+	if err := checkRuntimeFields(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.Auth != nil && cfg.Auth.Token != "" {
 		m := envPlaceholder.FindStringSubmatch(cfg.Auth.Token)
@@ -50,31 +109,91 @@ func (a *App) BuildRuntime(ctx context.Context, key string, cfg ServiceConfig) (
 			return nil, fieldErr("auth.tokenEnvVar", "environment variable %q is not allowed by runtime_services token_env", m[1])
 		}
 	}
-	svc, err := BuildService(key, cfg, "runtime", a.runtOpts)
+	svc, err := BuildService(key, NormalizeRuntime(key, cfg), "runtime", a.runtOpts)
 	if err != nil {
 		return nil, err
 	}
-	if !a.RuntimeServices.AllowPrivateUpstreams {
-		for _, u := range append(urlsOf(svc), svc.BaseURL.Hostname()) {
-			if err := checkHostPublic(ctx, u); err != nil {
-				return nil, fieldErr("baseUrl", "%v", err)
+	if !a.allowPrivate() {
+		for _, host := range hostsOf(svc) {
+			if err := checkLiteralHost(host); err != nil {
+				return nil, fieldErr(hostField(svc, host), "%v", err)
 			}
 		}
 	}
 	return svc, nil
 }
 
-func urlsOf(s *Service) []string {
-	var hosts []string
+// checkRuntimeFields refuses what only a runtime service could abuse:
+// placeholders (which could read the environment or files when a value is
+// resolved), control characters in header values, and unbounded sizes.
+func checkRuntimeFields(cfg ServiceConfig) error {
+	if len(cfg.Name) > maxNameLen {
+		return fieldErr("name", "must be at most %d bytes", maxNameLen)
+	}
+	if hasPlaceholder(cfg.BaseURL) {
+		return fieldErr("baseUrl", "placeholders are not allowed in a runtime service")
+	}
+	if len(cfg.Versions) > maxMapEntries {
+		return fieldErr("versionedBaseUrls", "at most %d versions", maxMapEntries)
+	}
+	for v, u := range cfg.Versions {
+		if hasPlaceholder(v) || hasPlaceholder(u) {
+			return fieldErr("versionedBaseUrls", "placeholders are not allowed in a runtime service")
+		}
+	}
+	if len(cfg.Headers) > maxMapEntries {
+		return fieldErr("headers", "at most %d headers", maxMapEntries)
+	}
+	for k, v := range cfg.Headers {
+		if hasPlaceholder(k) || hasPlaceholder(v) {
+			return fieldErr("headers", "placeholders are not allowed in a runtime service")
+		}
+		if len(v) > maxHeaderValue {
+			return fieldErr("headers", "value of %q is longer than %d bytes", k, maxHeaderValue)
+		}
+		for _, c := range v {
+			if c < ' ' && c != '\t' || c == 0x7f {
+				return fieldErr("headers", "value of %q has a control character", k)
+			}
+		}
+	}
+	if cfg.Auth != nil && hasPlaceholder(cfg.Auth.Name) {
+		return fieldErr("auth.headerName", "placeholders are not allowed in a runtime service")
+	}
+	return nil
+}
+
+func hasPlaceholder(s string) bool {
+	i := strings.IndexByte(s, '{')
+	return i >= 0 && strings.IndexByte(s[i:], '}') > 0
+}
+
+// hostsOf lists every host a service may connect to.
+func hostsOf(s *Service) []string {
+	hosts := []string{s.BaseURL.Hostname()}
 	for _, u := range s.Versions {
 		hosts = append(hosts, u.Hostname())
 	}
 	return hosts
 }
 
+func hostField(s *Service, host string) string {
+	if host == s.BaseURL.Hostname() {
+		return "baseUrl"
+	}
+	return "versionedBaseUrls"
+}
+
+func (a *App) allowPrivate() bool {
+	return a.RuntimeServices != nil && a.RuntimeServices.AllowPrivateUpstreams
+}
+
 // TokenEnvAllowed reports whether a runtime service may read this
 // environment variable as its token.
 func (a *App) TokenEnvAllowed(name string) bool {
+	if a.RuntimeServices == nil {
+		return false
+	}
 	for _, pat := range a.RuntimeServices.TokenEnv {
 		if ok, _ := path.Match(pat, name); ok {
 			return true
@@ -83,68 +202,150 @@ func (a *App) TokenEnvAllowed(name string) bool {
 	return false
 }
 
+// IsConfigService reports whether key is defined in the Caddy config (so
+// the management API may not change it).
+func (a *App) IsConfigService(key string) bool {
+	_, ok := a.configServices[key]
+	return ok
+}
+
 // PutRuntime stores a runtime service durably, then makes it live. With
 // create, an existing service with the key is an ErrExists; without, the
-// service must exist as a runtime service and is replaced.
+// service must exist as a runtime service and is replaced. When it returns
+// nil the record is on stable storage (written, fsynced, renamed into
+// place, directory fsynced) and every config of this process serves it.
 func (a *App) PutRuntime(ctx context.Context, key string, cfg ServiceConfig, create bool) (*Service, error) {
+	cfg = NormalizeRuntime(key, cfg)
 	svc, err := a.BuildRuntime(ctx, key, cfg)
 	if err != nil {
 		return nil, err
 	}
-	a.writeMu.Lock()
-	defer a.writeMu.Unlock()
-	if _, ok := a.configServices[key]; ok {
-		if create {
-			return nil, ErrExists
-		}
-		return nil, ErrConfigDefined
+	if err := a.putRecord(key, cfg, svc, create); err != nil {
+		return nil, err
 	}
-	lockName := "byteproxy-service-" + key
-	if err := a.storage.Lock(ctx, lockName); err != nil {
-		return nil, fmt.Errorf("locking storage: %w", err)
-	}
-	defer func() { _ = a.storage.Unlock(context.WithoutCancel(ctx), lockName) }()
-	exists := a.storage.Exists(ctx, storageKey(key))
-	if create && exists {
-		return nil, ErrExists
-	}
-	if !create && !exists {
-		return nil, ErrNotFound
-	}
-	rec, _ := json.Marshal(storedService{Key: key, Config: cfg, Updated: time.Now().UTC()})
-	if err := a.storage.Store(ctx, storageKey(key), rec); err != nil {
-		return nil, fmt.Errorf("storing service: %w", err)
-	}
-	a.swap(func(m map[string]*Service) { m[key] = svc })
+	a.notifyPeers(key)
 	a.logger.Info("runtime service stored", zap.String("service", key), zap.Bool("created", create))
 	return svc, nil
 }
 
+func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool) error {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	if _, ok := a.configServices[key]; ok {
+		if create {
+			return ErrExists
+		}
+		return ErrConfigDefined
+	}
+	return a.locked(key, func(ctx context.Context) error {
+		exists := a.storage.Exists(ctx, storageKey(key))
+		if create && exists {
+			return ErrExists
+		}
+		if !create && !exists {
+			return ErrNotFound
+		}
+		rec, err := json.Marshal(storedService{Key: key, Config: cfg, Updated: time.Now().UTC()})
+		if err != nil {
+			return err
+		}
+		if err := a.storage.Store(ctx, storageKey(key), rec); err != nil {
+			return fmt.Errorf("storing service: %w", err)
+		}
+		if err := a.syncDir(key); err != nil {
+			return fmt.Errorf("storing service: %w", err)
+		}
+		a.swap(func(m map[string]*Service) { m[key] = svc })
+		return nil
+	})
+}
+
 // DeleteRuntime removes a runtime service durably.
 func (a *App) DeleteRuntime(ctx context.Context, key string) error {
+	err := a.deleteRecord(key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	a.notifyPeers(key)
+	if err == nil {
+		a.logger.Info("runtime service deleted", zap.String("service", key))
+	}
+	return err
+}
+
+func (a *App) deleteRecord(key string) error {
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
 	if _, ok := a.configServices[key]; ok {
 		return ErrConfigDefined
 	}
+	return a.locked(key, func(ctx context.Context) error {
+		if !a.storage.Exists(ctx, storageKey(key)) {
+			a.swap(func(m map[string]*Service) { delete(m, key) })
+			return ErrNotFound
+		}
+		if err := a.storage.Delete(ctx, storageKey(key)); err != nil {
+			return fmt.Errorf("deleting service: %w", err)
+		}
+		if err := a.syncDir(key); err != nil {
+			return fmt.Errorf("deleting service: %w", err)
+		}
+		a.swap(func(m map[string]*Service) { delete(m, key) })
+		return nil
+	})
+}
+
+// locked runs change holding the storage lock of one key, which excludes
+// every other instance sharing the storage from changing the same key.
+func (a *App) locked(key string, change func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+	defer cancel()
 	lockName := "byteproxy-service-" + key
 	if err := a.storage.Lock(ctx, lockName); err != nil {
 		return fmt.Errorf("locking storage: %w", err)
 	}
-	defer func() { _ = a.storage.Unlock(context.WithoutCancel(ctx), lockName) }()
-	if !a.storage.Exists(ctx, storageKey(key)) {
-		a.swap(func(m map[string]*Service) { delete(m, key) })
-		return ErrNotFound
-	}
-	if err := a.storage.Delete(ctx, storageKey(key)); err != nil {
-		return fmt.Errorf("deleting service: %w", err)
-	}
-	a.swap(func(m map[string]*Service) { delete(m, key) })
-	a.logger.Info("runtime service deleted", zap.String("service", key))
-	return nil
+	defer func() {
+		if err := a.storage.Unlock(context.Background(), lockName); err != nil {
+			a.logger.Error("unlocking storage", zap.String("service", key), zap.Error(err))
+		}
+	}()
+	return change(ctx)
 }
 
-// swap publishes a modified copy of the registry. Callers hold writeMu.
+// syncDir makes a rename or removal in the file storage durable. certmagic's
+// FileStorage writes a temporary file, fsyncs it and renames it over the
+// record, but does not fsync the directory, so without this a power loss
+// right after a 2xx could forget the new name.
+func (a *App) syncDir(key string) error {
+	fsto, ok := a.storage.(*certmagic.FileStorage)
+	if !ok {
+		return nil
+	}
+	root := filepath.Clean(fsto.Path)
+	dir := filepath.Dir(fsto.Filename(storageKey(key)))
+	for {
+		if err := fsyncDir(dir); err != nil {
+			return err
+		}
+		parent := filepath.Dir(dir)
+		if dir == root || parent == dir || !strings.HasPrefix(parent, root) {
+			return nil
+		}
+		dir = parent
+	}
+}
+
+func fsyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// swap publishes a modified copy of the registry and releases the idle
+// connections of any service it replaced. Callers hold writeMu.
 func (a *App) swap(change func(map[string]*Service)) {
 	old := *a.services.Load()
 	next := make(map[string]*Service, len(old)+1)
@@ -153,11 +354,25 @@ func (a *App) swap(change func(map[string]*Service)) {
 	}
 	change(next)
 	a.services.Store(&next)
+	closeReplaced(old, next)
+}
+
+// closeReplaced closes idle connections of services that left the registry;
+// requests in flight on them finish normally.
+func closeReplaced(old, next map[string]*Service) {
+	for k, s := range old {
+		if next[k] != s {
+			s.Transport.CloseIdleConnections()
+		}
+	}
 }
 
 // syncRuntime re-reads every runtime service from storage and publishes
 // the result: adds, replacements and removals made by other instances.
+// It holds writeMu throughout, so a record read here is never older than a
+// change this instance has already answered.
 func (a *App) syncRuntime(ctx context.Context) error {
+	a.joinPeers()
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
 	keys, err := a.storage.List(ctx, storagePrefix, false)
@@ -170,78 +385,240 @@ func (a *App) syncRuntime(ctx context.Context) error {
 		next[k] = v
 	}
 	for _, sk := range keys {
-		raw, err := a.storage.Load(ctx, sk)
-		if err != nil {
-			continue // deleted between List and Load
+		key, ok := recordKey(sk)
+		if !ok {
+			continue // a temporary file of an atomic write, or foreign
 		}
-		var rec storedService
-		if err := json.Unmarshal(raw, &rec); err != nil || storageKey(rec.Key) != sk {
-			a.logger.Warn("ignoring unreadable runtime service record", zap.String("storage_key", sk))
-			continue
-		}
-		if _, clash := a.configServices[rec.Key]; clash {
+		if _, clash := a.configServices[key]; clash {
 			continue // the Caddy config wins
 		}
-		if cur, ok := old[rec.Key]; ok && cur.Source == "runtime" && sameConfig(cur.Config, rec.Config) {
-			next[rec.Key] = cur // unchanged: keep its warm connection pool
-			continue
-		}
-		svc, err := a.BuildRuntime(ctx, rec.Key, rec.Config)
+		raw, err := a.storage.Load(ctx, sk)
 		if err != nil {
-			a.logger.Warn("ignoring invalid runtime service", zap.String("service", rec.Key), zap.Error(err))
+			if cur := old[key]; cur != nil && cur.Source == "runtime" && !errors.Is(err, fs.ErrNotExist) {
+				next[key] = cur // unreadable for now: keep what we had
+			}
 			continue
 		}
-		next[rec.Key] = svc
+		if svc := a.fromRecord(key, raw, old[key]); svc != nil {
+			next[key] = svc
+		}
 	}
 	a.services.Store(&next)
+	closeReplaced(old, next)
 	return nil
 }
 
-// sameConfig compares a live service's effective config with a stored one.
-func sameConfig(live, stored ServiceConfig) bool {
-	merged := mergePreset(stored)
-	if merged.Name == "" {
-		merged.Name = live.Name
+// refreshKey re-reads one runtime service from storage and publishes it (or
+// its removal).
+func (a *App) refreshKey(ctx context.Context, key string) error {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	if _, ok := a.configServices[key]; ok {
+		return nil
 	}
+	raw, err := a.storage.Load(ctx, storageKey(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		a.swap(func(m map[string]*Service) { delete(m, key) })
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	svc := a.fromRecord(key, raw, a.Service(key))
+	a.swap(func(m map[string]*Service) {
+		if svc == nil {
+			delete(m, key)
+		} else {
+			m[key] = svc
+		}
+	})
+	return nil
+}
+
+// recordKey returns the service key of a storage key, or false for
+// anything that is not a service record.
+func recordKey(storageKey string) (string, bool) {
+	name := path.Base(storageKey)
+	key, ok := strings.CutSuffix(name, ".json")
+	if !ok || !ServiceKeyPattern.MatchString(key) {
+		return "", false
+	}
+	return key, true
+}
+
+// fromRecord builds the service of a stored record, reusing cur (and its
+// warm connection pool) when the record did not change. It returns nil for
+// a record that is unreadable or no longer valid under this config's
+// rules (say token_env was narrowed), logging it once.
+func (a *App) fromRecord(key string, raw []byte, cur *Service) *Service {
+	var rec storedService
+	if err := json.Unmarshal(raw, &rec); err != nil || rec.Key != key {
+		a.warnOnce(key, raw, "ignoring unreadable runtime service record", nil)
+		return nil
+	}
+	cfg := NormalizeRuntime(key, rec.Config)
+	if cur != nil && cur.Source == "runtime" && sameConfig(cur.Config, cfg) {
+		return cur
+	}
+	svc, err := a.ValidateRuntime(key, cfg)
+	if err != nil {
+		a.warnOnce(key, raw, "ignoring invalid runtime service", err)
+		return nil
+	}
+	return svc
+}
+
+// sameConfig compares a live runtime service's config with a stored one.
+func sameConfig(live, stored ServiceConfig) bool {
 	a, _ := json.Marshal(live)
-	b, _ := json.Marshal(merged)
+	b, _ := json.Marshal(stored)
 	return string(a) == string(b)
 }
 
+// warned remembers which bad records were logged, so a sync every few
+// seconds does not repeat the same warning.
+var warned sync.Map // key -> raw record
+
+func (a *App) warnOnce(key string, raw []byte, msg string, err error) {
+	if prev, ok := warned.Load(key); ok && prev.(string) == string(raw) {
+		return
+	}
+	warned.Store(key, string(raw))
+	a.logger.Warn(msg, zap.String("service", key), zap.Error(err))
+}
+
+// peers are the byteproxy apps alive in this process. During a config
+// reload the old and the new config overlap: a change answered by one is
+// applied at once to the others instead of after sync_interval.
+var peers struct {
+	sync.Mutex
+	apps map[*App]struct{}
+}
+
+// joinPeers registers the app until its config is unloaded.
+func (a *App) joinPeers() {
+	if a.ctx.Context == nil {
+		return // not provisioned by Caddy (unit tests)
+	}
+	peers.Lock()
+	defer peers.Unlock()
+	if _, ok := peers.apps[a]; ok {
+		return
+	}
+	if peers.apps == nil {
+		peers.apps = map[*App]struct{}{}
+	}
+	peers.apps[a] = struct{}{}
+	done := a.ctx.Done()
+	go func() {
+		<-done
+		peers.Lock()
+		delete(peers.apps, a)
+		peers.Unlock()
+	}()
+}
+
+// notifyPeers makes the other apps of this process re-read key. Each reads
+// storage itself, so the result is right whatever its config.
+func (a *App) notifyPeers(key string) {
+	peers.Lock()
+	others := make([]*App, 0, len(peers.apps))
+	for p := range peers.apps {
+		if p != a {
+			others = append(others, p)
+		}
+	}
+	peers.Unlock()
+	for _, p := range others {
+		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+		if err := p.refreshKey(ctx, key); err != nil {
+			a.logger.Warn("refreshing runtime service in another config", zap.String("service", key), zap.Error(err))
+		}
+		cancel()
+	}
+}
+
 // RefusePrivate is the dial guard for runtime services: it refuses
-// loopback, private, link-local, unspecified, CGNAT and metadata addresses,
-// so DNS rebinding cannot reach them after validation.
+// loopback, private, link-local, unspecified, CGNAT, metadata and other
+// special-purpose addresses, so DNS rebinding cannot reach them after
+// validation.
 func RefusePrivate(ip net.IP) error {
 	addr, ok := netip.AddrFromSlice(ip)
 	if !ok {
 		return fmt.Errorf("refusing to dial unparsable address")
 	}
 	if IsPrivate(addr) {
-		return fmt.Errorf("refusing to dial private address %s (runtime_services allow_private_upstreams is off)", addr)
+		return fmt.Errorf("refusing to dial private address %s (runtime_services allow_private_upstreams is off)", addr.Unmap())
 	}
 	return nil
 }
 
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+// specialPrefixes are non-public ranges the net/netip predicates miss.
+var specialPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),       // "this network": 0.x reaches the local host on Linux
+	netip.MustParsePrefix("100.64.0.0/10"),   // CGNAT; also Alibaba's metadata 100.100.100.200
+	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments; Oracle's metadata 192.0.0.192
+	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
+	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and broadcast
+	netip.MustParsePrefix("fec0::/10"),       // deprecated site-local
+	netip.MustParsePrefix("fd00:ec2::/32"),   // AWS IPv6 metadata (also in fc00::/7)
+	netip.MustParsePrefix("::/128"),          // unspecified
+	netip.MustParsePrefix("100::/64"),        // discard-only
+	netip.MustParsePrefix("2001:db8::/32"),   // documentation
+	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64
+	netip.MustParsePrefix("::ffff:0:0:0/96"), // IPv4-translated (SIIT)
+}
+
+// Prefixes that embed an IPv4 address: the embedded address is checked too.
+var (
+	nat64     = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour = netip.MustParsePrefix("2002::/16")
+)
 
 // IsPrivate reports addresses a runtime service must not reach.
 func IsPrivate(addr netip.Addr) bool {
 	addr = addr.Unmap()
-	return addr.IsLoopback() || addr.IsPrivate() || addr.IsLinkLocalUnicast() ||
-		addr.IsLinkLocalMulticast() || addr.IsUnspecified() || addr.IsMulticast() ||
-		cgnat.Contains(addr) || addr == netip.MustParseAddr("fd00:ec2::254")
+	if !addr.IsValid() || addr.IsLoopback() || addr.IsPrivate() || addr.IsLinkLocalUnicast() ||
+		addr.IsLinkLocalMulticast() || addr.IsInterfaceLocalMulticast() || addr.IsUnspecified() ||
+		addr.IsMulticast() {
+		return true
+	}
+	for _, p := range specialPrefixes {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	if addr.Is6() {
+		b := addr.As16()
+		if nat64.Contains(addr) {
+			return IsPrivate(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
+		}
+		if sixToFour.Contains(addr) {
+			return IsPrivate(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}))
+		}
+	}
+	return false
 }
 
-// checkHostPublic resolves host and refuses it if any address is private.
-func checkHostPublic(ctx context.Context, host string) error {
+// checkLiteralHost refuses a host that is, without resolving it, a private
+// address or a loopback name.
+func checkLiteralHost(host string) error {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
 		return fmt.Errorf("upstream host %q is loopback; private upstreams are not allowed", host)
 	}
-	if addr, err := netip.ParseAddr(host); err == nil {
-		if IsPrivate(addr) {
-			return fmt.Errorf("upstream address %s is private; private upstreams are not allowed", addr)
-		}
+	if addr, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil && IsPrivate(addr) {
+		return fmt.Errorf("upstream address %s is private; private upstreams are not allowed", addr.Unmap())
+	}
+	return nil
+}
+
+// checkHostPublic resolves host and refuses it if any address is private.
+func checkHostPublic(ctx context.Context, host string) error {
+	if err := checkLiteralHost(host); err != nil {
+		return err
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)

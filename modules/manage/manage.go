@@ -1,11 +1,16 @@
-// Package manage is the http.handlers.byteproxy_manage module.
+// Package manage is the http.handlers.byteproxy_manage module: the
+// management API (/manage/*) and the informational endpoints (/, /health,
+// /status, /up, /version, /auth-status, /docs, /proxy/services), with the
+// JSON 404 for anything else.
 package manage
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -14,12 +19,17 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler answers /manage/* and the informational endpoints.
+// Handler answers /manage/* and the informational endpoints. It is
+// terminal: every request that reaches it gets an answer, a JSON 404 for
+// paths it does not know.
 //
-// NOT YET IMPLEMENTED: this handler currently passes every request to the
-// next handler unchanged.
+// It does not authenticate: put `byteproxy_auth management` in front of
+// /manage/* (the `byteproxy` site directive does). Informational endpoints
+// are public and show nothing secret; /status omits base URLs, which the
+// authenticated /manage/services and /proxy/services show.
 type Handler struct {
-	app *gateway.App
+	app    *gateway.App
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -37,12 +47,44 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.app = app
+	h.logger = ctx.Logger()
 	return nil
 }
 
-// ServeHTTP passes the request on.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return next.ServeHTTP(w, r)
+// ServeHTTP answers the request; it never calls next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	p := r.URL.Path
+	switch {
+	case p == "/manage" || strings.HasPrefix(p, "/manage/"):
+		w.Header().Set("Cache-Control", "no-store")
+		return h.serveManage(w, r, strings.TrimPrefix(p, "/manage"))
+	case p == "/docs" || strings.HasPrefix(p, "/docs/"):
+		if serveDocs(w, r) {
+			return nil
+		}
+	}
+	return h.serveInfo(w, r)
+}
+
+// methodNotAllowed answers a known path with a method it does not serve.
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed ...string) error {
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	return gateway.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
+		"error":   "Method not allowed",
+		"message": "The endpoint '" + shortPath(r.URL.Path) + "' does not accept " + r.Method,
+		"allowed": allowed,
+	})
+}
+
+// isRead reports GET and HEAD.
+func isRead(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
+
+// shortPath bounds a request path echoed in a message.
+func shortPath(p string) string {
+	if len(p) > 200 {
+		return p[:200] + "…"
+	}
+	return p
 }
 
 // Interface guards

@@ -1,0 +1,341 @@
+package manage
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// serveManage routes /manage/*; rest is the path after "/manage".
+func (h *Handler) serveManage(w http.ResponseWriter, r *http.Request, rest string) error {
+	rest = strings.TrimSuffix(rest, "/")
+	switch {
+	case rest == "/services":
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			return h.listServices(w)
+		case http.MethodPost:
+			return h.addService(w, r)
+		}
+		return methodNotAllowed(w, r, "GET", "HEAD", "POST")
+	case rest == "/diagnostics":
+		if !isRead(r) {
+			return methodNotAllowed(w, r, "GET", "HEAD")
+		}
+		return h.diagnostics(w)
+	case strings.HasPrefix(rest, "/services/"):
+		key, action, _ := strings.Cut(strings.TrimPrefix(rest, "/services/"), "/")
+		switch action {
+		case "":
+			return h.serveService(w, r, key)
+		case "test":
+			if r.Method != http.MethodPost {
+				return methodNotAllowed(w, r, "POST")
+			}
+			return h.testService(w, r, key)
+		}
+	}
+	// /manage/key-debug is answered by byteproxy_auth; without it in the
+	// route it is unknown here, like any other path.
+	return notFound(w, r)
+}
+
+func (h *Handler) serveService(w http.ResponseWriter, r *http.Request, key string) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		svc := h.app.Service(key)
+		if svc == nil {
+			return serviceNotFound(w, key)
+		}
+		return gateway.WriteJSON(w, http.StatusOK, map[string]any{"key": key, "config": viewOf(svc), "source": svc.Source})
+	case http.MethodPut:
+		return h.replaceService(w, r, key)
+	case http.MethodDelete:
+		return h.deleteService(w, r, key)
+	}
+	return methodNotAllowed(w, r, "GET", "HEAD", "PUT", "DELETE")
+}
+
+// listEntry is one service in GET /manage/services.
+type listEntry struct {
+	gateway.ServiceInfo
+	AuthConfigured bool   `json:"authConfigured"`
+	Source         string `json:"source"`
+}
+
+func (h *Handler) listServices(w http.ResponseWriter) error {
+	services := h.app.AllServices()
+	list := make([]listEntry, 0, len(services))
+	for _, key := range gateway.SortedKeys(services) {
+		s := services[key]
+		list = append(list, listEntry{ServiceInfo: s.Info(), AuthConfigured: s.HasAuth() && s.TokenConfigured(), Source: s.Source})
+	}
+	return gateway.WriteJSON(w, http.StatusOK, map[string]any{"services": list, "count": len(list)})
+}
+
+func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
+	body, e := readBody(w, r)
+	if e != nil {
+		return badRequest(w, e)
+	}
+	key, cfg, e := decodeService(body, "")
+	if e != nil {
+		return badRequest(w, e)
+	}
+	if _, preset := gateway.Presets[key]; preset || h.app.IsConfigService(key) {
+		return exists(w, key)
+	}
+	svc, err := h.app.PutRuntime(r.Context(), key, cfg, true)
+	if err != nil {
+		return h.changeFailed(w, key, err)
+	}
+	return gateway.WriteJSON(w, http.StatusCreated, map[string]any{
+		"message": fmt.Sprintf("Service '%s' added successfully", key),
+		"key":     key,
+		"config":  viewOf(svc),
+	})
+}
+
+func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key string) error {
+	if h.app.IsConfigService(key) {
+		return configDefined(w, key)
+	}
+	if e := checkKey(key); e != nil {
+		return serviceNotFound(w, key)
+	}
+	body, e := readBody(w, r)
+	if e != nil {
+		return badRequest(w, e)
+	}
+	_, cfg, e := decodeService(body, key)
+	if e != nil {
+		return badRequest(w, e)
+	}
+	keepRedacted(&cfg, h.app.Service(key))
+	svc, err := h.app.PutRuntime(r.Context(), key, cfg, false)
+	if err != nil {
+		return h.changeFailed(w, key, err)
+	}
+	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+		"message": fmt.Sprintf("Service '%s' updated successfully", key),
+		"key":     key,
+		"config":  viewOf(svc),
+	})
+}
+
+func (h *Handler) deleteService(w http.ResponseWriter, r *http.Request, key string) error {
+	if h.app.IsConfigService(key) {
+		return configDefined(w, key)
+	}
+	if checkKey(key) != nil {
+		return serviceNotFound(w, key)
+	}
+	if err := h.app.DeleteRuntime(r.Context(), key); err != nil {
+		return h.changeFailed(w, key, err)
+	}
+	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+		"message": fmt.Sprintf("Service '%s' deleted successfully", key),
+		"key":     key,
+	})
+}
+
+// changeFailed maps a registry error onto its answer.
+func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) error {
+	if e, ok := fromFieldError(err); ok {
+		return badRequest(w, e)
+	}
+	switch {
+	case errors.Is(err, gateway.ErrExists):
+		return exists(w, key)
+	case errors.Is(err, gateway.ErrNotFound):
+		return serviceNotFound(w, key)
+	case errors.Is(err, gateway.ErrConfigDefined):
+		return configDefined(w, key)
+	}
+	h.logger.Error("changing a runtime service failed", zap.String("service", key), zap.Error(err))
+	return gateway.WriteJSON(w, http.StatusInternalServerError, map[string]any{
+		"error":   "Storage error",
+		"message": "The change could not be stored and was not made; see the gateway log",
+	})
+}
+
+func badRequest(w http.ResponseWriter, e *apiError) error {
+	return gateway.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "Invalid " + e.Field + ": " + e.Msg, "field": e.Field})
+}
+
+func exists(w http.ResponseWriter, key string) error {
+	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{"error": fmt.Sprintf("Service '%s' already exists", key)})
+}
+
+func serviceNotFound(w http.ResponseWriter, key string) error {
+	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{"error": fmt.Sprintf("Service '%s' not found", shortPath(key))})
+}
+
+func configDefined(w http.ResponseWriter, key string) error {
+	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+		"error":  fmt.Sprintf("Service '%s' is defined in the Caddy config; change it in the Caddy config", key),
+		"source": "config",
+	})
+}
+
+// testService probes a service's base URL with a HEAD request through the
+// service's own transport (its timeout, TLS settings and dial guard) and
+// default headers. The credential is not sent: reachability needs none,
+// and a probe must not spend the upstream's quota. Any HTTP answer counts
+// as reachable; no answer is 502 with the reason and hints.
+func (h *Handler) testService(w http.ResponseWriter, r *http.Request, key string) error {
+	svc := h.app.Service(key)
+	if svc == nil {
+		return serviceNotFound(w, key)
+	}
+	timeout := svc.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	target := svc.BaseURL.String()
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, target, nil)
+	if err != nil {
+		return h.unreachable(w, svc, err, 0)
+	}
+	for k, v := range svc.Headers {
+		req.Header[k] = v
+	}
+	client := &http.Client{
+		Transport:     svc.Transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	took := time.Since(start)
+	if err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			err = fmt.Errorf("no answer within the service's timeout of %s", timeout)
+		}
+		return h.unreachable(w, svc, err, took)
+	}
+	resp.Body.Close()
+	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+		"service":        key,
+		"status":         "reachable",
+		"responseStatus": resp.StatusCode,
+		"duration":       fmt.Sprintf("%dms", took.Milliseconds()),
+		"baseUrl":        svc.RedactURL(svc.BaseURL),
+	})
+}
+
+func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err error, took time.Duration) error {
+	var tlsHelp any
+	if isTLSError(err) {
+		tlsHelp = map[string]any{
+			"issue": "The upstream's TLS certificate could not be verified",
+			"solutions": []string{
+				"Check that the upstream serves a certificate valid for its host name and a complete chain",
+				"Install the issuing CA in the gateway host's trust store if it is a private CA",
+				"For this service only: set tls_insecure_skip_verify in its Caddy config (not recommended)",
+				"For every service: strict_tls off in the byteproxy global option (not recommended; STRICT_TLS=false)",
+			},
+			"strictTLS": h.app.StrictTLSOn(),
+		}
+	}
+	return gateway.WriteJSON(w, http.StatusBadGateway, map[string]any{
+		"service":  svc.Key,
+		"status":   "unreachable",
+		"error":    svc.Redact(err.Error()),
+		"duration": fmt.Sprintf("%dms", took.Milliseconds()),
+		"baseUrl":  svc.RedactURL(svc.BaseURL),
+		"troubleshooting": map[string]any{
+			"suggestions": []string{
+				"Check that the base URL is correct",
+				"Check that the upstream is running and reachable from the gateway host (DNS, firewall, proxy)",
+				"If the upstream is slow, raise the service's timeout",
+				"Private and loopback upstreams of runtime services need runtime_services allow_private_upstreams",
+			},
+			"tlsHelp": tlsHelp,
+		},
+	})
+}
+
+func isTLSError(err error) bool {
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	var record tls.RecordHeaderError
+	return errors.As(err, &unknownAuth) || errors.As(err, &hostErr) || errors.As(err, &invalid) ||
+		errors.As(err, &verify) || errors.As(err, &record) || strings.Contains(err.Error(), "tls: ")
+}
+
+// diagnostics reports settings useful when something does not work. It
+// names the environment variable of each token and whether it is set —
+// never any part of a token.
+func (h *Handler) diagnostics(w http.ResponseWriter) error {
+	services := h.app.AllServices()
+	authInfo := make(map[string]any, len(services))
+	for _, key := range gateway.SortedKeys(services) {
+		s := services[key]
+		if !s.HasAuth() {
+			continue
+		}
+		authInfo[key] = map[string]any{"tokenConfigured": s.TokenConfigured(), "envVar": s.TokenEnv, "authType": s.AuthType()}
+	}
+	now := time.Now()
+	zone, offset := now.Zone()
+	rs := h.app.RuntimeServices
+	runtimeInfo := map[string]any{}
+	if rs != nil {
+		runtimeInfo = map[string]any{
+			"tokenEnv":              rs.TokenEnv,
+			"allowPrivateUpstreams": rs.AllowPrivateUpstreams,
+			"syncInterval":          time.Duration(rs.SyncInterval).String(),
+		}
+	}
+	retries := 0
+	if h.app.Retries != nil {
+		retries = *h.app.Retries
+	}
+	host, _ := os.Hostname()
+	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+		"system": map[string]any{
+			"goVersion":  runtime.Version(),
+			"platform":   runtime.GOOS + "/" + runtime.GOARCH,
+			"uptime":     uptimeSeconds(),
+			"goroutines": runtime.NumGoroutine(),
+			"cpus":       runtime.GOMAXPROCS(0),
+			"hostname":   host,
+		},
+		"network": map[string]any{
+			"strictTLS": h.app.StrictTLSOn(),
+			"timeout":   time.Duration(h.app.Timeout).Milliseconds(),
+			"retries":   retries,
+		},
+		"environment": map[string]any{
+			"timeZone":    zone,
+			"utcOffset":   offset / 60,
+			"currentTime": now.UTC().Format(time.RFC3339Nano),
+		},
+		"authentication":  authInfo,
+		"runtimeServices": runtimeInfo,
+		"troubleshooting": map[string]any{
+			"authIssues": []string{
+				"tokenConfigured false: set the named environment variable for the gateway process and reload",
+				"An upstream 401 with tokenConfigured true: the token is wrong or lacks the needed scopes",
+			},
+			"tlsIssues": []string{
+				"Certificate errors: POST /manage/services/{key}/test shows TLS hints",
+			},
+		},
+	})
+}

@@ -1,0 +1,350 @@
+package manage
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// maxBodyBytes bounds a management request body.
+const maxBodyBytes = 1 << 20
+
+// Bounds on numbers, so a limit converts to a time.Duration without
+// overflowing.
+const (
+	maxRequestsCap = 1_000_000_000
+	maxWindowMs    = int64(366 * 24 * time.Hour / time.Millisecond)
+)
+
+// redacted replaces the value of a sensitive-looking header in responses.
+// Sent back unchanged in a PUT, it keeps the stored value.
+const redacted = "[REDACTED]"
+
+var envVarName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// serviceRequest is the body of POST /manage/services, in the original's
+// field names.
+type serviceRequest struct {
+	Key    *string      `json:"key"`
+	Config *serviceBody `json:"config"`
+}
+
+// serviceBody is a service's configuration in the management API.
+type serviceBody struct {
+	Name              string            `json:"name"`
+	BaseURL           string            `json:"baseUrl"`
+	Headers           map[string]string `json:"headers"`
+	VersionedBaseUrls map[string]string `json:"versionedBaseUrls"`
+	RateLimit         *rateLimitBody    `json:"rateLimit"`
+	Auth              *authBody         `json:"auth"`
+}
+
+type rateLimitBody struct {
+	MaxRequests int64 `json:"maxRequests"`
+	WindowMs    int64 `json:"windowMs"`
+}
+
+type authBody struct {
+	Type        string `json:"type"`
+	TokenEnvVar string `json:"tokenEnvVar"`
+	HeaderName  string `json:"headerName"`
+	// TokenConfigured is accepted (and ignored) so that the config object
+	// of GET /manage/services/{key} can be sent back as it is.
+	TokenConfigured *bool `json:"tokenConfigured,omitempty"`
+}
+
+// apiError is a 400 answer: {"error", "field"}.
+type apiError struct {
+	Field string
+	Msg   string
+}
+
+func (e *apiError) Error() string { return e.Field + ": " + e.Msg }
+
+func badField(field, format string, args ...any) *apiError {
+	return &apiError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// checkContentType accepts JSON media types and a missing Content-Type.
+func checkContentType(r *http.Request) *apiError {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json")) {
+		return nil
+	}
+	return badField("Content-Type", "the request body must be JSON (Content-Type: application/json), got %q", ct)
+}
+
+// readBody reads at most maxBodyBytes of the request body.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+	if e := checkContentType(r); e != nil {
+		return nil, e
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return nil, badField("body", "the request body is larger than %d bytes", maxBodyBytes)
+	}
+	if err != nil {
+		return nil, badField("body", "reading the request body failed")
+	}
+	return body, nil
+}
+
+// decodeService decodes a service request body. urlKey is the key of
+// PUT /manage/services/{key} ("" for POST). A PUT body is either the config
+// object or the whole POST body, whose key must then match.
+func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *apiError) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return "", gateway.ServiceConfig{}, badField("body", "a JSON request body is required")
+	}
+	var req serviceRequest
+	if urlKey != "" && !isWholeBody(body) {
+		req.Key = &urlKey
+		req.Config = new(serviceBody)
+		if e := strictDecode(body, req.Config, "config."); e != nil {
+			return "", gateway.ServiceConfig{}, e
+		}
+	} else if e := strictDecode(body, &req, ""); e != nil {
+		return "", gateway.ServiceConfig{}, e
+	}
+	if req.Key == nil && urlKey != "" {
+		req.Key = &urlKey
+	}
+	if req.Key == nil || *req.Key == "" {
+		return "", gateway.ServiceConfig{}, badField("key", "the service key is required")
+	}
+	key := *req.Key
+	if urlKey != "" && key != urlKey {
+		return "", gateway.ServiceConfig{}, badField("key", "the key in the body (%q) differs from the key in the URL (%q)", key, urlKey)
+	}
+	if e := checkKey(key); e != nil {
+		return "", gateway.ServiceConfig{}, e
+	}
+	if req.Config == nil {
+		return "", gateway.ServiceConfig{}, badField("config", "the service config is required")
+	}
+	cfg, e := req.Config.toConfig()
+	return key, cfg, e
+}
+
+// isWholeBody reports whether a PUT body is the POST shape {"key","config"}.
+func isWholeBody(body []byte) bool {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil {
+		return false
+	}
+	_, ok := top["config"]
+	return ok
+}
+
+// strictDecode decodes exactly one JSON value with no unknown fields, and
+// names the offending field in its error.
+func strictDecode(body []byte, v any, prefix string) *apiError {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err, prefix)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badField("body", "malformed JSON: unexpected data after the JSON value")
+	}
+	return nil
+}
+
+func jsonError(err error, prefix string) *apiError {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := strings.TrimPrefix(prefix+typeErr.Field, "config.")
+		if field == "" {
+			field = "body"
+		}
+		return badField(field, "wrong type: got %s, want %s", typeErr.Value, jsonKind(typeErr.Type.Kind().String()))
+	case errors.As(err, &syntaxErr):
+		return badField("body", "malformed JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badField("body", "malformed JSON: unexpected end of input")
+	}
+	if name, ok := strings.CutPrefix(err.Error(), `json: unknown field "`); ok {
+		name = strings.TrimSuffix(name, `"`)
+		field := name
+		if field == "" {
+			field = "body"
+		}
+		return badField(field, "unknown field %q", name)
+	}
+	return badField("body", "malformed JSON: %v", err)
+}
+
+func jsonKind(kind string) string {
+	switch {
+	case strings.HasPrefix(kind, "int"), strings.HasPrefix(kind, "uint"):
+		return "an integer"
+	case kind == "map", kind == "struct", kind == "ptr":
+		return "an object"
+	}
+	return "a " + kind
+}
+
+// checkKey validates a service key as the management API accepts it.
+func checkKey(key string) *apiError {
+	if !gateway.ServiceKeyPattern.MatchString(key) {
+		return badField("key", "service key %q must match %s", key, gateway.ServiceKeyPattern)
+	}
+	if gateway.ReservedKeys[key] {
+		return badField("key", "service key %q is reserved", key)
+	}
+	return nil
+}
+
+// toConfig maps the API's config object onto the gateway's ServiceConfig.
+func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
+	cfg := gateway.ServiceConfig{
+		Name:     b.Name,
+		BaseURL:  b.BaseURL,
+		Headers:  b.Headers,
+		Versions: b.VersionedBaseUrls,
+	}
+	if b.BaseURL == "" {
+		return cfg, badField("baseUrl", "baseUrl is required")
+	}
+	if rl := b.RateLimit; rl != nil {
+		if rl.MaxRequests <= 0 || rl.MaxRequests > maxRequestsCap {
+			return cfg, badField("rateLimit.maxRequests", "must be between 1 and %d, got %d", maxRequestsCap, rl.MaxRequests)
+		}
+		if rl.WindowMs <= 0 || rl.WindowMs > maxWindowMs {
+			return cfg, badField("rateLimit.windowMs", "must be between 1 and %d, got %d", maxWindowMs, rl.WindowMs)
+		}
+		cfg.RateLimit = &gateway.RateLimit{
+			MaxRequests: int(rl.MaxRequests),
+			Window:      caddy.Duration(time.Duration(rl.WindowMs) * time.Millisecond),
+		}
+	}
+	if a := b.Auth; a != nil && (a.Type != "" || a.TokenEnvVar != "" || a.HeaderName != "") {
+		if a.Type == "" {
+			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header or query)")
+		}
+		cfg.Auth = &gateway.ServiceAuth{Type: a.Type, Name: a.HeaderName}
+		if a.TokenEnvVar != "" {
+			if !envVarName.MatchString(a.TokenEnvVar) {
+				return cfg, badField("auth.tokenEnvVar", "%q is not an environment variable name", a.TokenEnvVar)
+			}
+			cfg.Auth.Token = "{env." + a.TokenEnvVar + "}"
+		}
+	}
+	return cfg, nil
+}
+
+// fieldNames maps the gateway's config field names onto the API's.
+var fieldNames = map[string]string{
+	"base_url":   "baseUrl",
+	"versions":   "versionedBaseUrls",
+	"rate_limit": "rateLimit",
+	"auth.name":  "auth.headerName",
+	"auth.token": "auth.tokenEnvVar",
+}
+
+// fromFieldError turns a gateway validation error into a 400 answer.
+func fromFieldError(err error) (*apiError, bool) {
+	var fe *gateway.FieldError
+	if !errors.As(err, &fe) {
+		return nil, false
+	}
+	field := fe.Field
+	if n, ok := fieldNames[field]; ok {
+		field = n
+	}
+	return &apiError{Field: field, Msg: fe.Msg}, true
+}
+
+// configView is a service's configuration as the management API shows it.
+// It never holds a credential: the token is named by its environment
+// variable, and sensitive-looking header values are redacted.
+type configView struct {
+	Name              string             `json:"name"`
+	BaseURL           string             `json:"baseUrl"`
+	Headers           map[string]string  `json:"headers,omitempty"`
+	VersionedBaseUrls map[string]string  `json:"versionedBaseUrls,omitempty"`
+	RateLimit         *gateway.LimitInfo `json:"rateLimit,omitempty"`
+	Auth              *authView          `json:"auth,omitempty"`
+}
+
+type authView struct {
+	Type            string `json:"type"`
+	TokenEnvVar     string `json:"tokenEnvVar,omitempty"`
+	HeaderName      string `json:"headerName,omitempty"`
+	TokenConfigured bool   `json:"tokenConfigured"`
+}
+
+func viewOf(s *gateway.Service) configView {
+	c := s.Config
+	v := configView{Name: c.Name, BaseURL: s.BaseURL.String(), RateLimit: s.Info().RateLimit}
+	if len(c.Headers) > 0 {
+		v.Headers = make(map[string]string, len(c.Headers))
+		for k, val := range c.Headers {
+			if sensitiveHeader(k) {
+				val = redacted
+			}
+			v.Headers[k] = val
+		}
+	}
+	if len(s.Versions) > 0 {
+		v.VersionedBaseUrls = make(map[string]string, len(s.Versions))
+		for name, u := range s.Versions {
+			v.VersionedBaseUrls[name] = u.String()
+		}
+	}
+	if s.HasAuth() {
+		v.Auth = &authView{Type: s.AuthType(), TokenEnvVar: s.TokenEnv, TokenConfigured: s.TokenConfigured()}
+		if t := s.AuthType(); t == "header" || t == "query" {
+			v.Auth.HeaderName = c.Auth.Name
+		}
+	}
+	return v
+}
+
+// sensitiveHeader reports header names whose values are likely secrets.
+func sensitiveHeader(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range []string{"auth", "key", "token", "secret", "password", "cookie", "session", "signature", "credential"} {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// keepRedacted puts back the stored value of every header sent back as
+// [REDACTED], so a GET → edit → PUT round trip does not destroy secrets it
+// never saw.
+func keepRedacted(cfg *gateway.ServiceConfig, cur *gateway.Service) {
+	if cur == nil {
+		return
+	}
+	for k, v := range cfg.Headers {
+		if v != redacted {
+			continue
+		}
+		for ck, cv := range cur.Config.Headers {
+			if strings.EqualFold(ck, k) {
+				cfg.Headers[k] = cv
+			}
+		}
+	}
+}

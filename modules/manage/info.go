@@ -1,0 +1,217 @@
+package manage
+
+import (
+	"net/http"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/byteproxy/byteproxy/modules/auth"
+	"github.com/byteproxy/byteproxy/modules/gateway"
+	"github.com/byteproxy/byteproxy/modules/pressure"
+)
+
+// processStart is when the gateway process started; uptimes count from it,
+// not from the last config reload.
+var processStart = time.Now()
+
+// availableEndpoints is listed in every 404.
+var availableEndpoints = []string{
+	"GET /", "GET /health", "GET /status", "GET /up", "GET /version", "GET /version/check",
+	"GET /auth-status", "GET /docs", "GET /docs/openapi.json",
+	"GET /proxy/services", "GET /proxy/services/{service}/rate-limit", "GET /proxy/auth-test",
+	"ANY /proxy/{service}/{path}",
+	"GET /manage/services", "POST /manage/services", "GET /manage/services/{key}",
+	"PUT /manage/services/{key}", "DELETE /manage/services/{key}",
+	"POST /manage/services/{key}/test", "GET /manage/diagnostics", "GET /manage/key-debug",
+}
+
+// serveInfo answers the informational endpoints and the JSON 404.
+func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
+	var body func(*http.Request) (int, any)
+	switch r.URL.Path {
+	case "/":
+		body = h.welcome
+	case "/health":
+		body = h.health
+	case "/status":
+		body = h.status
+	case "/up":
+		body = func(*http.Request) (int, any) { return pressure.Up() }
+	case "/version", "/version/":
+		body = h.version
+	case "/version/check":
+		if !isRead(r) {
+			return methodNotAllowed(w, r, "GET", "HEAD")
+		}
+		return serveVersionCheck(w, r, h.app)
+	case "/auth-status":
+		body = func(r *http.Request) (int, any) { return http.StatusOK, auth.Status(h.app, r) }
+	case "/proxy/services", "/proxy/services/":
+		body = h.proxyServices
+	default:
+		return notFound(w, r)
+	}
+	if !isRead(r) {
+		return methodNotAllowed(w, r, "GET", "HEAD")
+	}
+	status, v := body(r)
+	return gateway.WriteJSON(w, status, v)
+}
+
+// notFound is the JSON 404 of every unknown path, whatever the method.
+func notFound(w http.ResponseWriter, r *http.Request) error {
+	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{
+		"error":              "Endpoint not found",
+		"message":            "The endpoint '" + shortPath(r.URL.Path) + "' does not exist",
+		"suggestion":         "Proxy calls look like /proxy/{service}/{path}; GET /docs describes the API",
+		"documentation":      "/docs",
+		"availableEndpoints": availableEndpoints,
+	})
+}
+
+func (h *Handler) welcome(*http.Request) (int, any) {
+	return http.StatusOK, map[string]any{
+		"message":       "Welcome to ByteProxy, an API gateway for Discord, GitHub and any HTTP API",
+		"source":        gateway.ProjectURL,
+		"documentation": "/docs",
+		"status":        "/status",
+		"health":        "/health",
+		"version":       "v" + gateway.Version,
+		"checkUpdates":  "/version/check",
+	}
+}
+
+func uptimeSeconds() float64 {
+	return float64(time.Since(processStart).Milliseconds()) / 1000
+}
+
+// health is public and minimal: liveness, version, service keys and
+// whether the process is under pressure; nothing about upstreams, memory
+// or keys.
+func (h *Handler) health(*http.Request) (int, any) {
+	services := h.app.AllServices()
+	keys := gateway.SortedKeys(services)
+	under, kind := pressure.UnderPressure()
+	status := "healthy"
+	pr := map[string]any{"underPressure": under}
+	if under {
+		status = "degraded"
+		pr["type"] = kind
+	}
+	return http.StatusOK, map[string]any{
+		"status":    status,
+		"timestamp": time.Now().UTC().Format(time.RFC3339Nano),
+		"uptime":    uptimeSeconds(),
+		"version":   gateway.Version,
+		"services":  map[string]any{"total": len(keys), "available": keys},
+		"pressure":  pr,
+	}
+}
+
+// status is public: runtime figures (the same kind /up shows) and which
+// services exist and are usable. It never shows a base URL, a header, a
+// key or a token, or any part of one.
+func (h *Handler) status(*http.Request) (int, any) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	services := h.app.AllServices()
+	list := make([]map[string]any, 0, len(services))
+	for _, key := range gateway.SortedKeys(services) {
+		s := services[key]
+		info := s.Info()
+		list = append(list, map[string]any{
+			"key":                 key,
+			"name":                info.Name,
+			"source":              s.Source,
+			"configured":          !s.HasAuth() || s.TokenConfigured(),
+			"hasAuth":             s.HasAuth(),
+			"authTokenConfigured": s.TokenConfigured(),
+			"rateLimit":           info.RateLimit,
+		})
+	}
+	cors := map[string]any{"enabled": true, "origins": []string{"*"}}
+	if c := h.app.CORS; c != nil {
+		cors["enabled"] = !c.Disabled
+		if len(c.Origins) > 0 {
+			cors["origins"] = c.Origins
+		}
+	}
+	proxy, mgmt := h.app.ScopeFor(gateway.ScopeProxy), h.app.ScopeFor(gateway.ScopeManagement)
+	return http.StatusOK, map[string]any{
+		"application": map[string]any{
+			"name":        "ByteProxy",
+			"version":     gateway.Version,
+			"description": "API gateway for bots and services that call third-party APIs, built as Caddy modules",
+		},
+		"runtime": map[string]any{
+			"go":         runtime.Version(),
+			"platform":   runtime.GOOS + "/" + runtime.GOARCH,
+			"uptime":     uptimeSeconds(),
+			"goroutines": runtime.NumGoroutine(),
+			"memory": map[string]any{
+				"heapUsed":  ms.HeapAlloc,
+				"heapTotal": ms.HeapSys,
+				"sys":       ms.Sys,
+				"numGC":     ms.NumGC,
+			},
+		},
+		"configuration": map[string]any{
+			"services":  list,
+			"cors":      cors,
+			"strictTLS": h.app.StrictTLSOn(),
+			"timeoutMs": time.Duration(h.app.Timeout).Milliseconds(),
+			"auth": map[string]any{
+				"proxyAuthRequired":      proxy != nil && proxy.Required,
+				"managementAuthRequired": mgmt != nil && mgmt.Required,
+			},
+		},
+		"components": h.app.Statuses(),
+	}
+}
+
+// buildInfo is what the binary was built from.
+var buildInfo = sync.OnceValue(func() map[string]any {
+	out := map[string]any{"go": runtime.Version(), "caddy": "unknown", "module": map[string]string{"path": modulePath, "version": "unknown"}}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return out
+	}
+	mods := append([]*debug.Module{&bi.Main}, bi.Deps...)
+	for _, m := range mods {
+		if m.Replace != nil {
+			m = m.Replace
+		}
+		switch {
+		case m.Path == "github.com/caddyserver/caddy/v2":
+			out["caddy"] = m.Version
+		case m.Path == modulePath:
+			out["module"] = map[string]string{"path": modulePath, "version": m.Version}
+		}
+	}
+	return out
+})
+
+const modulePath = "github.com/byteproxy/byteproxy"
+
+func (h *Handler) version(*http.Request) (int, any) {
+	bi := buildInfo()
+	return http.StatusOK, map[string]any{
+		"version":     "v" + gateway.Version,
+		"semver":      gateway.Version,
+		"environment": "prod",
+		"builtWith":   map[string]any{"go": bi["go"], "caddy": bi["caddy"]},
+		"module":      bi["module"],
+	}
+}
+
+// proxyServices lists every service with its public description.
+func (h *Handler) proxyServices(*http.Request) (int, any) {
+	services := h.app.AllServices()
+	list := make([]gateway.ServiceInfo, 0, len(services))
+	for _, key := range gateway.SortedKeys(services) {
+		list = append(list, services[key].Info())
+	}
+	return http.StatusOK, map[string]any{"services": list, "count": len(list)}
+}
