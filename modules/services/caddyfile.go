@@ -10,7 +10,10 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("byteproxy_services", httpcaddyfile.Before, "reverse_proxy")
 }
 
-// parseCaddyfile sets up the handler from Caddyfile tokens.
+// parseCaddyfile sets up the handler from Caddyfile tokens. The directive
+// takes no arguments: the services it proxies to are configured in the
+// byteproxy global option. It forwards /proxy/{service}/... and passes
+// every other request on, so it composes with other handlers:
 //
 //	byteproxy_services
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

@@ -180,7 +180,10 @@ func (w *proxyWriter) WriteHeader(code int) {
 	}
 	h := w.ResponseWriter.Header()
 	h["X-Proxy-Service"] = w.f.keyVal // replaces one the upstream sent
-	h["X-Proxy-Duration"] = []string{durationMS(d)}
+	h["X-Proxy-Duration"] = durationHeader(d)
+	if s := h["Server"]; len(s) > 1 {
+		h["Server"] = s[len(s)-1:] // the upstream's, not Caddy's as well
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 

@@ -21,37 +21,37 @@ import (
 // unsafePath returns why the escaped path rest ("/..." after the service
 // key) is refused, or "" when it may be forwarded.
 func unsafePath(rest string) string {
-	if !strings.Contains(rest, ".") && !strings.Contains(rest, "%") {
-		return "" // fast path: no dot segment can hide in it
+	if strings.IndexByte(rest, '%') >= 0 {
+		// Decoded, an encoded slash or backslash separates segments too,
+		// and %2e is a dot.
+		dec, err := url.PathUnescape(rest)
+		if err != nil {
+			return "The path is not validly percent-encoded."
+		}
+		rest = dec
 	}
-	for seg := range strings.SplitSeq(rest, "/") {
-		if seg == "" {
-			continue
-		}
-		if strings.IndexByte(seg, '%') >= 0 {
-			dec, err := url.PathUnescape(seg)
-			if err != nil {
-				return "The path is not validly percent-encoded."
-			}
-			seg = dec
-		}
-		if dotSegment(seg) {
-			return "Path segments '.' and '..' are not allowed (also percent-encoded): a proxied path stays below the service's base URL."
-		}
+	if dotSegment(rest) {
+		return "Path segments '.' and '..' are not allowed (also percent-encoded): a proxied path stays below the service's base URL."
 	}
 	return ""
 }
 
-// dotSegment reports whether a decoded segment is, or contains between
-// slashes or backslashes, a "." or ".." (ignoring a ";parameter").
-func dotSegment(seg string) bool {
-	for part := range strings.FieldsFuncSeq(seg, func(r rune) bool { return r == '/' || r == '\\' }) {
-		if i := strings.IndexByte(part, ';'); i >= 0 {
-			part = part[:i]
+// dotSegment reports whether s has a "." or ".." segment between slashes
+// or backslashes, ignoring a ";parameter".
+func dotSegment(s string) bool {
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && s[i] != '/' && s[i] != '\\' {
+			continue
 		}
-		if part == "." || part == ".." {
+		seg := s[start:i]
+		if j := strings.IndexByte(seg, ';'); j >= 0 {
+			seg = seg[:j]
+		}
+		if seg == "." || seg == ".." {
 			return true
 		}
+		start = i + 1
 	}
 	return false
 }

@@ -43,6 +43,7 @@ func TestUnsafePath(t *testing.T) {
 		{"/%2e/x", true},
 		{"/..%2fx", true},
 		{"/x%2F..%2Fy", true},
+		{"/a%2F.%2Fb", true},
 		{"/..%5cx", true},
 		{"/a%5C..%5Cb", true},
 		{`/..\x`, true},

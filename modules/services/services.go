@@ -175,7 +175,25 @@ func (f *forwarder) logLocal(r *http.Request, status int) {
 // durationMS formats d as the original's X-Proxy-Duration value, "12ms".
 func durationMS(d time.Duration) string {
 	var buf [24]byte
-	return string(append(strconv.AppendInt(buf[:0], d.Milliseconds(), 10), 'm', 's'))
+	return string(append(strconv.AppendInt(buf[:0], max(d.Milliseconds(), 0), 10), 'm', 's'))
+}
+
+// durationValues are the header values for 0ms..999ms, made once, so the
+// common case sets X-Proxy-Duration without allocating. Shared, never
+// modified.
+var durationValues = func() [][]string {
+	v := make([][]string, 1000)
+	for i := range v {
+		v[i] = []string{durationMS(time.Duration(i) * time.Millisecond)}
+	}
+	return v
+}()
+
+func durationHeader(d time.Duration) []string {
+	if ms := d.Milliseconds(); ms >= 0 && ms < int64(len(durationValues)) {
+		return durationValues[ms]
+	}
+	return []string{durationMS(d)}
 }
 
 // Interface guards

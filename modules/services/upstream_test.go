@@ -123,6 +123,7 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Set-Cookie", "a=1; Path=/")
 		w.Header().Add("Set-Cookie", "b=2; Path=/; HttpOnly")
 		w.Header().Set("X-Proxy-Service", "spoofed-by-upstream")
+		w.Header().Set("Server", "upstream-srv")
 		_, _ = io.WriteString(w, "cookies")
 	case strings.HasSuffix(p, "/gzip"):
 		w.Header().Set("Content-Encoding", "gzip")
