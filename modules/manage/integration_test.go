@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -454,6 +456,18 @@ func TestKill9Durability(t *testing.T) {
 		t.Fatal(st)
 	}
 	a.Kill()
+	// What a crash in the middle of a write leaves behind: the temporary
+	// file of an atomic write, and a damaged record. Neither may hide the
+	// good records.
+	dir := filepath.Join(data, "caddy", "byteproxy", "services")
+	if _, err := os.Stat(filepath.Join(dir, "durable.json")); err != nil {
+		t.Fatalf("record not where expected: %v", err)
+	}
+	for name, content := range map[string]string{"1234567890": `{"key":"dur`, "broken.json": `{"key":"bro`} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	b := start(t, conf(""), data)
 	st, m = api(t, b, "GET", "/manage/services/durable", "")
 	if st != 200 || m["config"].(map[string]any)["baseUrl"] != "http://127.0.0.1:9/x/" || m["config"].(map[string]any)["rateLimit"].(map[string]any)["maxRequests"].(float64) != 9 {
@@ -461,6 +475,9 @@ func TestKill9Durability(t *testing.T) {
 	}
 	if keys := runtimeKeys(t, b); !slices.Equal(keys, []string{"durable"}) {
 		t.Fatalf("after kill -9: %v", keys)
+	}
+	if n := strings.Count(b.Logs(), "ignoring unreadable runtime service record"); n != 1 {
+		t.Errorf("damaged record warned %d times, want once:\n%s", n, b.Logs())
 	}
 }
 
@@ -470,6 +487,7 @@ func TestConcurrentChanges(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
 	a := start(t, conf(""), data)
+	began := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan string, 80)
 	for i := range 40 {
@@ -481,6 +499,7 @@ func TestConcurrentChanges(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	t.Logf("40 parallel durable adds: %s", time.Since(began))
 	var want []string
 	for i := range 40 {
 		if i%2 == 0 {
