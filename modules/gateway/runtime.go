@@ -239,6 +239,9 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 	}
 	return a.locked(key, func(ctx context.Context) error {
 		exists := a.storage.Exists(ctx, storageKey(key))
+		if create && exists && !a.readable(ctx, key) {
+			exists = false // a damaged record (say a torn copy) is replaced
+		}
 		if create && exists {
 			return ErrExists
 		}
@@ -258,6 +261,16 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 		a.swap(func(m map[string]*Service) { m[key] = svc })
 		return nil
 	})
+}
+
+// readable reports whether the stored record of key decodes.
+func (a *App) readable(ctx context.Context, key string) bool {
+	raw, err := a.storage.Load(ctx, storageKey(key))
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist)
+	}
+	var rec storedService
+	return json.Unmarshal(raw, &rec) == nil && rec.Key == key
 }
 
 // DeleteRuntime removes a runtime service durably.

@@ -479,6 +479,9 @@ func TestKill9Durability(t *testing.T) {
 	if n := strings.Count(b.Logs(), "ignoring unreadable runtime service record"); n != 1 {
 		t.Errorf("damaged record warned %d times, want once:\n%s", n, b.Logs())
 	}
+	if st, m := api(t, b, "POST", "/manage/services", addBody("broken", "http://127.0.0.1:9/")); st != 201 {
+		t.Errorf("replacing a damaged record: %d %v", st, m)
+	}
 }
 
 // TestConcurrentChanges: 40 parallel adds, then 20 parallel deletes, end in
