@@ -197,11 +197,12 @@ func (w *proxyWriter) Write(p []byte) (int, error) {
 // Hijack is called for a protocol upgrade (WebSocket) once the upstream
 // answered 101.
 func (w *proxyWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if w.status == 0 {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && w.status == 0 {
 		w.status = http.StatusSwitchingProtocols
 		w.upstream = time.Since(w.start)
 	}
-	return http.NewResponseController(w.ResponseWriter).Hijack()
+	return conn, brw, err
 }
 
 func (w *proxyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
