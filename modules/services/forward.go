@@ -166,6 +166,10 @@ type proxyWriter struct {
 	failed   bool          // the error handler answered
 }
 
+// upstreamWins lists the headers the upstream's value replaces the
+// gateway's in, rather than both being sent.
+var upstreamWins = [...]string{"Server", "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "Retry-After"}
+
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 
 func (w *proxyWriter) WriteHeader(code int) {
@@ -181,8 +185,14 @@ func (w *proxyWriter) WriteHeader(code int) {
 	h := w.ResponseWriter.Header()
 	h["X-Proxy-Service"] = w.f.keyVal // replaces one the upstream sent
 	h["X-Proxy-Duration"] = durationHeader(d)
-	if s := h["Server"]; len(s) > 1 {
-		h["Server"] = s[len(s)-1:] // the upstream's, not Caddy's as well
+	// Where the upstream sent a header the gateway had set too, the
+	// upstream's wins: Caddy's Server, and the rate-limit headers of a
+	// service with its own quota (GitHub's, Discord's), which client
+	// libraries parse and which must not come twice.
+	for _, k := range upstreamWins {
+		if s := h[k]; len(s) > 1 {
+			h[k] = s[len(s)-1:]
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
