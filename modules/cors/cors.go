@@ -1,11 +1,21 @@
-// Package cors is the http.handlers.byteproxy_cors module.
+// Package cors is the http.handlers.byteproxy_cors module: CORS headers on
+// every response (errors included) and preflight answers that come before
+// authentication, so browsers can call the gateway.
 package cors
 
 import (
+	"fmt"
+	"io"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -14,12 +24,56 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler answers CORS preflights and adds CORS headers.
+// Defaults of the cors settings (DESIGN §2).
+var (
+	defaultHeaders = []string{"Authorization", "X-API-Key", "Content-Type", "X-Requested-With"}
+	defaultMethods = []string{"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+	// Response headers browsers may read: the rate-limit and proxy
+	// headers are not CORS-safelisted.
+	exposeHeaders = []string{"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+		"Retry-After", "X-Proxy-Service", "X-Proxy-Duration"}
+)
+
+const defaultMaxAge = 24 * time.Hour
+
+// Canonical header names, so the hot path indexes the header map directly.
+const (
+	hOrigin        = "Origin"
+	hRequestMethod = "Access-Control-Request-Method"
+	hAllowOrigin   = "Access-Control-Allow-Origin"
+	hAllowCreds    = "Access-Control-Allow-Credentials"
+	hAllowMethods  = "Access-Control-Allow-Methods"
+	hAllowHeaders  = "Access-Control-Allow-Headers"
+	hMaxAge        = "Access-Control-Max-Age"
+	hExpose        = "Access-Control-Expose-Headers"
+	hVary          = "Vary"
+)
+
+// Handler applies the byteproxy app's `cors` settings:
 //
-// NOT YET IMPLEMENTED: this handler currently passes every request to the
-// next handler unchanged.
+//   - origins * (the default): `Access-Control-Allow-Origin: *` on every
+//     response, never with credentials;
+//   - a list of origins: a listed request origin is reflected with
+//     `Access-Control-Allow-Credentials: true`; every response carries
+//     `Vary: Origin`; any other origin gets no CORS headers, and its
+//     preflight is refused with 403;
+//   - cors off: the handler does nothing, and OPTIONS requests go on to
+//     the next handlers.
+//
+// A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
+// answered here with 204, before authentication; a plain OPTIONS goes on,
+// as it may be meant for the upstream.
 type Handler struct {
 	app *gateway.App
+
+	// Header values, precomputed in Provision.
+	disabled     bool
+	allowAll     bool
+	origins      map[string]bool // lower-case origins
+	allowMethods string
+	allowHeaders string
+	maxAge       string
+	expose       string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -30,23 +84,261 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision borrows the byteproxy app.
+// Provision reads the app's cors settings and builds every header value.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	app, err := gateway.FromContext(ctx)
 	if err != nil {
 		return err
 	}
 	h.app = app
+	return h.setup(app.CORS, ctx.Logger())
+}
+
+// setup precomputes the header values of a (possibly nil) config.
+func (h *Handler) setup(c *gateway.CORSConfig, logger *zap.Logger) error {
+	if c == nil {
+		c = new(gateway.CORSConfig)
+	}
+	if h.disabled = c.Disabled; h.disabled {
+		return nil
+	}
+	if err := h.provisionOrigins(c.Origins, logger); err != nil {
+		return err
+	}
+	maxAge := time.Duration(c.MaxAge)
+	if maxAge < 0 {
+		return fmt.Errorf("cors max_age: must not be negative")
+	}
+	if maxAge == 0 {
+		maxAge = defaultMaxAge
+	}
+	h.allowMethods = joined(c.AllowMethods, defaultMethods, strings.ToUpper)
+	h.allowHeaders = joined(c.AllowHeaders, defaultHeaders, nil)
+	h.maxAge = strconv.Itoa(int(maxAge / time.Second))
+	h.expose = strings.Join(exposeHeaders, ", ")
 	return nil
 }
 
-// ServeHTTP passes the request on.
+// provisionOrigins normalizes the allowed origins; "*" among them allows
+// every origin.
+func (h *Handler) provisionOrigins(list []string, logger *zap.Logger) error {
+	if len(list) == 0 || slices.Contains(list, "*") {
+		if len(list) > 1 {
+			logger.Warn("cors origins: '*' allows every origin; the other entries are ignored", zap.Strings("origins", list))
+		}
+		h.allowAll = true
+		return nil
+	}
+	h.origins = make(map[string]bool, len(list))
+	for _, o := range list {
+		norm := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(o), "/"))
+		u, err := url.Parse(norm)
+		if norm != "null" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil) {
+			return fmt.Errorf("cors origins: %q is not an origin; want scheme://host[:port], e.g. https://app.example.com", o)
+		}
+		h.origins[norm] = true
+	}
+	return nil
+}
+
+// joined is one comma-separated header value of the configured list, or
+// of the default list if none is configured.
+func joined(list, def []string, norm func(string) string) string {
+	if len(list) == 0 {
+		list = def
+	}
+	out := make([]string, 0, len(list))
+	for _, v := range list {
+		if norm != nil {
+			v = norm(v)
+		}
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// ServeHTTP sets the CORS headers before calling next, so that responses
+// written by any later handler (401, 429, 503) carry them, and answers
+// preflights itself.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return next.ServeHTTP(w, r)
+	if h.disabled {
+		return next.ServeHTTP(w, r)
+	}
+	var origin string
+	if v := r.Header[hOrigin]; len(v) > 0 {
+		origin = v[0]
+	}
+	isPreflight := r.Method == http.MethodOptions && origin != "" && len(r.Header[hRequestMethod]) > 0
+	allowed := h.allowOrigin(origin)
+
+	// One allocation holds this response's header values (and the
+	// wrapper, for a browser's request).
+	var rw *responseWriter
+	var v *values
+	switch {
+	case allowed != "" && origin != "" && !isPreflight:
+		rw = &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, allowed: allowed}
+		v = &rw.values
+	case allowed != "" || !h.allowAll:
+		v = new(values)
+	}
+	hdr := w.Header()
+	if !h.allowAll {
+		// The answer depends on Origin, so caches must key on it.
+		if len(hdr[hVary]) == 0 {
+			hdr[hVary] = v.one(0, hOrigin)
+		} else {
+			hdr[hVary] = append(hdr[hVary], hOrigin)
+		}
+	}
+	if isPreflight {
+		return h.preflight(w, hdr, v, allowed)
+	}
+	if allowed == "" {
+		return next.ServeHTTP(w, r)
+	}
+	hdr[hAllowOrigin] = v.one(1, allowed)
+	if !h.allowAll {
+		hdr[hAllowCreds] = v.one(2, "true")
+	}
+	hdr[hExpose] = v.one(3, h.expose)
+	if rw == nil {
+		return next.ServeHTTP(w, r)
+	}
+	return next.ServeHTTP(rw, r)
+}
+
+// values backs the CORS header values of one response. Each value gets a
+// slice of its own with capacity 1: a later handler may Add to it (which
+// copies) or edit it in place (Caddy's `header` replacements do), and
+// either way no other response sees the change.
+type values [6]string
+
+func (v *values) one(i int, s string) []string {
+	v[i] = s
+	return v[i : i+1 : i+1]
+}
+
+// allowOrigin is the Access-Control-Allow-Origin value for a request's
+// origin, or "" if the origin is not allowed (or absent, for a list).
+func (h *Handler) allowOrigin(origin string) string {
+	if h.allowAll {
+		return "*"
+	}
+	if origin == "" {
+		return ""
+	}
+	if h.origins[origin] {
+		return origin
+	}
+	if lower := strings.ToLower(origin); h.origins[lower] {
+		return lower
+	}
+	return ""
+}
+
+// preflight answers an OPTIONS preflight: 204 with the allowed methods,
+// headers and max age, or 403 for an origin that is not allowed.
+func (h *Handler) preflight(w http.ResponseWriter, hdr http.Header, v *values, allowed string) error {
+	if allowed == "" {
+		return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+			"error":   "Forbidden",
+			"message": "This origin is not allowed by the gateway's CORS policy.",
+		})
+	}
+	hdr[hAllowOrigin] = v.one(1, allowed)
+	if !h.allowAll {
+		hdr[hAllowCreds] = v.one(2, "true")
+	}
+	hdr[hAllowMethods] = v.one(3, h.allowMethods)
+	hdr[hAllowHeaders] = v.one(4, h.allowHeaders)
+	hdr[hMaxAge] = v.one(5, h.maxAge)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// responseWriter makes the gateway's CORS headers win over ones copied
+// from an upstream response: a proxy copies upstream headers with Add, and
+// a second Access-Control-Allow-Origin value makes browsers reject the
+// response. A header a later handler deleted stays deleted.
+type responseWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	h           *Handler
+	allowed     string
+	wroteHeader bool
+	values
+}
+
+// WriteHeader restores the CORS headers, then writes the status.
+func (rw *responseWriter) WriteHeader(status int) {
+	if !rw.wroteHeader {
+		rw.wroteHeader = status >= 200
+		rw.fix(rw.Header())
+	}
+	rw.ResponseWriterWrapper.WriteHeader(status)
+}
+
+// Write writes the header first if nobody did.
+func (rw *responseWriter) Write(b []byte) (int, error) {
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
+	}
+	return rw.ResponseWriterWrapper.Write(b)
+}
+
+// ReadFrom writes the header first, as the wrapped ReadFrom would not
+// call this WriteHeader.
+func (rw *responseWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
+	}
+	return rw.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// fix puts back the gateway's value of a CORS header that a later
+// handler doubled or changed; an absent header stays absent.
+func (rw *responseWriter) fix(hdr http.Header) {
+	h := rw.h
+	if v, ok := hdr[hAllowOrigin]; ok && !same(v, rw.allowed) {
+		hdr[hAllowOrigin] = []string{rw.allowed}
+	}
+	if v, ok := hdr[hAllowCreds]; ok {
+		if h.allowAll {
+			delete(hdr, hAllowCreds) // never with "*"
+		} else if !same(v, "true") {
+			hdr[hAllowCreds] = []string{"true"}
+		}
+	}
+	if v, ok := hdr[hExpose]; ok && !same(v, h.expose) {
+		hdr[hExpose] = mergeList(h.expose, v)
+	}
+}
+
+func same(v []string, want string) bool { return len(v) == 1 && v[0] == want }
+
+// mergeList joins comma-separated header values, ours first, without
+// repeating a name.
+func mergeList(ours string, values []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range append([]string{ours}, values...) {
+		for _, name := range strings.Split(v, ",") {
+			name = strings.TrimSpace(name)
+			if key := strings.ToLower(name); name != "" && !seen[key] {
+				seen[key] = true
+				out = append(out, name)
+			}
+		}
+	}
+	return []string{strings.Join(out, ", ")}
 }
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ http.ResponseWriter         = (*responseWriter)(nil)
+	_ io.ReaderFrom               = (*responseWriter)(nil)
 )

@@ -1,15 +1,97 @@
 package pressure
 
+import "net/http"
+
+// UpBody is the JSON body of /up: the monitor's latest readings, in the
+// original's field names.
+type UpBody struct {
+	// "ok", or "under_pressure" while a threshold is exceeded.
+	Status string `json:"status"`
+	// p99 Go scheduler latency over the last interval, in milliseconds:
+	// the analogue of the original's event-loop delay.
+	EventLoopDelay float64 `json:"eventLoopDelay"`
+	// Go heap in use, in bytes.
+	HeapUsed uint64 `json:"heapUsed"`
+	// Resident set size, in bytes (0 where it is not measured).
+	RSSBytes uint64 `json:"rssBytes"`
+	// Process CPU use over the last interval as a fraction of GOMAXPROCS.
+	EventLoopUtilized float64 `json:"eventLoopUtilized"`
+	// Whether the health_check dependency answers (true without one).
+	Healthy bool `json:"healthy"`
+	// Goroutines alive.
+	Goroutines int64 `json:"goroutines"`
+	// Requests in flight through byteproxy_pressure.
+	InFlight int64 `json:"inFlight"`
+	// The threshold exceeded, if any.
+	Exceeded *Threshold `json:"exceeded,omitempty"`
+}
+
 // Up returns the status code and JSON body for /up: the monitor's latest
 // readings. manage serves /up through it.
 //
-// NOT YET IMPLEMENTED: reports healthy with no readings.
+// The status code is always 200: /up is never shed and reports pressure in
+// its body ("status": "under_pressure", "exceeded"), so a load balancer
+// probing it can tell a busy instance from a dead one. (The original
+// answered 503 here under pressure, which made busy instances look dead.)
 func Up() (status int, body any) {
-	return 200, map[string]any{"status": "ok", "healthy": true}
+	return http.StatusOK, upBody()
+}
+
+func upBody() UpBody {
+	snap := current()
+	inFlight := mon.inFlight.Load()
+	b := UpBody{
+		Status:            "ok",
+		EventLoopDelay:    ms(snap.sched),
+		HeapUsed:          snap.heap,
+		RSSBytes:          snap.rss,
+		EventLoopUtilized: snap.cpu,
+		Healthy:           snap.healthy,
+		Goroutines:        snap.goroutines,
+		InFlight:          inFlight,
+		Exceeded:          snap.exceeded,
+	}
+	if b.Exceeded == nil {
+		b.Exceeded = inFlightAtCap(snap.s, inFlight)
+	}
+	if b.Exceeded != nil {
+		b.Status = "under_pressure"
+	}
+	return b
 }
 
 // UnderPressure reports whether a threshold is exceeded now, and which
-// type ("heapUsed", "rssBytes", "eventLoopDelay", ...); /health reports it.
-//
-// NOT YET IMPLEMENTED: always false.
-func UnderPressure() (bool, string) { return false, "" }
+// type ("heapUsed", "rssBytes", "eventLoopDelay", "cpu", "inFlight",
+// "healthCheck"); /health reports it. Always false with `pressure off`.
+func UnderPressure() (bool, string) {
+	snap := current()
+	e := snap.exceeded
+	if e == nil {
+		e = inFlightAtCap(snap.s, mon.inFlight.Load())
+	}
+	if e == nil {
+		return false, ""
+	}
+	return true, e.Type
+}
+
+// inFlightAtCap reports the in-flight cap as exceeded when the next
+// request would be refused.
+func inFlightAtCap(s *settings, n int64) *Threshold {
+	if s == nil || s.disabled || s.maxInFlight <= 0 || n < s.maxInFlight {
+		return nil
+	}
+	return &Threshold{Type: TypeInFlight, Value: float64(n), Limit: float64(s.maxInFlight)}
+}
+
+// current is the latest snapshot; with no handler provisioned (the
+// monitor is not running) it measures once, judged by the default
+// settings.
+func current() *snapshot {
+	if snap := mon.snap.Load(); snap != nil {
+		return snap
+	}
+	s, _ := resolve(nil)
+	r := newSampler().take()
+	return &snapshot{reading: r, s: s, exceeded: evaluate(r, s)}
+}

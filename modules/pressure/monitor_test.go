@@ -1,0 +1,211 @@
+package pressure
+
+// In-process tests of the monitor, the handler and Up. They share the
+// package's monitor, so none of them runs in parallel with another.
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+func testSettings(t testing.TB, c gateway.PressureConfig) *settings {
+	t.Helper()
+	if c.Interval == 0 {
+		c.Interval = caddy.Duration(10 * time.Millisecond)
+	}
+	s := mustResolve(t, &c)
+	s.metrics = new(gateway.Metrics)
+	s.logger = zap.NewNop()
+	return s
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitGoroutines waits until no more than want goroutines are alive.
+func waitGoroutines(t testing.TB, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > want {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines, want <= %d:\n%s", runtime.NumGoroutine(), want, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMonitorLeases(t *testing.T) {
+	base := runtime.NumGoroutine()
+	a := testSettings(t, gateway.PressureConfig{})
+	la := mon.acquire(a)
+	if snap := mon.snap.Load(); snap == nil || snap.s != a || snap.heap == 0 {
+		t.Fatalf("acquire did not publish a first snapshot: %+v", snap)
+	}
+
+	// A newer config's settings apply at once...
+	b := testSettings(t, gateway.PressureConfig{MaxHeap: 1})
+	lb := mon.acquire(b)
+	waitFor(t, "the newer settings", func() bool {
+		s := mon.snap.Load()
+		return s.s == b && s.exceeded != nil && s.exceeded.Type == TypeHeap
+	})
+	// ...and when it goes away (a failed reload), the older ones return.
+	mon.release(lb)
+	waitFor(t, "the older settings", func() bool {
+		s := mon.snap.Load()
+		return s.s == a && s.exceeded == nil
+	})
+	mon.release(la)
+	if mon.snap.Load() != nil {
+		t.Fatal("snapshot survives the last lease")
+	}
+	waitGoroutines(t, base)
+
+	// Reloads: new lease first, then the old one released.
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	base = runtime.NumGoroutine()
+	old := mon.acquire(a)
+	for i := range 25 {
+		s := testSettings(t, gateway.PressureConfig{
+			HealthCheckURL:      srv.URL,
+			HealthCheckInterval: caddy.Duration(time.Duration(10+i) * time.Millisecond),
+		})
+		l := mon.acquire(s)
+		mon.release(old)
+		old = l
+	}
+	waitFor(t, "the last settings", func() bool { return mon.snap.Load().s == old.s })
+	mon.release(old)
+	waitGoroutines(t, base)
+}
+
+func TestMonitorHealthCheck(t *testing.T) {
+	base := runtime.NumGoroutine()
+	var status atomic.Int32
+	status.Store(http.StatusOK)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(int(status.Load()))
+	}))
+	s := testSettings(t, gateway.PressureConfig{HealthCheckURL: srv.URL, HealthCheckInterval: caddy.Duration(10 * time.Millisecond)})
+	l := mon.acquire(s)
+	waitFor(t, "a first healthy probe", func() bool { return mon.snap.Load().healthCode == 200 })
+	if e := mon.snap.Load().exceeded; e != nil {
+		t.Fatalf("healthy dependency: %+v", e)
+	}
+
+	status.Store(http.StatusInternalServerError)
+	waitFor(t, "healthCheck 500", func() bool {
+		e := mon.snap.Load().exceeded
+		return e != nil && e.Type == TypeHealthCheck && e.Value == 500
+	})
+	srv.Close()
+	waitFor(t, "healthCheck unreachable", func() bool {
+		e := mon.snap.Load().exceeded
+		return e != nil && e.Type == TypeHealthCheck && e.Value == 0
+	})
+	if ok, typ := UnderPressure(); !ok || typ != TypeHealthCheck {
+		t.Errorf("UnderPressure = %v, %q", ok, typ)
+	}
+	mon.release(l)
+	waitGoroutines(t, base)
+}
+
+func TestUp(t *testing.T) {
+	// Without a handler, Up measures once.
+	code, body := Up()
+	b := body.(UpBody)
+	if code != 200 || b.Status != "ok" || b.HeapUsed == 0 || b.Goroutines == 0 || !b.Healthy {
+		t.Fatalf("Up without a monitor: %d %+v", code, b)
+	}
+
+	l := mon.acquire(testSettings(t, gateway.PressureConfig{MaxHeap: 1}))
+	code, body = Up()
+	raw, _ := json.Marshal(body)
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	for _, k := range []string{"status", "eventLoopDelay", "heapUsed", "rssBytes", "eventLoopUtilized", "healthy", "goroutines", "inFlight", "exceeded"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("/up body lacks %q: %s", k, raw)
+		}
+	}
+	if code != 200 || m["status"] != "under_pressure" || m["exceeded"].(map[string]any)["type"] != TypeHeap {
+		t.Errorf("under pressure: %d %s", code, raw)
+	}
+	if ok, typ := UnderPressure(); !ok || typ != TypeHeap {
+		t.Errorf("UnderPressure = %v, %q", ok, typ)
+	}
+	mon.release(l)
+
+	// The in-flight cap counts as pressure once it is reached.
+	l = mon.acquire(testSettings(t, gateway.PressureConfig{MaxInFlight: 1}))
+	defer mon.release(l)
+	if ok, _ := UnderPressure(); ok {
+		t.Fatal("calm process under pressure")
+	}
+	mon.inFlight.Add(1)
+	defer mon.inFlight.Add(-1)
+	_, body = Up()
+	if b := body.(UpBody); b.Status != "under_pressure" || b.Exceeded.Type != TypeInFlight || b.InFlight != 1 {
+		t.Errorf("at the in-flight cap: %+v", b)
+	}
+}
+
+// TestHandler drives ServeHTTP directly with a fake next handler.
+func TestHandler(t *testing.T) {
+	h := &Handler{app: new(gateway.App), logger: zap.NewNop()}
+	serve := func(path string) (*httptest.ResponseRecorder, bool) {
+		called := false
+		next := nextFunc(func(http.ResponseWriter, *http.Request) error { called = true; return nil })
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, httptest.NewRequest("GET", path, nil), next); err != nil {
+			t.Fatal(err)
+		}
+		return w, called
+	}
+
+	l := mon.acquire(testSettings(t, gateway.PressureConfig{MaxHeap: 1, RetryAfter: caddy.Duration(3 * time.Second)}))
+	w, called := serve("/proxy/x/y")
+	var body map[string]any
+	_ = json.Unmarshal(w.Body.Bytes(), &body)
+	if called || w.Code != 503 || w.Header().Get("Retry-After") != "3" || body["error"] != "Server under pressure" ||
+		body["type"] != TypeHeap || body["value"].(float64) <= 1 || body["message"] == "" {
+		t.Errorf("over max_heap: called=%v %d %v %s", called, w.Code, w.Header(), w.Body)
+	}
+	for _, p := range []string{"/up", "/health"} {
+		if _, called := serve(p); !called {
+			t.Errorf("%s was shed", p)
+		}
+	}
+	mon.release(l)
+
+	l = mon.acquire(testSettings(t, gateway.PressureConfig{Disabled: true, MaxHeap: 1}))
+	if _, called := serve("/proxy/x/y"); !called {
+		t.Error("pressure off still sheds")
+	}
+	mon.release(l)
+}
+
+type nextFunc func(http.ResponseWriter, *http.Request) error
+
+func (f nextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }

@@ -1,0 +1,311 @@
+package pressure_test
+
+// Integration tests: the real byteproxy binary with tiny thresholds.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/byteproxy/byteproxy/internal/testutil"
+)
+
+// client opens a new connection per request, so that no idle keep-alive
+// connection holds a server goroutine during the leak test.
+var client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+
+type result struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func get(t testing.TB, url string) result {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	r := result{status: resp.StatusCode, header: resp.Header, raw: string(b)}
+	_ = json.Unmarshal(b, &r.body)
+	return r
+}
+
+// until polls url until check accepts the answer, for at most 20s.
+func until(t testing.TB, in *testutil.Instance, url, what string, check func(result) bool) result {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var r result
+	for time.Now().Before(deadline) {
+		if r = get(t, url); check(r) {
+			return r
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; last answer %d %s\nlogs:\n%s", what, r.status, r.raw, in.Logs())
+	return r
+}
+
+func shedBy(typ string) func(result) bool {
+	return func(r result) bool { return r.status == 503 && r.body["type"] == typ }
+}
+
+// site composes the pressure handler with fixed answers; /up and /health
+// stand in for manage's endpoints.
+const site = `
+:{{PORT}} {
+	route {
+		byteproxy_pressure
+		respond /up "up" 200
+		respond /health "health" 200
+		respond "ok" 200
+	}
+}
+`
+
+func pressureConfig(lines string) string {
+	return "{\n\tbyteproxy {\n\t\tpressure " + lines + "\n\t}\n}\n" + site
+}
+
+// TestShedsEachThreshold triggers every sampled threshold with a tiny
+// limit and checks the 503, Retry-After, and that /up and /health are
+// never shed.
+func TestShedsEachThreshold(t *testing.T) {
+	closed := testutil.FreePort(t) // nothing listens here
+	// Every other threshold is set far out of reach, so only the one
+	// under test can fire on a loaded machine.
+	const calm = "max_heap 64GiB\n max_rss 64GiB\n max_sched_latency 1h\n max_cpu 1000\n"
+	tests := []struct {
+		name, typ, line string
+		value           func(float64) bool
+	}{
+		{"heap", "heapUsed", "max_heap 1KiB", func(v float64) bool { return v > 1024 }},
+		{"rss", "rssBytes", "max_rss 1KiB", func(v float64) bool { return v > 1<<20 }},
+		{"scheduler latency", "eventLoopDelay", "max_sched_latency 1ns", func(v float64) bool { return v > 0 }},
+		{"cpu", "cpu", "max_cpu 0.000001", func(v float64) bool { return v > 0.000001 }},
+		{"health check", "healthCheck", fmt.Sprintf("health_check http://127.0.0.1:%d/ 50ms", closed), func(v float64) bool { return v == 0 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			in := testutil.Start(t, pressureConfig("{\n"+calm+tc.line+"\n interval 50ms\n retry_after 7s\n}"), testutil.Options{})
+			r := until(t, in, in.URL("/proxy/x/y"), tc.typ, shedBy(tc.typ))
+			if r.body["error"] != "Server under pressure" || r.header.Get("Retry-After") != "7" ||
+				!strings.HasPrefix(r.header.Get("Content-Type"), "application/json") {
+				t.Errorf("503: %v %s", r.header, r.raw)
+			}
+			if v, ok := r.body["value"].(float64); !ok || !tc.value(v) {
+				t.Errorf("value %v is implausible for %s", r.body["value"], tc.typ)
+			}
+			if msg, _ := r.body["message"].(string); !strings.Contains(msg, "Retry in 7 seconds") {
+				t.Errorf("message %q", msg)
+			}
+			for _, p := range []string{"/up", "/health"} {
+				if r := get(t, in.URL(p)); r.status != 200 {
+					t.Errorf("%s shed under pressure: %d %s", p, r.status, r.raw)
+				}
+			}
+		})
+	}
+}
+
+// TestHealthCheckRecovers: a dependency that fails and recovers sheds and
+// stops shedding.
+func TestHealthCheckRecovers(t *testing.T) {
+	var mu sync.Mutex
+	status := 200
+	dep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.WriteHeader(status)
+	}))
+	defer dep.Close()
+	setStatus := func(s int) { mu.Lock(); status = s; mu.Unlock() }
+
+	in := testutil.Start(t, pressureConfig("{\n health_check "+dep.URL+"/ready 50ms\n interval 50ms\n}"), testutil.Options{})
+	if r := get(t, in.URL("/proxy/x/y")); r.status != 200 {
+		t.Fatalf("healthy dependency: %d %s", r.status, r.raw)
+	}
+	setStatus(500)
+	r := until(t, in, in.URL("/proxy/x/y"), "healthCheck", shedBy("healthCheck"))
+	if r.body["value"] != 500.0 {
+		t.Errorf("value %v, want the probe's status 500", r.body["value"])
+	}
+	setStatus(204)
+	until(t, in, in.URL("/proxy/x/y"), "recovery", func(r result) bool { return r.status == 200 })
+}
+
+// TestPressureOffAndReload: `pressure off` stops shedding at once after a
+// reload, and turning it on again sheds again.
+func TestPressureOffAndReload(t *testing.T) {
+	on := pressureConfig("{\n max_heap 1KiB\n interval 50ms\n}")
+	off := pressureConfig("off {\n max_heap 1KiB\n interval 50ms\n}")
+	in := testutil.Start(t, on, testutil.Options{})
+	until(t, in, in.URL("/proxy/x/y"), "heapUsed", shedBy("heapUsed"))
+	in.Reload(off)
+	until(t, in, in.URL("/proxy/x/y"), "pressure off", func(r result) bool { return r.status == 200 })
+	in.Reload(on)
+	until(t, in, in.URL("/proxy/x/y"), "heapUsed again", shedBy("heapUsed"))
+}
+
+// TestInFlight caps concurrent requests with an upstream that holds them
+// until the test releases it.
+func TestInFlight(t *testing.T) {
+	arrived := make(chan struct{}, 10)
+	release := make(chan struct{})
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		_, _ = io.WriteString(w, "slow")
+	}))
+	defer upstream.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+
+	caddyfile := `{
+	byteproxy {
+		pressure {
+			max_in_flight 2
+			retry_after 3s
+		}
+	}
+}
+:{{PORT}} {
+	route /proxy/* {
+		byteproxy_pressure
+		reverse_proxy ` + strings.TrimPrefix(upstream.URL, "http://") + `
+	}
+	route /manage/* {
+		byteproxy_pressure
+		respond "manage" 200
+	}
+	respond "other" 200
+}
+`
+	in := testutil.Start(t, caddyfile, testutil.Options{})
+	var wg sync.WaitGroup
+	statuses := make(chan int, 2)
+	for i := range 2 {
+		wg.Go(func() {
+			resp, err := client.Get(in.URL(fmt.Sprintf("/proxy/slow/%d", i)))
+			if err != nil {
+				statuses <- -1
+				return
+			}
+			resp.Body.Close()
+			statuses <- resp.StatusCode
+		})
+	}
+	for range 2 {
+		select {
+		case <-arrived:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the slow requests did not reach the upstream\n%s", in.Logs())
+		}
+	}
+
+	r := get(t, in.URL("/proxy/slow/third"))
+	if r.status != 503 || r.body["type"] != "inFlight" || r.body["value"] != 2.0 || r.header.Get("Retry-After") != "3" {
+		t.Errorf("third request over max_in_flight 2: %d %v %s", r.status, r.header, r.raw)
+	}
+	if r := get(t, in.URL("/manage/services")); r.status != 200 || r.raw != "manage" {
+		t.Errorf("management is not counted against max_in_flight: %d %s", r.status, r.raw)
+	}
+
+	close(release)
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != 200 {
+			t.Errorf("held request: %d", s)
+		}
+	}
+	// The slots are free again.
+	if r := get(t, in.URL("/proxy/slow/after")); r.status != 200 || r.raw != "slow" {
+		t.Errorf("after release: %d %s", r.status, r.raw)
+	}
+}
+
+var goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)
+
+func goroutines(t testing.TB, in *testutil.Instance) int {
+	t.Helper()
+	r := get(t, in.AdminURL("/debug/pprof/goroutine?debug=1"))
+	m := goroutineTotal.FindStringSubmatch(r.raw)
+	if m == nil {
+		t.Fatalf("no goroutine total in %d %.200s", r.status, r.raw)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// TestReloadsDoNotLeak reloads 25 times between two pressure configs (with
+// different intervals and health checks) and checks that the goroutine
+// count comes back to what it was, and that the newest settings apply.
+func TestReloadsDoNotLeak(t *testing.T) {
+	dep := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer dep.Close()
+	calm := pressureConfig("{\n interval 20ms\n health_check " + dep.URL + "/ 30ms\n}")
+	tight := pressureConfig("{\n interval 30ms\n max_heap 1KiB\n health_check " + dep.URL + "/other 40ms\n}")
+	configs := []string{calm, tight}
+
+	in := testutil.Start(t, calm, testutil.Options{})
+	in.Reload(tight) // warm up whatever a first reload creates once
+	in.Reload(calm)
+	until(t, in, in.URL("/proxy/x/y"), "calm", func(r result) bool { return r.status == 200 })
+	base := settledGoroutines(t, in, 0)
+
+	for i := range 25 {
+		in.Reload(configs[i%2])
+	}
+	// 25 reloads end on configs[0]: calm.
+	until(t, in, in.URL("/proxy/x/y"), "the newest settings (calm)", func(r result) bool { return r.status == 200 })
+	in.Reload(tight)
+	until(t, in, in.URL("/proxy/x/y"), "the newest settings (tight)", shedBy("heapUsed"))
+	in.Reload(calm)
+	until(t, in, in.URL("/proxy/x/y"), "calm again", func(r result) bool { return r.status == 200 })
+
+	const tolerance = 4
+	if n := settledGoroutines(t, in, base+tolerance); n > base+tolerance {
+		r := get(t, in.AdminURL("/debug/pprof/goroutine?debug=1"))
+		t.Fatalf("goroutines: %d before 28 reloads, %d after (tolerance %d)\n%s", base, n, tolerance, r.raw)
+	}
+}
+
+// settledGoroutines polls the goroutine count for a few seconds until it
+// is at most want (or, with want 0, until two readings agree) and returns
+// the last reading.
+func settledGoroutines(t testing.TB, in *testutil.Instance, want int) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	prev := -1
+	for {
+		n := goroutines(t, in)
+		if (want > 0 && n <= want) || (want == 0 && n == prev) || ctx.Err() != nil {
+			return n
+		}
+		prev = n
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,157 @@
+package pressure
+
+import (
+	"math"
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+func mustResolve(t testing.TB, c *gateway.PressureConfig) *settings {
+	t.Helper()
+	s, err := resolve(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestEvaluate(t *testing.T) {
+	t.Parallel()
+	s := mustResolve(t, &gateway.PressureConfig{
+		MaxHeap: 100, MaxRSS: 200, MaxSchedLatency: caddy.Duration(10 * time.Millisecond), MaxCPU: 0.5,
+	})
+	calm := reading{heap: 100, rss: 200, sched: 10 * time.Millisecond, cpu: 0.5, healthy: true, healthCode: 200}
+	tests := []struct {
+		name  string
+		edit  func(*reading)
+		typ   string
+		value float64
+		limit float64
+	}{
+		{"at every limit is calm", func(*reading) {}, "", 0, 0},
+		{"heap", func(r *reading) { r.heap = 101 }, TypeHeap, 101, 100},
+		{"rss", func(r *reading) { r.rss = 201 }, TypeRSS, 201, 200},
+		{"rss not measured", func(r *reading) { r.rss = 0 }, "", 0, 0},
+		{"scheduler latency in ms", func(r *reading) { r.sched = 15 * time.Millisecond }, TypeSched, 15, 10},
+		{"cpu", func(r *reading) { r.cpu = 0.75 }, TypeCPU, 0.75, 0.5},
+		{"health check down", func(r *reading) { r.healthy, r.healthCode = false, 0 }, TypeHealthCheck, 0, 0},
+		{"health check 500", func(r *reading) { r.healthy, r.healthCode = false, 500 }, TypeHealthCheck, 500, 0},
+		{"heap wins over cpu", func(r *reading) { r.heap, r.cpu = 101, 0.9 }, TypeHeap, 101, 100},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := calm
+			tc.edit(&r)
+			e := evaluate(r, s)
+			if tc.typ == "" {
+				if e != nil {
+					t.Fatalf("want calm, got %+v", e)
+				}
+				return
+			}
+			if e == nil || e.Type != tc.typ || e.Value != tc.value || e.Limit != tc.limit {
+				t.Fatalf("want %s %v/%v, got %+v", tc.typ, tc.value, tc.limit, e)
+			}
+			if msg := e.message(s.retryAfter); !strings.Contains(msg, "Retry in 10 seconds") {
+				t.Errorf("message %q lacks the retry hint", msg)
+			}
+		})
+	}
+	t.Run("disabled never sheds", func(t *testing.T) {
+		off := mustResolve(t, &gateway.PressureConfig{Disabled: true, MaxHeap: 1})
+		if e := evaluate(reading{heap: 1 << 40, cpu: 100, healthy: false}, off); e != nil {
+			t.Fatalf("disabled: got %+v", e)
+		}
+	})
+}
+
+func TestResolve(t *testing.T) {
+	t.Parallel()
+	s := mustResolve(t, nil)
+	if s.maxHeap != 512<<20 || s.maxRSS != 1<<30 || s.maxSched != 250*time.Millisecond ||
+		s.maxCPU != 0.98 || s.interval != time.Second || s.retryAfter != 10 || s.retryAfterHdr != "10" ||
+		s.maxInFlight != 0 || s.healthInterval != 10*time.Second || s.disabled {
+		t.Fatalf("defaults: %+v", s)
+	}
+	if s := mustResolve(t, &gateway.PressureConfig{RetryAfter: caddy.Duration(1500 * time.Millisecond)}); s.retryAfterHdr != "2" {
+		t.Errorf("retry_after 1.5s: Retry-After %q, want 2 (rounded up)", s.retryAfterHdr)
+	}
+	for name, c := range map[string]*gateway.PressureConfig{
+		"max_heap":      {MaxHeap: -1},
+		"max_cpu":       {MaxCPU: math.NaN()},
+		"max_in_flight": {MaxInFlight: -1},
+		"health_check":  {HealthCheckURL: "ftp://x/"},
+		"interval":      {Interval: -1},
+	} {
+		if _, err := resolve(c); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: want an error naming it, got %v", name, err)
+		}
+	}
+}
+
+func TestP99(t *testing.T) {
+	t.Parallel()
+	h := &metrics.Float64Histogram{
+		Buckets: []float64{math.Inf(-1), 0, 0.001, 0.010, 0.100, math.Inf(1)},
+		Counts:  []uint64{0, 0, 0, 0, 0},
+	}
+	prev := []uint64{0, 50, 10, 0, 0}
+	cur := func(c ...uint64) *metrics.Float64Histogram { h.Counts = c; return h }
+
+	if got := p99(prev, cur(0, 50, 10, 0, 0)); got != 0 {
+		t.Errorf("no new samples: %v", got)
+	}
+	// 99 new fast samples and 1 slow one: p99 is the fast bucket's bound.
+	if got := p99(prev, cur(0, 50, 109, 1, 0)); got != 10*time.Millisecond {
+		t.Errorf("99 fast + 1 slow: %v, want 10ms", got)
+	}
+	// 2 slow of 100: p99 falls in the slow bucket.
+	if got := p99(prev, cur(0, 50, 108, 2, 0)); got != 100*time.Millisecond {
+		t.Errorf("98 fast + 2 slow: %v, want 100ms", got)
+	}
+	// The unbounded last bucket reports its lower bound.
+	if got := p99(prev, cur(0, 50, 10, 0, 5)); got != 100*time.Millisecond {
+		t.Errorf("+Inf bucket: %v, want 100ms", got)
+	}
+}
+
+// TestSamplerMeasures checks the real measurements: heap, RSS and
+// goroutines are read, CPU rises under a busy loop, and scheduler latency
+// rises when more goroutines want to run than there are Ps.
+func TestSamplerMeasures(t *testing.T) {
+	sm := newSampler()
+	time.Sleep(2 * minInterval) // the CPU window needs some width
+	r := sm.take()
+	if r.heap == 0 || r.goroutines == 0 {
+		t.Fatalf("heap %d, goroutines %d: want both > 0", r.heap, r.goroutines)
+	}
+	if runtime.GOOS == "linux" && r.rss < r.heap/2 {
+		t.Errorf("rss %d is implausible next to heap %d", r.rss, r.heap)
+	}
+
+	var wg sync.WaitGroup
+	stop := time.Now().Add(150 * time.Millisecond)
+	for range 4 * runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				runtime.Gosched() // runnable again: the scheduler samples latency
+			}
+		})
+	}
+	wg.Wait()
+	r = sm.take()
+	if r.cpu <= 0.1 {
+		t.Errorf("cpu %.3f after a busy loop on every P: want > 0.1", r.cpu)
+	}
+	if r.sched <= 0 {
+		t.Errorf("scheduler latency %v with %d busy goroutines: want > 0", r.sched, 4*runtime.GOMAXPROCS(0))
+	}
+}
