@@ -62,7 +62,12 @@ const (
 //
 // A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
 // answered here with 204, before authentication; a plain OPTIONS goes on,
-// as it may be meant for the upstream.
+// as it may be meant for the upstream. Configured `headers` and `methods`
+// replace the defaults (Authorization, X-API-Key, Content-Type,
+// X-Requested-With; GET, POST, PUT, PATCH, DELETE, OPTIONS). Responses
+// expose the rate-limit, Retry-After and X-Proxy-* headers to scripts.
+// When a later handler (a proxy) adds its own CORS headers, the gateway's
+// values win, so a browser never sees two.
 type Handler struct {
 	app *gateway.App
 

@@ -309,3 +309,46 @@ func settledGoroutines(t testing.TB, in *testutil.Instance, want int) int {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestStandardSite: in the `byteproxy` route, /up and /health report the
+// pressure (never shed) while /proxy/* and /manage/* are shed.
+func TestStandardSite(t *testing.T) {
+	in := testutil.Start(t, `{
+	byteproxy {
+		pressure {
+			max_heap 1KiB
+			interval 50ms
+			retry_after 5s
+		}
+	}
+}
+:{{PORT}} {
+	byteproxy
+}
+`, testutil.Options{})
+	until(t, in, in.URL("/proxy/services"), "/proxy shed", shedBy("heapUsed"))
+	if r := get(t, in.URL("/manage/services")); r.status != 503 || r.body["type"] != "heapUsed" || r.header.Get("Retry-After") != "5" {
+		t.Errorf("/manage/services: %d %v %s", r.status, r.header, r.raw)
+	}
+
+	r := get(t, in.URL("/up"))
+	if r.status != 200 || r.body["status"] != "under_pressure" {
+		t.Fatalf("/up: %d %s", r.status, r.raw)
+	}
+	for _, k := range []string{"eventLoopDelay", "heapUsed", "rssBytes", "eventLoopUtilized", "healthy", "goroutines", "inFlight"} {
+		if _, ok := r.body[k]; !ok {
+			t.Errorf("/up lacks %q: %s", k, r.raw)
+		}
+	}
+	if ex, _ := r.body["exceeded"].(map[string]any); ex["type"] != "heapUsed" || ex["limit"] != 1024.0 {
+		t.Errorf("/up exceeded: %s", r.raw)
+	}
+	if h, _ := r.body["heapUsed"].(float64); h <= 1024 {
+		t.Errorf("/up heapUsed %v", r.body["heapUsed"])
+	}
+
+	r = get(t, in.URL("/health"))
+	if r.status != 200 || !strings.Contains(r.raw, "heapUsed") {
+		t.Errorf("/health under pressure: %d %s", r.status, r.raw)
+	}
+}
