@@ -187,17 +187,17 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	}
 
 	want := map[string]float64{
-		series("byteproxy_requests_total", "service", "fake", "code", "200"):           3,
-		series("byteproxy_requests_total", "service", "down", "code", "502"):           2,
-		series("byteproxy_upstream_errors_total", "service", "down", "kind", "dial"):   2,
-		series("byteproxy_rate_limited_total", "service", "fake", "kind", "service"):   1,
-		series("byteproxy_auth_failures_total", "scope", "proxy"):                      2,
-		series("byteproxy_auth_failures_total", "scope", "management"):                 1,
-		series("byteproxy_request_duration_seconds_count", "service", "fake"):          3,
-		series("byteproxy_upstream_duration_seconds_count", "service", "fake"):         3,
-		series("byteproxy_services", "source", "config"):                              2,
-		series("byteproxy_services", "source", "runtime"):                             1,
-		series("byteproxy_redis_fallback"):                                            0,
+		series("byteproxy_requests_total", "service", "fake", "code", "200"):         3,
+		series("byteproxy_requests_total", "service", "down", "code", "502"):         2,
+		series("byteproxy_upstream_errors_total", "service", "down", "kind", "dial"): 2,
+		series("byteproxy_rate_limited_total", "service", "fake", "kind", "service"): 1,
+		series("byteproxy_auth_failures_total", "scope", "proxy"):                    2,
+		series("byteproxy_auth_failures_total", "scope", "management"):               1,
+		series("byteproxy_request_duration_seconds_count", "service", "fake"):        3,
+		series("byteproxy_upstream_duration_seconds_count", "service", "fake"):       3,
+		series("byteproxy_services", "source", "config"):                             2,
+		series("byteproxy_services", "source", "runtime"):                            1,
+		series("byteproxy_redis_fallback"):                                           0,
 	}
 	check := func(when string) map[string]float64 {
 		t.Helper()
