@@ -122,7 +122,9 @@ type CORSConfig struct {
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
-// PressureConfig configures load shedding. Zero thresholds are off.
+// PressureConfig configures load shedding. A threshold left at zero takes
+// its default; set it very high to make it irrelevant. Only max_in_flight
+// is off at zero.
 type PressureConfig struct {
 	// Disable shedding; readings are still reported at /up.
 	Disabled bool `json:"disabled,omitempty"`
