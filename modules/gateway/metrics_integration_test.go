@@ -303,11 +303,77 @@ func TestAccessLogFields(t *testing.T) {
 	if c, _ := ok["client"].(string); c == "" {
 		t.Errorf("client field missing in %v", ok)
 	}
+	// The upstream's status is the logged status (passed through); the
+	// gateway's duration and the remaining quota are logged response
+	// headers.
+	rh, _ := ok["resp_headers"].(map[string]any)
+	for _, h := range []string{"X-Proxy-Duration", "X-Ratelimit-Remaining", "X-Proxy-Service"} {
+		if v, _ := rh[h].([]any); len(v) != 1 {
+			t.Errorf("resp_headers[%s] = %v", h, rh[h])
+		}
+	}
+	if rem, _ := rh["X-Ratelimit-Remaining"].([]any); len(rem) == 1 && rem[0] != "2" {
+		t.Errorf("X-RateLimit-Remaining = %v, want 2 after the first of 3", rem[0])
+	}
 	if q := entry("/proxy/auth-test?x=1"); q["client"] != ok["client"] {
 		t.Errorf("the same key gave client ids %v and %v", q["client"], ok["client"])
 	}
 	limited := entry("/proxy/fake/limited") // the last one: the 4th request of fake
 	if limited["status"] != float64(429) || limited["rate_limited"] != "service" {
 		t.Errorf("429 entry: status %v, rate_limited %v in %v", limited["status"], limited["rate_limited"], limited)
+	}
+}
+
+// TestMetricsShedAndRedisFallback: a heap limit every reading exceeds sheds
+// requests, and a Redis that refuses connections puts rate limits in
+// fallback; both show in /metrics.
+func TestMetricsShedAndRedisFallback(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	redisAddr := l.Addr().String()
+	l.Close() // no Redis here
+	in := testutil.Start(t, `{
+	byteproxy {
+		redis redis://`+redisAddr+`/0
+		pressure {
+			max_heap 1KiB
+			interval 100ms
+		}
+		service fake {
+			base_url http://127.0.0.1:9/
+			rate_limit 10 1m
+		}
+	}
+}
+
+:{{PORT}} {
+	bind 127.0.0.1
+	byteproxy
+}
+`, testutil.Options{})
+	deadline := time.Now().Add(10 * time.Second)
+	shed := 0
+	for shed < 2 {
+		if resp, _ := testutil.Do(t, "GET", in.URL("/proxy/fake/x"), nil); resp.StatusCode == 503 {
+			shed++
+		} else if time.Now().After(deadline) {
+			t.Fatalf("never shed: %d", resp.StatusCode)
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for {
+		m := scrape(t, in)
+		if m[series("byteproxy_shed_requests_total", "type", "heapUsed")] == float64(shed) &&
+			m[series("byteproxy_redis_fallback")] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shed %v (want %d), redis fallback %v (want 1)",
+				m[series("byteproxy_shed_requests_total", "type", "heapUsed")], shed, m[series("byteproxy_redis_fallback")])
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
