@@ -115,6 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.forbidden(w, r)
 	}
 	h.strip(r, c)
+	caddyhttp.SetVar(r.Context(), gateway.VarScope, h.Scope)
 	if h.serveEndpoint(w, r, c) {
 		return nil
 	}

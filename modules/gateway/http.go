@@ -15,6 +15,10 @@ const (
 	VarClient = "byteproxy.client"
 	// VarService holds the service key of a proxied request.
 	VarService = "byteproxy.service"
+	// VarScope holds the auth scope byteproxy_auth admitted the request to
+	// ("proxy" or "management"); byteproxy_manage refuses /manage/* without
+	// it, so a route that forgets the auth handler fails closed.
+	VarScope = "byteproxy.scope"
 )
 
 // WriteJSON writes v as the JSON body of a response with this status. Every

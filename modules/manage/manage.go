@@ -57,6 +57,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	switch {
 	case p == "/manage" || strings.HasPrefix(p, "/manage/"):
 		w.Header().Set("Cache-Control", "no-store")
+		if caddyhttp.GetVar(r.Context(), gateway.VarScope) != gateway.ScopeManagement {
+			return h.unguarded(w, r)
+		}
 		return h.serveManage(w, r, strings.TrimPrefix(p, "/manage"))
 	case p == "/docs" || strings.HasPrefix(p, "/docs/"):
 		if serveDocs(w, r) {
@@ -64,6 +67,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 	return h.serveInfo(w, r)
+}
+
+// unguarded refuses /manage/* that did not pass byteproxy_auth management:
+// a custom route that forgot the auth handler must not open the API.
+func (h *Handler) unguarded(w http.ResponseWriter, r *http.Request) error {
+	h.logger.Warn("refusing /manage request: no byteproxy_auth management before byteproxy_manage in this route",
+		zap.String("path", r.URL.Path))
+	return gateway.WriteJSON(w, http.StatusForbidden, map[string]any{
+		"error":   "Forbidden",
+		"message": "The management API is not protected in this route: put 'byteproxy_auth management' before 'byteproxy_manage'.",
+	})
 }
 
 // methodNotAllowed answers a known path with a method it does not serve.
