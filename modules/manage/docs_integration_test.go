@@ -91,3 +91,27 @@ func TestGatewayDocsChromium(t *testing.T) {
 	in := startDocsGateway(t)
 	assertRendered(t, browse(t, in.URL("/docs")))
 }
+
+// TestGatewayVersionCheck configures update_check in the Caddyfile and
+// reads /version/check through the running gateway.
+func TestGatewayVersionCheck(t *testing.T) {
+	feedURL, hits := feed(t, `[{"tag_name": "v99.0.0", "html_url": "https://example.test/v99", "published_at": "2026-10-01T00:00:00Z"}]`)
+	in := testutil.Start(t, `{
+	byteproxy {
+		update_check `+feedURL+`
+	}
+}
+
+:{{PORT}} {
+	bind 127.0.0.1
+	byteproxy
+}
+`, testutil.Options{})
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the feed was read %d times at startup, want 0 (only on demand)", n)
+	}
+	resp, b := testutil.Do(t, "GET", in.URL("/version/check"), nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"latestVersion":"99.0.0"`) || !strings.Contains(string(b), `"updateAvailable":true`) {
+		t.Fatalf("/version/check: %d %s", resp.StatusCode, b)
+	}
+}
