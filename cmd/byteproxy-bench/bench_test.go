@@ -281,14 +281,17 @@ func TestUpstream(t *testing.T) {
 }
 
 func TestParseFlags(t *testing.T) {
-	c, err := parseFlags([]string{"-c", "20", "-d", "3s", "-runs", "3", "-limits", "-json"}, io.Discard)
+	c, err := parseFlags([]string{"-c", "20", "-d", "3s", "-runs", "3", "-limits", "-json", "-env", "GOGC=400", "-env", "A=b=c"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Conns != 20 || c.Duration != 3*time.Second || c.Runs != 3 || !c.Limits || !c.JSON || c.Warmup != 2*time.Second {
 		t.Errorf("parsed %+v", c)
 	}
-	for _, bad := range [][]string{{"-c", "0"}, {"-t", "60"}, {"-runs", "0"}, {"-gen", "ab"}, {"-path", "x"}, {"-d", "0s"}, {"extra"}} {
+	if strings.Join(c.Env, " ") != "GOGC=400 A=b=c" {
+		t.Errorf("env %q", c.Env)
+	}
+	for _, bad := range [][]string{{"-c", "0"}, {"-t", "60"}, {"-runs", "0"}, {"-gen", "ab"}, {"-path", "x"}, {"-d", "0s"}, {"extra"}, {"-env", "novalue"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("parseFlags(%v) accepted it", bad)
 		}

@@ -9,7 +9,7 @@
 //	go run ./cmd/byteproxy-bench -runs 3 -d 10s
 //	go run ./cmd/byteproxy-bench -limits      # service and client rate limits on
 //	go run ./cmd/byteproxy-bench -metrics     # Caddy metrics on (both targets)
-//	go run ./cmd/byteproxy-bench -profile gw.pprof   # also a CPU profile of the gateway
+//	go run ./cmd/byteproxy-bench -profile gw.pprof   # also CPU and allocation profiles of the gateway
 //
 // CPU per request is the target process's utime+stime (from
 // /proc/<pid>/stat) over the measured run divided by the requests it served;
@@ -53,7 +53,26 @@ type config struct {
 	MaxErrors  float64
 	Profile    string
 	ProfileSec int
-	Extra      string // extra lines for the byteproxy global option
+	Extra      string   // extra lines for the byteproxy global option
+	Env        []string // extra environment (K=V) for both targets
+}
+
+// envFlag collects repeated -env K=V flags.
+type envFlag struct{ list *[]string }
+
+func (e envFlag) String() string {
+	if e.list == nil {
+		return ""
+	}
+	return strings.Join(*e.list, " ")
+}
+
+func (e envFlag) Set(v string) error {
+	if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+		return fmt.Errorf("want K=V, got %q", v)
+	}
+	*e.list = append(*e.list, v)
+	return nil
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -72,9 +91,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Gen, "gen", "auto", "load generator: auto (wrk if installed), wrk or go")
 	fs.StringVar(&c.Path, "path", "/proxy/bench/ping", "request path (the same on both targets)")
 	fs.Float64Var(&c.MaxErrors, "max-errors", 0.01, "fail when more than this fraction of responses are errors or not 2xx")
-	fs.StringVar(&c.Profile, "profile", "", "after the measured runs, write a CPU profile of the gateway under the same load to this file")
+	fs.StringVar(&c.Profile, "profile", "", "after the measured runs, write a CPU profile of the gateway under the same load to this file (and its allocations to FILE.allocs)")
 	fs.IntVar(&c.ProfileSec, "profile-seconds", 5, "length of the -profile CPU profile in seconds")
 	fs.StringVar(&c.Extra, "gateway-options", "", "extra lines for the gateway's byteproxy global option, e.g. \"pressure off\" or \"cors off\"")
+	fs.Var(envFlag{&c.Env}, "env", "extra environment K=V for both targets, e.g. GOGC=400 (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -168,6 +188,10 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 	var cs children
 	defer cs.killAll()
 
+	others := otherLoad() // before we start our own children
+	if len(others) > 0 {
+		fmt.Fprintf(log, "WARNING: other load generators are running and will distort the figures: %s\n", strings.Join(others, " "))
+	}
 	gen, err := pickGenerator(cfg)
 	if err != nil {
 		return nil, err
@@ -201,10 +225,10 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 	}
 
 	rep := &report{
-		Generator: gen.Name(), Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
+		Env: cfg.Env, Generator: gen.Name(), Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
 		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics,
 		GatewayOptions: cfg.Extra, Path: cfg.Path, Binary: bin,
-		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(),
+		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others,
 	}
 	fmt.Fprintf(log, "%s, %s per target, %d run(s), load average %.2f on %d CPUs\n",
 		gen.Name(), cfg.Duration, cfg.Runs, rep.LoadBefore, rep.CPUs)
@@ -234,7 +258,8 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 		if err := profileGateway(ctx, gen, targets[1], cfg, log); err != nil {
 			return rep, fmt.Errorf("profile: %w", err)
 		}
-		fmt.Fprintf(log, "CPU profile written to %s; inspect with:\n  go tool pprof -top %s %s\n", cfg.Profile, bin, cfg.Profile)
+		fmt.Fprintf(log, "CPU profile written to %s, allocations to %s.allocs; inspect with:\n  go tool pprof -top %s %s\n",
+			cfg.Profile, cfg.Profile, bin, cfg.Profile)
 	}
 	for _, t := range targets {
 		if t.proc.exited() {
@@ -275,7 +300,7 @@ func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp, upAdd
 		} else {
 			cf = caddyfileGateway(port, admin, upAddr, cfg)
 		}
-		p, err := startCaddy(ctx, cs, name, bin, filepath.Join(tmp, name), cf, port)
+		p, err := startCaddy(ctx, cs, name, bin, filepath.Join(tmp, name), cf, port, cfg.Env)
 		if err != nil {
 			return nil, err
 		}
@@ -364,5 +389,10 @@ func profileGateway(ctx context.Context, gen generator, t *target, cfg config, l
 	if err := <-errc; err != nil {
 		return err
 	}
-	return perr
+	if perr != nil {
+		return perr
+	}
+	// Allocations since start (go tool pprof -sample_index=alloc_space).
+	url = fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/allocs", t.admin)
+	return fetchToFile(ctx, url, cfg.Profile+".allocs", 30*time.Second)
 }

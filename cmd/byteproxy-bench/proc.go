@@ -132,7 +132,7 @@ func startUpstream(ctx context.Context, cs *children) (*child, string, error) {
 
 // startCaddy runs `bin run` on caddyfile in its own directory and waits
 // until the site port accepts connections.
-func startCaddy(ctx context.Context, cs *children, name, bin, dir, caddyfile string, port int) (*child, error) {
+func startCaddy(ctx context.Context, cs *children, name, bin, dir, caddyfile string, port int, env []string) (*child, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -146,6 +146,7 @@ func startCaddy(ctx context.Context, cs *children, name, bin, dir, caddyfile str
 		"HOME="+dir,
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	cmd.Env = append(cmd.Env, env...)
 	c, err := cs.start(name, cmd)
 	if err != nil {
 		return nil, err
@@ -299,4 +300,27 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// otherLoad lists other load generators and benchmarks running on this
+// machine (wrk, byteproxy-bench), whose CPU use would distort the figures.
+// Linux only; empty elsewhere.
+func otherLoad() []string {
+	dirs, _ := os.ReadDir("/proc")
+	var found []string
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "comm"))
+		if err != nil {
+			continue
+		}
+		comm := strings.TrimSpace(string(b))
+		if comm == "wrk" || strings.HasPrefix(comm, "byteproxy-bench") {
+			found = append(found, fmt.Sprintf("%s[%d]", comm, pid))
+		}
+	}
+	return found
 }

@@ -60,11 +60,13 @@ type report struct {
 	Limits              bool           `json:"limits"`
 	Metrics             bool           `json:"metrics"`
 	GatewayOptions      string         `json:"gatewayOptions,omitempty"`
+	Env                 []string       `json:"env,omitempty"`
 	Path                string         `json:"path"`
 	Binary              string         `json:"binary"`
 	CPUs                int            `json:"cpus"`
 	LoadBefore          float64        `json:"loadAverageBefore"`
 	LoadAfter           float64        `json:"loadAverageAfter"`
+	OtherLoad           []string       `json:"otherLoadGenerators,omitempty"` // running when the benchmark began
 	UpstreamCPUPerReqUs float64        `json:"upstreamCpuPerReqUs"`
 	Targets             []targetReport `json:"targets"`
 	// Gateway / plain Caddy, from the medians.
@@ -151,8 +153,14 @@ func (r *report) printTable(w io.Writer) {
 	if r.GatewayOptions != "" {
 		fmt.Fprintf(w, "gateway options: %q\n", r.GatewayOptions)
 	}
+	if len(r.Env) > 0 {
+		fmt.Fprintf(w, "environment of both targets: %s\n", strings.Join(r.Env, " "))
+	}
 	fmt.Fprintf(w, "%d CPUs, load average %.2f before, %.2f after; upstream cpu/req %s\n",
 		r.CPUs, r.LoadBefore, r.LoadAfter, fmtUs(r.UpstreamCPUPerReqUs))
+	if len(r.OtherLoad) > 0 {
+		fmt.Fprintf(w, "WARNING: other load generators were running: %s\n", strings.Join(r.OtherLoad, " "))
+	}
 	fmt.Fprintf(w, "%-16s %9s %9s %9s %9s %9s %8s\n", "target", "req/s", "p50", "p99", "cpu/req", "non-2xx", "errors")
 	for _, t := range r.Targets {
 		fmt.Fprintf(w, "%-16s %9.0f %9s %9s %9s %9d %8d\n", t.Name, t.ReqPerSec,
