@@ -315,6 +315,12 @@ func TestAccessLogFields(t *testing.T) {
 	if rem, _ := rh["X-Ratelimit-Remaining"].([]any); len(rem) == 1 && rem[0] != "2" {
 		t.Errorf("X-RateLimit-Remaining = %v, want 2 after the first of 3", rem[0])
 	}
+	if ok["upstream_status"] != float64(200) || ok["rate_limit_remaining"] != float64(2) {
+		t.Errorf("upstream_status %v, rate_limit_remaining %v in %v", ok["upstream_status"], ok["rate_limit_remaining"], ok)
+	}
+	if d, isNum := ok["upstream_duration"].(float64); !isNum || d <= 0 {
+		t.Errorf("upstream_duration = %v, want a positive number", ok["upstream_duration"])
+	}
 	if q := entry("/proxy/auth-test?x=1"); q["client"] != ok["client"] {
 		t.Errorf("the same key gave client ids %v and %v", q["client"], ok["client"])
 	}

@@ -174,7 +174,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	now := time.Now()
 	v := h.decide(r, now, sl)
-	v.setHeaders(w.Header(), now)
+	remaining := v.setHeaders(w.Header(), now)
+	gateway.AddLogField(r, zap.Int64("rate_limit_remaining", remaining))
 	if v.refused != "" {
 		return h.refuse(w, r, key, rest, &v, now)
 	}
@@ -280,7 +281,9 @@ func (v *verdict) figures(now time.Time) (limit, remaining int64, reset, retry t
 	return int64(v.service.limit.MaxRequests), v.window.remaining, reset, reset
 }
 
-func (v *verdict) setHeaders(hdr http.Header, now time.Time) {
+// setHeaders sets the X-RateLimit-* headers (and Retry-After on a refusal)
+// and returns the remaining figure, which the access log records too.
+func (v *verdict) setHeaders(hdr http.Header, now time.Time) int64 {
 	limit, remaining, reset, retry := v.figures(now)
 	// One backing array for the values; the keys are already canonical.
 	vals := make([]string, 4)
@@ -294,6 +297,7 @@ func (v *verdict) setHeaders(hdr http.Header, now time.Time) {
 		vals[3] = strconv.FormatInt(max(ceilSeconds(retry), 1), 10)
 		hdr["Retry-After"] = vals[3:4:4]
 	}
+	return remaining
 }
 
 // refusedBody is the 429 body; its fields are the original ByteProxy's.

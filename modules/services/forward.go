@@ -99,6 +99,12 @@ func (f *forwarder) finish(pw *proxyWriter, r *http.Request) {
 		status = 499 // the client went away before anything was written
 	}
 	f.metrics.ProxyRequest(f.key, status, total, pw.upstream)
+	if !pw.failed && pw.status != 0 {
+		// The access log's status is the client's; these say what the
+		// upstream answered and how long it took to.
+		gateway.AddLogField(r, zap.Int("upstream_status", status))
+		gateway.AddLogField(r, zap.Duration("upstream_duration", pw.upstream))
+	}
 	if ce := f.logger.Check(zap.DebugLevel, "proxied request"); ce != nil {
 		ce.Write(zap.String("method", r.Method), zap.Int("status", status),
 			zap.Duration("duration", total), zap.Duration("upstream_duration", pw.upstream))
