@@ -3,6 +3,8 @@ package ratelimit
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 func init() {
@@ -16,14 +18,5 @@ func init() {
 //
 //	byteproxy_ratelimit
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	d := h.Dispenser
-	hd := new(Handler)
-	d.Next() // directive name
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return nil, d.Errf("unrecognized subdirective %q", d.Val())
-	}
-	return hd, nil
+	return gateway.ParseBareDirective(h, new(Handler))
 }
