@@ -88,6 +88,8 @@ func TestAdaptErrors(t *testing.T) {
 		{"bad bool", "{\n byteproxy {\n  strict_tls maybe\n }\n}", "want on or off (true or false), got 'maybe'", 3},
 		{"bad size", "{\n byteproxy {\n  pressure {\n   max_heap lots\n  }\n }\n}", "want a size such as 512MiB, got 'lots'", 4},
 		{"auth directive scope", ":80 {\n byteproxy_auth everyone\n}", "unknown scope \"everyone\"", 2},
+		{"bare directive argument", ":80 {\n byteproxy_services github\n}", "byteproxy_services takes no arguments", 2},
+		{"bare directive block", ":80 {\n byteproxy_ratelimit {\n  rate 5\n }\n}", "unrecognized subdirective 'rate'", 3},
 		{"byteproxy directive block", ":80 {\n byteproxy {\n  service x\n }\n}", "unrecognized subdirective 'service'", 3},
 	}
 	for _, tc := range cases {
