@@ -11,8 +11,9 @@ import (
 func ParseBareDirective(h httpcaddyfile.Helper, handler caddyhttp.MiddlewareHandler) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	d.Next() // directive name
+	name := d.Val()
 	if d.NextArg() {
-		return nil, d.Errf("%s takes no arguments; its settings go in the byteproxy global option", d.Val())
+		return nil, d.Errf("%s takes no arguments; its settings go in the byteproxy global option", name)
 	}
 	if d.NextBlock(0) {
 		return nil, d.Errf("unrecognized subdirective '%s'; settings go in the byteproxy global option", d.Val())
