@@ -140,6 +140,29 @@ func TestCPUPerRequest(t *testing.T) {
 	}
 }
 
+func TestMachineBusy(t *testing.T) {
+	before, err := parseMachineStat("cpu  100 0 100 700 100 0 0 0 50 0\ncpu0 1 2 3 4 5\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// +300 busy (user, system, irq), +100 idle, +0 iowait; guest ignored.
+	after, err := parseMachineStat("cpu  300 0 150 800 100 50 0 0 999 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := busyFraction(before, after); got != 0.75 {
+		t.Errorf("busy = %v, want 0.75", got)
+	}
+	if got := busyFraction(after, after); got != -1 {
+		t.Errorf("no time passed: %v, want -1", got)
+	}
+	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 x 3 4 5"} {
+		if _, err := parseMachineStat(bad); err == nil {
+			t.Errorf("parseMachineStat(%q) accepted it", bad)
+		}
+	}
+}
+
 // TestReadCPUSelf checks the /proc reading against this process's own work.
 func TestReadCPUSelf(t *testing.T) {
 	before, err := readCPU(os.Getpid())
@@ -369,8 +392,11 @@ func TestSmoke(t *testing.T) {
 		if tr.ReqPerSec < 50 || tr.P50Ms <= 0 || tr.P99Ms < tr.P50Ms || tr.Requests < 50 {
 			t.Errorf("%s: implausible figures %+v", tr.Name, tr)
 		}
-		if tr.CPUPerReqUs <= 0 {
+		if tr.CPUPerReqUs <= 0 || tr.GenCPUPerReqUs <= 0 {
 			t.Errorf("%s: no CPU time measured: %+v", tr.Name, tr)
+		}
+		if tr.MachineBusy <= 0 || tr.MachineBusy > 1 {
+			t.Errorf("%s: machine busy %v", tr.Name, tr.MachineBusy)
 		}
 	}
 	if rep.RatioThroughput <= 0 || rep.RatioP99 <= 0 {

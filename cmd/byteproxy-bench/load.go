@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -33,6 +34,8 @@ type loadResult struct {
 	// WrongBody counts 2xx responses whose body is not the upstream's
 	// (built-in generator only; wrk cannot check bodies).
 	WrongBody int64
+	// GenCPU is the load generator's own CPU time; 0 when unknown.
+	GenCPU time.Duration
 }
 
 // generator drives load at one URL for a duration.
@@ -66,7 +69,9 @@ func (g wrkGen) Run(ctx context.Context, url string, d time.Duration) (loadResul
 	if err != nil {
 		return loadResult{}, fmt.Errorf("wrk: %w\n%s", err, out)
 	}
-	return parseWrk(string(out))
+	r, err := parseWrk(string(out))
+	r.GenCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return r, err
 }
 
 var (
@@ -178,6 +183,7 @@ func (g goGen) Run(ctx context.Context, url string, d time.Duration) (loadResult
 	}
 	ws := make([]worker, g.conns)
 	var wg sync.WaitGroup
+	cpu0, cpuErr := readCPU(os.Getpid())
 	start := time.Now()
 	for i := range ws {
 		wg.Add(1)
@@ -211,6 +217,9 @@ func (g goGen) Run(ctx context.Context, url string, d time.Duration) (loadResult
 	wg.Wait()
 	var r loadResult
 	r.Elapsed = time.Since(start)
+	if cpu1, err := readCPU(os.Getpid()); err == nil && cpuErr == nil {
+		r.GenCPU = cpu1.total() - cpu0.total()
+	}
 	var all []time.Duration
 	for _, w := range ws {
 		r.Requests += w.n

@@ -355,13 +355,18 @@ func measure(ctx context.Context, gen generator, t *target, cfg config) (sample,
 		}
 	}
 	pid := t.proc.cmd.Process.Pid
+	m0, mErr := readMachineCPU()
 	before, cpuErr := readCPU(pid)
 	res, err := gen.Run(ctx, t.URL, cfg.Duration)
 	if err != nil {
 		return sample{}, err
 	}
 	after, cpuErr2 := readCPU(pid)
-	s := sample{loadResult: res, CPUPerReq: -1}
+	m1, mErr2 := readMachineCPU()
+	s := sample{loadResult: res, CPUPerReq: -1, Busy: -1}
+	if mErr == nil && mErr2 == nil {
+		s.Busy = busyFraction(m0, m1)
+	}
 	if cpuErr == nil && cpuErr2 == nil {
 		s.CPUPerReq = cpuPerRequest(before, after, res.Requests)
 		s.CPU = after.total() - before.total()

@@ -324,3 +324,50 @@ func otherLoad() []string {
 	}
 	return found
 }
+
+// cpuStat is the machine's total and idle CPU time from /proc/stat, in
+// clock ticks.
+type cpuStat struct{ total, idle int64 }
+
+func readMachineCPU() (cpuStat, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuStat{}, err
+	}
+	return parseMachineStat(string(b))
+}
+
+// parseMachineStat reads the aggregate "cpu" line: user nice system idle
+// iowait irq softirq steal ...; idle and iowait count as idle.
+func parseMachineStat(s string) (cpuStat, error) {
+	line, _, _ := strings.Cut(s, "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return cpuStat{}, errors.New("malformed /proc/stat")
+	}
+	var st cpuStat
+	for i, v := range f[1:] {
+		if i >= 8 { // guest time is already counted in user
+			break
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return cpuStat{}, errors.New("malformed /proc/stat")
+		}
+		st.total += n
+		if i == 3 || i == 4 {
+			st.idle += n
+		}
+	}
+	return st, nil
+}
+
+// busyFraction is the share of the machine's CPU time that was not idle
+// between two readings; -1 when unknown.
+func busyFraction(before, after cpuStat) float64 {
+	dt := after.total - before.total
+	if dt <= 0 {
+		return -1
+	}
+	return 1 - float64(after.idle-before.idle)/float64(dt)
+}

@@ -16,38 +16,46 @@ type sample struct {
 	loadResult
 	CPU       time.Duration // target's CPU time over the measured run
 	CPUPerReq time.Duration // -1 when unknown
+	Busy      float64       // share of the machine's CPU in use during the run; -1 when unknown
 }
 
 func (s sample) line() string {
-	return fmt.Sprintf("%8.0f req/s  p50 %-8s p99 %-8s cpu/req %-7s requests %d non-2xx %d errors %d",
-		s.ReqPerSec, fmtDur(s.P50), fmtDur(s.P99), fmtCPU(s.CPUPerReq), s.Requests, s.Non2xx, s.Errors)
+	return fmt.Sprintf("%8.0f req/s  p50 %-8s p99 %-8s cpu/req %-7s requests %d non-2xx %d errors %d  machine %.0f%% busy",
+		s.ReqPerSec, fmtDur(s.P50), fmtDur(s.P99), fmtCPU(s.CPUPerReq), s.Requests, s.Non2xx, s.Errors, 100*s.Busy)
 }
 
 // targetReport is the median of a target's runs, plus every run.
 type targetReport struct {
-	Name        string      `json:"name"`
-	URL         string      `json:"url"`
-	ReqPerSec   float64     `json:"reqPerSec"`
-	P50Ms       float64     `json:"p50Ms"`
-	P99Ms       float64     `json:"p99Ms"`
-	CPUPerReqUs float64     `json:"cpuPerReqUs"` // -1 when unknown
-	Requests    int64       `json:"requests"`    // over all runs
-	Non2xx      int64       `json:"non2xx"`      // over all runs
-	Errors      int64       `json:"errors"`      // over all runs
-	WrongBody   int64       `json:"wrongBody"`   // over all runs: 2xx but not the upstream's body
-	BytesPerReq float64     `json:"bytesPerReq"` // over all runs
-	Preflight   string      `json:"preflight,omitempty"`
-	Runs        []runReport `json:"runs"`
-}
-
-type runReport struct {
+	Name        string  `json:"name"`
+	URL         string  `json:"url"`
 	ReqPerSec   float64 `json:"reqPerSec"`
 	P50Ms       float64 `json:"p50Ms"`
 	P99Ms       float64 `json:"p99Ms"`
-	CPUPerReqUs float64 `json:"cpuPerReqUs"`
-	Requests    int64   `json:"requests"`
-	Non2xx      int64   `json:"non2xx"`
-	Errors      int64   `json:"errors"`
+	CPUPerReqUs float64 `json:"cpuPerReqUs"` // -1 when unknown
+	Requests    int64   `json:"requests"`    // over all runs
+	// The load generator's CPU time per request and how busy the whole
+	// machine was (0..1): when it is near 1, throughput is bounded by the
+	// sum of every process's cpu/req, not by the target alone.
+	GenCPUPerReqUs float64     `json:"generatorCpuPerReqUs"`
+	MachineBusy    float64     `json:"machineBusy"`
+	Non2xx         int64       `json:"non2xx"`      // over all runs
+	Errors         int64       `json:"errors"`      // over all runs
+	WrongBody      int64       `json:"wrongBody"`   // over all runs: 2xx but not the upstream's body
+	BytesPerReq    float64     `json:"bytesPerReq"` // over all runs
+	Preflight      string      `json:"preflight,omitempty"`
+	Runs           []runReport `json:"runs"`
+}
+
+type runReport struct {
+	ReqPerSec      float64 `json:"reqPerSec"`
+	P50Ms          float64 `json:"p50Ms"`
+	P99Ms          float64 `json:"p99Ms"`
+	CPUPerReqUs    float64 `json:"cpuPerReqUs"`
+	GenCPUPerReqUs float64 `json:"generatorCpuPerReqUs"`
+	MachineBusy    float64 `json:"machineBusy"`
+	Requests       int64   `json:"requests"`
+	Non2xx         int64   `json:"non2xx"`
+	Errors         int64   `json:"errors"`
 }
 
 // report is the benchmark's result, printed as a table or JSON.
@@ -81,11 +89,12 @@ func (r *report) summarize(targets []*target) {
 	for _, t := range targets {
 		tr := targetReport{Name: t.Name, URL: t.URL, Preflight: t.preflight}
 		var bytes int64
-		var rps, p50, p99, cpu []float64
+		var rps, p50, p99, cpu, gen, busy []float64
 		for _, s := range t.samples {
 			rr := runReport{
 				ReqPerSec: s.ReqPerSec, P50Ms: ms(s.P50), P99Ms: ms(s.P99), CPUPerReqUs: us(s.CPUPerReq),
 				Requests: s.Requests, Non2xx: s.Non2xx, Errors: s.Errors,
+				GenCPUPerReqUs: us(cpuPerRequest(cpuTimes{}, cpuTimes{User: s.GenCPU}, s.Requests)), MachineBusy: s.Busy,
 			}
 			tr.Runs = append(tr.Runs, rr)
 			tr.Requests += s.Requests
@@ -97,11 +106,14 @@ func (r *report) summarize(targets []*target) {
 			p50 = append(p50, rr.P50Ms)
 			p99 = append(p99, rr.P99Ms)
 			cpu = append(cpu, rr.CPUPerReqUs)
+			gen = append(gen, rr.GenCPUPerReqUs)
+			busy = append(busy, rr.MachineBusy)
 		}
 		if tr.Requests > 0 {
 			tr.BytesPerReq = float64(bytes) / float64(tr.Requests)
 		}
 		tr.ReqPerSec, tr.P50Ms, tr.P99Ms, tr.CPUPerReqUs = median(rps), median(p50), median(p99), median(cpu)
+		tr.GenCPUPerReqUs, tr.MachineBusy = median(gen), median(busy)
 		r.Targets = append(r.Targets, tr)
 	}
 	if len(r.Targets) == 2 {
@@ -161,10 +173,11 @@ func (r *report) printTable(w io.Writer) {
 	if len(r.OtherLoad) > 0 {
 		fmt.Fprintf(w, "WARNING: other load generators were running: %s\n", strings.Join(r.OtherLoad, " "))
 	}
-	fmt.Fprintf(w, "%-16s %9s %9s %9s %9s %9s %8s\n", "target", "req/s", "p50", "p99", "cpu/req", "non-2xx", "errors")
+	fmt.Fprintf(w, "%-16s %9s %9s %9s %9s %9s %8s %9s %6s\n", "target", "req/s", "p50", "p99", "cpu/req", "non-2xx", "errors", "gen cpu", "busy")
 	for _, t := range r.Targets {
-		fmt.Fprintf(w, "%-16s %9.0f %9s %9s %9s %9d %8d\n", t.Name, t.ReqPerSec,
-			fmtMs(t.P50Ms), fmtMs(t.P99Ms), fmtUs(t.CPUPerReqUs), t.Non2xx, t.Errors)
+		fmt.Fprintf(w, "%-16s %9.0f %9s %9s %9s %9d %8d %9s %5.0f%%\n", t.Name, t.ReqPerSec,
+			fmtMs(t.P50Ms), fmtMs(t.P99Ms), fmtUs(t.CPUPerReqUs), t.Non2xx, t.Errors,
+			fmtUs(t.GenCPUPerReqUs), 100*t.MachineBusy)
 	}
 	if len(r.Targets) == 2 {
 		fmt.Fprintf(w, "ratio %s/%s: throughput %.2fx, p99 %.2fx, cpu/req %.2fx\n",
