@@ -138,6 +138,7 @@ func TestAnyOrigin(t *testing.T) {
 
 	a = do(t, "GET", in.URL("/plain/x"))
 	want(t, "GET without Origin (same answer for caches)", a, "Access-Control-Allow-Origin", "*")
+	want(t, "GET without Origin (no browser to read Expose-Headers)", a, "Access-Control-Expose-Headers", "")
 
 	a = preflight(t, in.URL("/plain/x"), origin)
 	if a.status != http.StatusNoContent {
