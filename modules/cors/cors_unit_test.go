@@ -84,7 +84,9 @@ func TestInPlaceEditStaysLocal(t *testing.T) {
 	h := newHandler(t, nil)
 	serve := func(edit bool) http.Header {
 		w := httptest.NewRecorder()
-		err := h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil), nextFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.Header.Set("Origin", "https://app.example")
+		err := h.ServeHTTP(w, req, nextFunc(func(w http.ResponseWriter, _ *http.Request) error {
 			if edit {
 				w.Header()["Access-Control-Expose-Headers"][0] = "mutated"
 				w.Header()["Access-Control-Allow-Origin"][0] = "mutated"
