@@ -14,5 +14,6 @@ import (
 	_ "github.com/byteproxy/byteproxy/modules/manage"
 	_ "github.com/byteproxy/byteproxy/modules/pressure"
 	_ "github.com/byteproxy/byteproxy/modules/ratelimit"
+	_ "github.com/byteproxy/byteproxy/modules/route"
 	_ "github.com/byteproxy/byteproxy/modules/services"
 )

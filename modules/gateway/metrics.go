@@ -149,6 +149,11 @@ func (a *App) Metrics() *Metrics {
 // directive), e.g. the service or the consumer id. A field with the same
 // key replaces the earlier one. Never pass a secret.
 func AddLogField(r *http.Request, f zap.Field) {
+	// Without access logs on this server nobody reads the field, and
+	// ExtraLogFields.Set allocates: skip it on the hot path.
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
+		return
+	}
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
 		extra.Set(f)
 	}
