@@ -75,11 +75,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	proxy := chain(manage, mods["pressure"], mods["auth_proxy"], mods["ratelimit"], mods["services"])
 	management := chain(manage, mods["pressure"], mods["auth_management"])
 	h.dispatch = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		p := r.URL.Path
-		switch {
-		case strings.HasPrefix(p, "/proxy/"):
+		switch routeOf(r.URL.Path) {
+		case routeProxy:
 			return proxy.ServeHTTP(w, r)
-		case strings.HasPrefix(p, "/manage") && (len(p) == len("/manage") || p[len("/manage")] == '/'):
+		case routeManagement:
 			return management.ServeHTTP(w, r)
 		}
 		return manage.ServeHTTP(w, r)
@@ -103,6 +102,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}()
 	return h.cors.ServeHTTP(w, r, h.dispatch)
+}
+
+// Routes of the standard route, as routeOf picks them.
+const (
+	routeOther = iota
+	routeProxy
+	routeManagement
+)
+
+// routeOf decides the route as the path matchers `/proxy/*` and
+// `/manage`, `/manage/*` would (caddyhttp.MatchPath): on the lowercased,
+// cleaned path with doubled slashes merged, so `/PROXY/x`, `//manage/keys`
+// or `/a/../manage/keys` reach the same chain as before. NormalizedPath is
+// what MatchPath cleans with; for an already clean lowercase path neither
+// step allocates.
+func routeOf(p string) int {
+	p = caddyhttp.NormalizedPath(strings.ToLower(p), true)
+	switch {
+	case strings.HasPrefix(p, "/proxy/"):
+		return routeProxy
+	case p == "/manage" || strings.HasPrefix(p, "/manage/"):
+		return routeManagement
+	}
+	return routeOther
 }
 
 // chain builds mws[0] -> mws[1] -> ... -> last once, so a request pays no
