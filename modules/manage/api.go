@@ -100,11 +100,7 @@ func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return h.changeFailed(w, key, err)
 	}
-	return gateway.WriteJSON(w, http.StatusCreated, map[string]any{
-		"message": fmt.Sprintf("Service '%s' added successfully", key),
-		"key":     key,
-		"config":  viewOf(svc),
-	})
+	return stored(w, http.StatusCreated, "added", svc)
 }
 
 func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key string) error {
@@ -127,9 +123,14 @@ func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key str
 	if err != nil {
 		return h.changeFailed(w, key, err)
 	}
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
-		"message": fmt.Sprintf("Service '%s' updated successfully", key),
-		"key":     key,
+	return stored(w, http.StatusOK, "updated", svc)
+}
+
+// stored answers a durable add or replacement with the service as stored.
+func stored(w http.ResponseWriter, status int, verb string, svc *gateway.Service) error {
+	return gateway.WriteJSON(w, status, map[string]any{
+		"message": fmt.Sprintf("Service '%s' %s successfully", svc.Key, verb),
+		"key":     svc.Key,
 		"config":  viewOf(svc),
 	})
 }
