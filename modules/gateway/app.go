@@ -255,7 +255,7 @@ func (a *App) Stop() error {
 func (a *App) Cleanup() error {
 	if m := a.services.Load(); m != nil {
 		for _, s := range *m {
-			s.Transport.CloseIdleConnections()
+			s.CloseIdleConnections()
 		}
 	}
 	return nil

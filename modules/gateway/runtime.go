@@ -375,7 +375,7 @@ func (a *App) swap(change func(map[string]*Service)) {
 func closeReplaced(old, next map[string]*Service) {
 	for k, s := range old {
 		if next[k] != s {
-			s.Transport.CloseIdleConnections()
+			s.CloseIdleConnections()
 		}
 	}
 }

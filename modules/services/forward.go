@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,6 +35,7 @@ type forwarder struct {
 	versions map[string]*route
 	defaults []headerValue
 	rp       *httputil.ReverseProxy
+	lean     *leanTransport // nil when no base URL is plain http
 	metrics  *gateway.Metrics
 	logger   *zap.Logger
 }
@@ -67,8 +69,12 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *f
 		f.defaults = append(f.defaults, headerValue{key: k, vals: vals[:len(vals):len(vals)]})
 	}
 	var transport http.RoundTripper = s.Transport
+	if lt := newLeanTransport(s.Transport, s.Timeout, plainHTTPHosts(s)); lt != nil {
+		f.lean = lt
+		transport = lt
+	}
 	if s.Retries > 0 {
-		transport = &retryTransport{next: s.Transport, retries: s.Retries, f: f}
+		transport = &retryTransport{next: transport, retries: s.Retries, f: f}
 	}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite:      f.rewrite,
@@ -78,6 +84,29 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *f
 		ErrorLog:     log.New(logWriter{f}, "", 0),
 	}
 	return f
+}
+
+// plainHTTPHosts are the hosts of the service's http:// base URLs.
+func plainHTTPHosts(s *gateway.Service) map[string]bool {
+	hosts := make(map[string]bool)
+	add := func(u *url.URL) {
+		if u.Scheme == "http" {
+			hosts[u.Host] = true
+		}
+	}
+	add(s.BaseURL)
+	for _, u := range s.Versions {
+		add(u)
+	}
+	return hosts
+}
+
+// CloseIdleConnections closes the idle upstream connections of the
+// service (called when it leaves the registry or the config unloads).
+func (f *forwarder) CloseIdleConnections() {
+	if f.lean != nil {
+		f.lean.CloseIdleConnections()
+	}
 }
 
 // ServeHTTP forwards r, which the handler has checked, and records it.

@@ -50,7 +50,14 @@ func init() {
 // not set, 400 for a refused path or the GitHub `/org/` mistake, 502 when
 // the upstream cannot be reached, 504 when it does not answer within the
 // service's timeout. Connection failures of idempotent requests without a
-// body are retried up to the service's `retries`.
+// body are retried up to the service's `retries`; a GET, HEAD, OPTIONS or
+// TRACE that finds its kept-alive upstream connection closed by the
+// upstream before any answer is sent again on a new connection.
+//
+// Connections: each service has its own pool. Bodiless GET, HEAD, OPTIONS
+// and TRACE requests to a plain-http upstream go through a lean HTTP/1.1
+// client (see leanTransport); TLS upstreams (HTTP/2 when offered), request
+// bodies and upgrades go through the service's http.Transport.
 //
 // The handler has no options: services are configured in the byteproxy
 // app (the `byteproxy` global option).
