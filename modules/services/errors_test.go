@@ -127,8 +127,14 @@ func waitLog(t *testing.T, g *gatewayUnderTest, msg string, want int, service ..
 	if len(service) > 0 {
 		svc = service[0]
 	}
+	waitLogWith(t, g, msg, svc, want)
+}
+
+// waitLogWith waits for want lines with msg, service and every extra.
+func waitLogWith(t *testing.T, g *gatewayUnderTest, msg, svc string, want int, extra ...string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for countLog(g, msg, svc) < want {
+	for countLog(g, msg, svc, extra...) < want {
 		if time.Now().After(deadline) {
 			t.Fatalf("log never had %d lines with %q", want, msg)
 		}

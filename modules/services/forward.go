@@ -35,7 +35,7 @@ type forwarder struct {
 	versions map[string]*route
 	defaults []headerValue
 	rp       *httputil.ReverseProxy
-	lean     *leanTransport // nil when no base URL is plain http
+	pools    []*connPool // the lean path's, one per plain-http host
 	metrics  *gateway.Metrics
 	logger   *zap.Logger
 }
@@ -68,13 +68,10 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *f
 	for k, vals := range s.Headers {
 		f.defaults = append(f.defaults, headerValue{key: k, vals: vals[:len(vals):len(vals)]})
 	}
+	f.poolRoutes()
 	var transport http.RoundTripper = s.Transport
-	if lt := newLeanTransport(s.Transport, s.Timeout, plainHTTPHosts(s)); lt != nil {
-		f.lean = lt
-		transport = lt
-	}
 	if s.Retries > 0 {
-		transport = &retryTransport{next: transport, retries: s.Retries, f: f}
+		transport = &retryTransport{next: transport, f: f}
 	}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite:      f.rewrite,
@@ -86,26 +83,31 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *f
 	return f
 }
 
-// plainHTTPHosts are the hosts of the service's http:// base URLs.
-func plainHTTPHosts(s *gateway.Service) map[string]bool {
-	hosts := make(map[string]bool)
-	add := func(u *url.URL) {
-		if u.Scheme == "http" {
-			hosts[u.Host] = true
+// poolRoutes gives each plain-http route a connection pool for the lean
+// path, one per host.
+func (f *forwarder) poolRoutes() {
+	pools := make(map[string]*connPool)
+	add := func(rt *route) {
+		if rt.scheme != "http" {
+			return
 		}
+		if pools[rt.host] == nil {
+			pools[rt.host] = newConnPool(rt.host, f.svc.Transport.DialContext)
+			f.pools = append(f.pools, pools[rt.host])
+		}
+		rt.pool = pools[rt.host]
 	}
-	add(s.BaseURL)
-	for _, u := range s.Versions {
-		add(u)
+	add(&f.base)
+	for _, rt := range f.versions {
+		add(rt)
 	}
-	return hosts
 }
 
-// CloseIdleConnections closes the idle upstream connections of the
-// service (called when it leaves the registry or the config unloads).
+// CloseIdleConnections closes the idle connections of the lean path's
+// pools (the service closes its Transport's).
 func (f *forwarder) CloseIdleConnections() {
-	if f.lean != nil {
-		f.lean.CloseIdleConnections()
+	for _, p := range f.pools {
+		p.closeIdle()
 	}
 }
 
@@ -116,6 +118,13 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Set here too for upgrades, whose 101 is written without WriteHeader.
 	w.Header()["X-Proxy-Service"] = f.keyVal
 	defer f.finish(pw, r)
+	if leanMethod(r) {
+		_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
+		if rt, tail := f.route(rest); rt.pool != nil {
+			f.serveLean(pw, r, rt, tail)
+			return
+		}
+	}
 	f.rp.ServeHTTP(pw, r)
 }
 
@@ -136,7 +145,8 @@ func (f *forwarder) finish(pw *proxyWriter, r *http.Request) {
 	}
 	if ce := f.logger.Check(zap.DebugLevel, "proxied request"); ce != nil {
 		ce.Write(zap.String("method", r.Method), zap.Int("status", status),
-			zap.Duration("duration", total), zap.Duration("upstream_duration", pw.upstream))
+			zap.Duration("duration", total), zap.Duration("upstream_duration", pw.upstream),
+			zap.Bool("lean", pw.lean))
 	}
 	*pw = proxyWriter{}
 	writers.Put(pw)
@@ -158,15 +168,27 @@ func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 	out.Host = "" // the upstream's host, from u
 
 	h := out.Header
-	delete(h, "Authorization")
-	delete(h, "Proxy-Authorization")
-	delete(h, "X-Api-Key")
-	delete(h, "Forwarded")
 	for k := range h {
-		if strings.HasPrefix(k, "X-Forwarded-") {
+		if clientOnly(k) {
 			delete(h, k)
 		}
 	}
+	f.addServiceHeaders(h, u)
+}
+
+// clientOnly reports whether the client's request header k stays at the
+// gateway: the client's own credentials and forwarding information.
+func clientOnly(k string) bool {
+	switch k {
+	case "Authorization", "Proxy-Authorization", "X-Api-Key", "Forwarded":
+		return true
+	}
+	return strings.HasPrefix(k, "X-Forwarded-")
+}
+
+// addServiceHeaders adds the service's default headers where the client
+// sent none, then its credential, which always wins.
+func (f *forwarder) addServiceHeaders(h http.Header, u *url.URL) {
 	for _, d := range f.defaults {
 		if _, ok := h[d.key]; !ok {
 			h[d.key] = d.vals
@@ -199,6 +221,7 @@ type proxyWriter struct {
 	status   int
 	upstream time.Duration // until the upstream's response headers
 	failed   bool          // the error handler answered
+	lean     bool          // sent on the lean path (see lean.go)
 }
 
 // upstreamWins lists the headers the upstream's value replaces the
@@ -262,15 +285,26 @@ func (f *forwarder) handleError(w http.ResponseWriter, r *http.Request, err erro
 		pw.failed = true
 	}
 	if errors.Is(r.Context().Err(), context.Canceled) {
-		if ce := f.logger.Check(zap.DebugLevel, "client went away before the upstream answered"); ce != nil {
-			ce.Write(zap.String("method", r.Method))
-		}
+		f.clientGone(r)
 		return
 	}
-	status, kind, msg := f.describe(r, err)
+	f.answerError(w, r.Method, r.URL.Scheme+"://"+r.URL.Host, err)
+}
+
+// clientGone notes a request whose client went away before the upstream
+// answered; there is no one to answer.
+func (f *forwarder) clientGone(r *http.Request) {
+	if ce := f.logger.Check(zap.DebugLevel, "client went away before the upstream answered"); ce != nil {
+		ce.Write(zap.String("method", r.Method))
+	}
+}
+
+// answerError answers a failed exchange with upstream (scheme://host).
+func (f *forwarder) answerError(w http.ResponseWriter, method, upstream string, err error) {
+	status, kind, msg := f.describe(upstream, err)
 	f.metrics.UpstreamError(f.key, kind)
 	if ce := f.logger.Check(zap.WarnLevel, "upstream request failed"); ce != nil {
-		ce.Write(zap.String("method", r.Method), zap.String("upstream", r.URL.Scheme+"://"+r.URL.Host),
+		ce.Write(zap.String("method", method), zap.String("upstream", upstream),
 			zap.String("kind", kind), zap.Int("status", status), zap.String("error", f.svc.Redact(err.Error())))
 	}
 	title := "Bad Gateway"
@@ -281,8 +315,7 @@ func (f *forwarder) handleError(w http.ResponseWriter, r *http.Request, err erro
 }
 
 // describe classifies an upstream error: status, metrics kind, message.
-func (f *forwarder) describe(r *http.Request, err error) (int, string, string) {
-	upstream := r.URL.Scheme + "://" + r.URL.Host
+func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 	var opErr *net.OpError
 	dial := errors.As(err, &opErr) && opErr.Op == "dial"
 	var netErr net.Error
@@ -347,9 +380,8 @@ func tlsReason(err error) string {
 // connect (so nothing was sent), with an idempotent method and no body.
 // Timeouts are not retried: the service's timeout bounds the wait.
 type retryTransport struct {
-	next    http.RoundTripper
-	retries int
-	f       *forwarder
+	next http.RoundTripper
+	f    *forwarder
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -357,18 +389,27 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err == nil || !replayable(req) {
 		return resp, err
 	}
-	for attempt := 1; attempt <= t.retries && connectFailed(err); attempt++ {
-		if ce := t.f.logger.Check(zap.DebugLevel, "retrying upstream request after a connection failure"); ce != nil {
-			ce.Write(zap.String("method", req.Method), zap.Int("attempt", attempt), zap.Int("retries", t.retries))
+	return t.f.retry(req.Context(), req.Method, err, func() (*http.Response, error) { return t.next.RoundTrip(req) })
+}
+
+// retry sends a replayable request again with send, up to the service's
+// retries, while the previous attempt (err) failed to connect.
+func (f *forwarder) retry(ctx context.Context, method string, err error, send func() (*http.Response, error)) (*http.Response, error) {
+	retries := f.svc.Retries
+	for attempt := 1; attempt <= retries && connectFailed(err); attempt++ {
+		if ce := f.logger.Check(zap.DebugLevel, "retrying upstream request after a connection failure"); ce != nil {
+			ce.Write(zap.String("method", method), zap.Int("attempt", attempt), zap.Int("retries", retries))
 		}
-		if !pause(req.Context(), backoff(attempt)) {
+		if !pause(ctx, backoff(attempt)) {
 			return nil, err
 		}
-		if resp, err = t.next.RoundTrip(req); err == nil {
+		resp, e := send()
+		if e == nil {
 			return resp, nil
 		}
+		err = e
 	}
-	return resp, err
+	return nil, err
 }
 
 // replayable: an idempotent method without a body to resend.

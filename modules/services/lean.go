@@ -8,39 +8,32 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
 	"sync"
 	"syscall"
 	"time"
 )
 
-// leanTransport is the RoundTripper under a service's ReverseProxy. It
-// carries the bulk of an API gateway's traffic itself — GET, HEAD, OPTIONS
-// and TRACE without a body to a plain-http upstream — and hands
+// The lean path: how the forwarder sends the bulk of an API gateway's
+// traffic — GET, HEAD, OPTIONS and TRACE without a body to a plain-http
+// upstream — without httputil.ReverseProxy and http.Transport, which keep
 // everything else (TLS and HTTP/2 upstreams, request bodies, WebSocket
-// upgrades, other methods) to the service's http.Transport.
+// upgrades, other methods).
 //
-// Why not http.Transport for all of it: for each exchange it hands the
-// request to a writer goroutine and the response back from a reader
-// goroutine, through channels, with a timer for the header timeout; on
-// this machine that was a quarter of the gateway's CPU under load. Here
-// the calling goroutine writes the request and reads the response on a
-// pooled connection itself, with the standard library's own wire code
-// (Request.Write, http.ReadResponse), so framing, chunking and trailers
-// are Go's. ReverseProxy above stays in charge of headers, hop-by-hop
-// rules, 1xx forwarding, flushing and copying.
+// Why: for each exchange http.Transport hands the request to a writer
+// goroutine and the response back from a reader goroutine, through
+// channels, with a timer for the header timeout, and ReverseProxy copies
+// the request twice and its headers once; on this machine that was 40% of
+// the gateway's CPU under load. Here the handler's goroutine writes the
+// request and reads the response on a pooled keep-alive connection
+// itself, with the standard library's wire code (Request.Write,
+// http.ReadResponse), so framing, chunking and trailers are Go's; the
+// forwarder applies ReverseProxy's header rules (see serveLean).
 //
-// What http.Transport's background reader would do for idle connections
-// is done here on demand: a pooled connection the upstream has closed in
-// the meantime fails before any byte of a response arrives, and the
-// request — replayable by construction — is sent again on another
-// connection. Idle connections are closed after idleTimeout by a sweep.
-type leanTransport struct {
-	next    *http.Transport
-	timeout time.Duration // until the response headers, as ResponseHeaderTimeout
-	pools   map[string]*connPool
-}
+// What http.Transport's background reader does for idle connections is
+// done here on demand: a pooled connection the upstream has closed in the
+// meantime fails before any byte of a response arrives, and the request —
+// replayable by construction — is sent again on another connection. Idle
+// connections are closed after idleTimeout by a sweep.
 
 const (
 	// idleTimeout and maxIdle match the service's http.Transport.
@@ -56,17 +49,23 @@ const (
 	staleRetries = 3
 )
 
-// newLeanTransport serves the plain-http hosts among hosts (host[:port] as
-// in the service's base URLs); a transport without any returns nil.
-func newLeanTransport(next *http.Transport, timeout time.Duration, hosts map[string]bool) *leanTransport {
-	t := &leanTransport{next: next, timeout: timeout, pools: make(map[string]*connPool)}
-	for host := range hosts {
-		t.pools[host] = &connPool{addr: dialAddr(host), dial: next.DialContext, idleTimeout: idleTimeout}
+// leanMethod reports whether r, a request the server received, may take
+// the lean path: a method that may be sent again, no body (a length of 0
+// and not chunked: r.Body itself is never nil, and Caddy may wrap it), no
+// upgrade.
+func leanMethod(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	default:
+		return false
 	}
-	if len(t.pools) == 0 {
-		return nil
-	}
-	return t
+	return r.ContentLength == 0 && len(r.TransferEncoding) == 0 && r.Header["Upgrade"] == nil
+}
+
+// newConnPool pools connections to host (host[:port] of an http URL),
+// dialed with dial.
+func newConnPool(host string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *connPool {
+	return &connPool{addr: dialAddr(host), dial: dial, idleTimeout: idleTimeout}
 }
 
 // dialAddr adds the default port to a host of an http URL.
@@ -81,36 +80,27 @@ func dialAddr(host string) string {
 	return net.JoinHostPort(h, "80")
 }
 
-// lean reports whether the transport sends req itself: a method that may
-// be sent again, no body, no upgrade, a plain-http host it pools for.
-func (t *leanTransport) lean(req *http.Request) *connPool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-	default:
-		return nil
-	}
-	if req.Body != nil && req.Body != http.NoBody || req.URL.Scheme != "http" || req.Header["Upgrade"] != nil {
-		return nil
-	}
-	return t.pools[req.URL.Host]
+// informer receives the informational (1xx) responses before the final one.
+type informer interface {
+	informational(code int, h http.Header)
 }
 
-func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	p := t.lean(req)
-	if p == nil {
-		return t.next.RoundTrip(req)
-	}
+// roundTrip sends req (a bodiless request to this pool's address) and
+// returns the final response; its body gives the connection back when
+// read to the end. timeout bounds the wait for the response head; ctx
+// ending aborts the exchange, body included.
+func (p *connPool) roundTrip(ctx context.Context, req *http.Request, timeout time.Duration, info informer) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
-		c, reused, err := p.get(req.Context())
+		c, reused, err := p.get(ctx)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.exchange(req, t.timeout)
+		resp, err := c.exchange(ctx, req, timeout, info)
 		if err == nil {
 			return resp, nil
 		}
 		c.Close()
-		if ctxErr := req.Context().Err(); ctxErr != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
 		if !reused || c.limit.read > 0 || !closedBeforeAnswer(err) || attempt >= staleRetries {
@@ -125,14 +115,6 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func closedBeforeAnswer(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// CloseIdleConnections closes the idle connections of both transports.
-func (t *leanTransport) CloseIdleConnections() {
-	for _, p := range t.pools {
-		p.closeIdle()
-	}
-	t.next.CloseIdleConnections()
 }
 
 // connPool holds the idle connections to one upstream address, most
@@ -259,8 +241,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // exchange sends req and reads the final response head. The body it
 // returns gives the connection back to the pool when read to its end.
-func (c *leanConn) exchange(req *http.Request, timeout time.Duration) (*http.Response, error) {
-	ctx := req.Context()
+func (c *leanConn) exchange(ctx context.Context, req *http.Request, timeout time.Duration, info informer) (*http.Response, error) {
 	c.limit.read = 0
 	if timeout > 0 {
 		_ = c.SetDeadline(time.Now().Add(timeout))
@@ -268,15 +249,21 @@ func (c *leanConn) exchange(req *http.Request, timeout time.Duration) (*http.Res
 	// A client that goes away ends the exchange at once, as with
 	// http.Transport. The watch lasts until the body is done.
 	stop := context.AfterFunc(ctx, c.abort)
-	resp, err := c.roundTrip(req, ctx)
+	resp, err := c.roundTrip(req, info)
 	if err != nil {
 		stop()
 		return nil, err
 	}
 	c.limit.n = math.MaxInt64
-	_ = c.SetDeadline(time.Time{})
-	if ctx.Err() != nil {
-		c.abort() // the watch fired before the deadline was cleared
+	// The timeout is for the head: a body may stream for as long as it
+	// takes. A body already in the buffer needs no more reads, so the
+	// common small answer skips the deadline's second update (the next
+	// exchange sets a new one).
+	if timeout > 0 && (resp.ContentLength < 0 || int64(c.br.Buffered()) < resp.ContentLength) {
+		_ = c.SetDeadline(time.Time{})
+		if ctx.Err() != nil {
+			c.abort() // the watch fired before the deadline was cleared
+		}
 	}
 	reuse := !resp.Close && (resp.ContentLength >= 0 || len(resp.TransferEncoding) > 0)
 	if resp.Body == http.NoBody {
@@ -288,15 +275,14 @@ func (c *leanConn) exchange(req *http.Request, timeout time.Duration) (*http.Res
 }
 
 // roundTrip writes req and reads responses up to the final one, passing
-// informational ones to ReverseProxy's trace, which forwards them.
-func (c *leanConn) roundTrip(req *http.Request, ctx context.Context) (*http.Response, error) {
+// informational ones to info.
+func (c *leanConn) roundTrip(req *http.Request, info informer) (*http.Response, error) {
 	if err := req.Write(c.bw); err != nil {
 		return nil, err
 	}
 	if err := c.bw.Flush(); err != nil {
 		return nil, err
 	}
-	trace := httptrace.ContextClientTrace(ctx)
 	for n := 0; ; n++ {
 		c.limit.n = maxHeaderBytes
 		resp, err := http.ReadResponse(c.br, req)
@@ -312,10 +298,8 @@ func (c *leanConn) roundTrip(req *http.Request, ctx context.Context) (*http.Resp
 			// is what http.Transport refuses too.
 			return nil, errors.New("unexpected informational response " + resp.Status)
 		}
-		if trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				return nil, err
-			}
+		if info != nil {
+			info.informational(code, resp.Header)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
@@ -15,6 +16,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 // rawUpstream is a real loopback TCP server whose answers a test writes
@@ -80,20 +85,25 @@ func isReset(err error) bool { return strings.Contains(err.Error(), "reset") }
 
 func (u *rawUpstream) host() string { return u.ln.Addr().String() }
 
-// leanFor is a lean transport for the raw upstream, as a service with
-// that base URL gets.
-func leanFor(t *testing.T, host string, timeout time.Duration) *leanTransport {
-	t.Helper()
-	next := &http.Transport{DialContext: (&net.Dialer{Timeout: timeout}).DialContext}
-	lt := newLeanTransport(next, timeout, map[string]bool{host: true})
-	if lt == nil {
-		t.Fatal("no lean transport for an http host")
-	}
-	t.Cleanup(lt.CloseIdleConnections)
-	return lt
+// lean is the lean path's pool for the raw upstream, as a service with
+// that base URL gets, with the service's timeout.
+type lean struct {
+	p       *connPool
+	timeout time.Duration
 }
 
-func get(t *testing.T, lt *leanTransport, method, url string) (*http.Response, string, error) {
+func leanFor(t *testing.T, host string, timeout time.Duration) *lean {
+	t.Helper()
+	p := newConnPool(host, (&net.Dialer{Timeout: timeout}).DialContext)
+	t.Cleanup(p.closeIdle)
+	return &lean{p: p, timeout: timeout}
+}
+
+func (l *lean) RoundTrip(req *http.Request) (*http.Response, error) {
+	return l.p.roundTrip(req.Context(), req, l.timeout, nil)
+}
+
+func get(t *testing.T, lt *lean, method, url string) (*http.Response, string, error) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
@@ -201,24 +211,26 @@ func TestLeanInformationalResponses(t *testing.T) {
 		return true
 	})
 	lt := leanFor(t, up.host(), 5*time.Second)
-	var got []string
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
-		got = append(got, fmt.Sprint(code, " ", h.Get("Link")))
-		return nil
-	}}
-	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", "http://"+up.host()+"/one", nil)
-	resp, err := lt.RoundTrip(req)
+	info := &informed{}
+	req, _ := http.NewRequest("GET", "http://"+up.host()+"/one", nil)
+	resp, err := lt.p.roundTrip(context.Background(), req, lt.timeout, info)
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if string(body) != "final" || len(got) != 1 || got[0] != "103 </style.css>; rel=preload" {
-		t.Errorf("body %q, informational %q", body, got)
+	if string(body) != "final" || len(info.got) != 1 || info.got[0] != "103 </style.css>; rel=preload" {
+		t.Errorf("body %q, informational %q", body, info.got)
 	}
 	if _, _, err := get(t, lt, "GET", "http://"+up.host()+"/many"); err == nil || !strings.Contains(err.Error(), "103") {
 		t.Errorf("%d informational responses: error %v, want a refusal", max1xx+1, err)
 	}
+}
+
+type informed struct{ got []string }
+
+func (i *informed) informational(code int, h http.Header) {
+	i.got = append(i.got, fmt.Sprint(code, " ", h.Get("Link")))
 }
 
 func TestLeanBoundsResponseHead(t *testing.T) {
@@ -307,17 +319,17 @@ func TestLeanClosesIdleConnections(t *testing.T) {
 	if _, _, err := get(t, lt, "GET", "http://"+up.host()+"/"); err != nil {
 		t.Fatal(err)
 	}
-	lt.CloseIdleConnections()
+	lt.p.closeIdle()
 	waitGone(t, up)
 
 	// The sweep closes a connection idle for the idle timeout.
 	lt = leanFor(t, up.host(), 5*time.Second)
-	lt.pools[up.host()].idleTimeout = 50 * time.Millisecond
+	lt.p.idleTimeout = 50 * time.Millisecond
 	if _, _, err := get(t, lt, "GET", "http://"+up.host()+"/"); err != nil {
 		t.Fatal(err)
 	}
 	waitGone(t, up)
-	p := lt.pools[up.host()]
+	p := lt.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle) != 0 {
@@ -363,34 +375,51 @@ func TestLeanConcurrent(t *testing.T) {
 }
 
 func TestLeanTakesOnlyWhatItCanResend(t *testing.T) {
-	lt := newLeanTransport(&http.Transport{}, time.Second, map[string]bool{"api.local:8080": true})
 	cases := []struct {
-		method, url string
-		body        io.Reader
-		header      string
-		lean        bool
+		method string
+		body   io.Reader
+		header string
+		lean   bool
 	}{
-		{"GET", "http://api.local:8080/x", nil, "", true},
-		{"HEAD", "http://api.local:8080/x", nil, "", true},
-		{"OPTIONS", "http://api.local:8080/x", nil, "", true},
-		{"POST", "http://api.local:8080/x", nil, "", false},
-		{"DELETE", "http://api.local:8080/x", nil, "", false},
-		{"GET", "http://api.local:8080/x", strings.NewReader("b"), "", false},
-		{"GET", "http://api.local:8080/ws", nil, "Upgrade", false},
-		{"GET", "https://api.local:8080/x", nil, "", false},
-		{"GET", "http://other.local/x", nil, "", false},
+		{"GET", nil, "", true},
+		{"HEAD", nil, "", true},
+		{"OPTIONS", nil, "", true},
+		{"TRACE", nil, "", true},
+		{"POST", nil, "", false},
+		{"DELETE", nil, "", false},
+		{"PUT", nil, "", false},
+		{"GET", strings.NewReader("b"), "", false},
+		{"GET", chunked{}, "", false},
+		{"GET", nil, "Upgrade", false},
 	}
 	for _, c := range cases {
-		req, _ := http.NewRequest(c.method, c.url, c.body)
+		req, _ := http.NewRequest(c.method, "http://gw.local/proxy/x/y", c.body)
+		req.Body = io.NopCloser(c.body) // as a server wraps it
+		if c.body == nil {
+			req.Body = io.NopCloser(strings.NewReader(""))
+		}
 		if c.header != "" {
 			req.Header.Set(c.header, "websocket")
 		}
-		if got := lt.lean(req) != nil; got != c.lean {
-			t.Errorf("%s %s body=%v %s: lean %v, want %v", c.method, c.url, c.body != nil, c.header, got, c.lean)
+		if _, ok := c.body.(chunked); ok {
+			req.ContentLength, req.TransferEncoding = -1, []string{"chunked"}
+		}
+		if got := leanMethod(req); got != c.lean {
+			t.Errorf("%s body=%v %s: lean %v, want %v", c.method, c.body != nil, c.header, got, c.lean)
 		}
 	}
-	if newLeanTransport(&http.Transport{}, time.Second, map[string]bool{}) != nil {
-		t.Error("a transport without plain-http hosts")
+
+	// Plain-http routes get a pool, one per host; https routes none.
+	f := newForwarder(testService(t, gateway.ServiceConfig{
+		BaseURL: "http://api.local:8080/v0/",
+		Versions: map[string]string{
+			"v1": "http://api.local:8080/v1/", "v2": "https://api.local/v2/", "v3": "http://other.local/",
+		},
+	}), nil, zap.NewNop())
+	if f.base.pool == nil || f.versions["v1"].pool != f.base.pool || f.versions["v2"].pool != nil ||
+		f.versions["v3"].pool == nil || f.versions["v3"].pool == f.base.pool || len(f.pools) != 2 {
+		t.Errorf("pools: base %p v1 %p v2 %p v3 %p, %d in all", f.base.pool, f.versions["v1"].pool,
+			f.versions["v2"].pool, f.versions["v3"].pool, len(f.pools))
 	}
 	for in, want := range map[string]string{"a.local": "a.local:80", "a.local:81": "a.local:81", "[::1]": "[::1]:80", "[::1]:82": "[::1]:82"} {
 		if got := dialAddr(in); got != want {
@@ -398,3 +427,152 @@ func TestLeanTakesOnlyWhatItCanResend(t *testing.T) {
 		}
 	}
 }
+
+// leanGateway serves a forwarder for a service whose base URL is the raw
+// upstream, behind a real HTTP server; a header the gateway sets before
+// forwarding (as CORS or rate limits do) is X-Gateway.
+func leanGateway(t *testing.T, up *rawUpstream) string {
+	t.Helper()
+	f := newForwarder(testService(t, gateway.ServiceConfig{
+		BaseURL: "http://" + up.host() + "/api/",
+		Headers: map[string]string{"X-Default": "d"},
+		Auth:    &gateway.ServiceAuth{Type: "bearer", Token: "tok-SECRET-lean"},
+	}), nil, zap.NewNop())
+	t.Cleanup(f.CloseIdleConnections)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Gateway", "yes")
+		f.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// The lean path applies ReverseProxy's header rules, both ways.
+func TestLeanForwardHeaders(t *testing.T) {
+	got := make(chan http.Header, 1)
+	up := startRaw(t, func(n int, req *http.Request, w *bufio.Writer) bool {
+		got <- req.Header
+		fmt.Fprint(w, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Up-Hop\r\nX-Up-Hop: 1\r\n"+
+			"Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok")
+		return true
+	})
+	gw := leanGateway(t, up)
+	req, _ := http.NewRequest("GET", gw+"/proxy/svc/items?x=1&api_key=client-key", nil)
+	for k, v := range map[string]string{
+		"Connection": "X-Hop, keep-alive", "X-Hop": "hop", "Keep-Alive": "timeout=9", "Proxy-Connection": "keep-alive",
+		"Te": "trailers, deflate", "Authorization": "Bearer client-own", "X-Api-Key": "client-key",
+		"X-Forwarded-For": "10.9.8.7", "Forwarded": "for=10.9.8.7", "X-Custom": "c", "User-Agent": "",
+	} {
+		req.Header[k] = []string{v}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	h := <-got
+	for k, want := range map[string]string{"Authorization": "Bearer tok-SECRET-lean", "Te": "trailers", "X-Custom": "c", "X-Default": "d"} {
+		if v := h.Values(k); len(v) != 1 || v[0] != want {
+			t.Errorf("upstream %s = %q, want [%q]", k, v, want)
+		}
+	}
+	for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Connection", "X-Api-Key", "X-Forwarded-For", "Forwarded", "User-Agent", "Connection"} {
+		if v, ok := h[k]; ok {
+			t.Errorf("upstream received %s: %q", k, v)
+		}
+	}
+	if string(body) != "ok" || resp.Header.Get("X-Gateway") != "yes" || len(resp.Header.Values("Set-Cookie")) != 2 ||
+		resp.Header.Get("X-Proxy-Service") != "svc" {
+		t.Errorf("response %q %v", body, resp.Header)
+	}
+	for _, k := range []string{"X-Up-Hop", "Keep-Alive", "Proxy-Authenticate"} {
+		if v, ok := resp.Header[k]; ok {
+			t.Errorf("client received %s: %q", k, v)
+		}
+	}
+}
+
+// An Early Hints response reaches the client, and the final response keeps
+// the headers the gateway had set.
+func TestLeanForwardEarlyHints(t *testing.T) {
+	up := startRaw(t, func(n int, req *http.Request, w *bufio.Writer) bool {
+		fmt.Fprint(w, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+		answer(w, req, "final")
+		return true
+	})
+	gw := leanGateway(t, up)
+	var hints []string
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		hints = append(hints, fmt.Sprint(code, " ", h.Get("Link")))
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", gw+"/proxy/svc/x", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "final" || len(hints) != 1 || hints[0] != "103 </a.css>; rel=preload" {
+		t.Errorf("body %q, hints %q", body, hints)
+	}
+	if resp.Header.Get("X-Gateway") != "yes" || resp.Header.Get("X-Proxy-Service") != "svc" || resp.Header.Get("Link") != "" {
+		t.Errorf("final headers %v: want the gateway's, not the hint's", resp.Header)
+	}
+}
+
+// Events reach the client as the upstream sends them.
+func TestLeanForwardFlushesEventStreams(t *testing.T) {
+	next := make(chan struct{})
+	up := startRaw(t, func(n int, req *http.Request, w *bufio.Writer) bool {
+		fmt.Fprint(w, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nContent-Length: 28\r\n\r\ndata: one\n\n")
+		w.Flush()
+		select {
+		case <-next:
+		case <-time.After(10 * time.Second):
+		}
+		fmt.Fprint(w, "data: two...\n\n")
+		return false
+	})
+	gw := leanGateway(t, up)
+	resp, err := http.Get(gw + "/proxy/svc/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	line, err := br.ReadString('\n') // returns only if the first event was flushed
+	close(next)
+	if err != nil || line != "data: one\n" {
+		t.Fatalf("first event %q, %v", line, err)
+	}
+	rest, _ := io.ReadAll(br)
+	if string(rest) != "\ndata: two...\n\n" {
+		t.Errorf("rest %q", rest)
+	}
+}
+
+// A body the upstream cuts short is cut short for the client too: the
+// client must not take it for a whole one.
+func TestLeanForwardAbortsTruncatedBody(t *testing.T) {
+	up := startRaw(t, func(n int, req *http.Request, w *bufio.Writer) bool {
+		fmt.Fprint(w, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+		return false
+	})
+	gw := leanGateway(t, up)
+	resp, err := http.Get(gw + "/proxy/svc/x")
+	if err != nil {
+		return // aborted before the head went out (it was still buffered)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("status %d, read %q without error; want the response aborted", resp.StatusCode, body)
+	}
+}
+
+// chunked stands for a chunked request body of unknown length.
+type chunked struct{}
+
+func (chunked) Read([]byte) (int, error) { return 0, io.EOF }

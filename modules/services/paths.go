@@ -60,9 +60,10 @@ func dotSegment(s string) bool {
 // prepared for appending paths.
 type route struct {
 	scheme, host string
-	path         string // decoded base path, ending in "/"
-	rawPath      string // escaped base path, ending in "/"
-	encoded      bool   // the base path needs its escaped form kept
+	path         string    // decoded base path, ending in "/"
+	rawPath      string    // escaped base path, ending in "/"
+	encoded      bool      // the base path needs its escaped form kept
+	pool         *connPool // the lean path's connections; nil unless plain http
 }
 
 func newRoute(u *url.URL) route {

@@ -143,7 +143,7 @@ func TestErrorClassification(t *testing.T) {
 		{&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("refusing to dial private address 10.0.0.1")}, 502, gateway.UpstreamErrDial, false},
 		{errors.New("something else with SECRETTOKEN"), 502, gateway.UpstreamErrOther, false},
 	} {
-		status, kind, msg := f.describe(r, c.err)
+		status, kind, msg := f.describe(r.URL.Scheme+"://"+r.URL.Host, c.err)
 		if status != c.status || kind != c.kind {
 			t.Errorf("%v: %d %s, want %d %s", c.err, status, kind, c.status, c.kind)
 		}

@@ -3,8 +3,10 @@ package services
 import (
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -288,9 +290,23 @@ func testVersions(t *testing.T, g *gatewayUnderTest) {
 	}
 }
 
+// testHeaders checks the header rules on both paths: a POST goes through
+// ReverseProxy, a GET through the lean path.
 func testHeaders(t *testing.T, g *gatewayUnderTest) {
+	t.Run("POST", func(t *testing.T) { testHeadersOn(t, g, "POST") })
+	t.Run("GET", func(t *testing.T) { testHeadersOn(t, g, "GET") })
+}
+
+func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 	id := newID()
-	r := call(t, "POST", g.url("/proxy/up/things"), strings.NewReader(`{"a":1.0}`),
+	var body io.Reader
+	if method == "POST" {
+		body = strings.NewReader(`{"a":1.0}`)
+	}
+	// Through Caddy, a GET takes the lean path and a POST does not.
+	logged := []string{`"method":"` + method + `"`, `"lean":` + strconv.FormatBool(method == "GET")}
+	before := countLog(g, "proxied request", "up", logged...)
+	r := call(t, method, g.url("/proxy/up/things"), body,
 		"X-Test-Id", id,
 		"Content-Type", "application/json",
 		"X-Shared", "client-shared",
@@ -314,6 +330,7 @@ func testHeaders(t *testing.T, g *gatewayUnderTest) {
 		t.Fatalf("status = %d: %s", r.status, r.body)
 	}
 	s := g.up.get(t, id)
+	waitLogWith(t, g, "proxied request", "up", before+1, logged...)
 	want := map[string]string{
 		"X-Default":       "svc-default",                  // default header, client sent none
 		"X-Shared":        "client-shared",                // client wins over the default
