@@ -110,7 +110,11 @@ func (f *forwarder) writeLean(w *proxyWriter, resp *http.Response) {
 		if hopByHop(k) || hasToken(conn, k) {
 			continue
 		}
-		h[k] = append(h[k], vv...)
+		if have := h[k]; have != nil {
+			h[k] = append(have, vv...)
+		} else {
+			h[k] = vv // the response's own slice: nothing else holds it
+		}
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {

@@ -576,3 +576,27 @@ func TestLeanForwardAbortsTruncatedBody(t *testing.T) {
 type chunked struct{}
 
 func (chunked) Read([]byte) (int, error) { return 0, io.EOF }
+
+// A service leaving the registry (or its config unloading) closes the
+// lean path's idle connections along with its Transport's.
+func TestServiceClosesLeanConnections(t *testing.T) {
+	up := startRaw(t, func(n int, req *http.Request, w *bufio.Writer) bool {
+		answer(w, req, "ok")
+		return true
+	})
+	svc := testService(t, gateway.ServiceConfig{BaseURL: "http://" + up.host() + "/"})
+	h := svc.Proxy(func(s *gateway.Service) http.Handler { return newForwarder(s, nil, zap.NewNop()) })
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/proxy/svc/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "ok" {
+		t.Fatalf("body %q", body)
+	}
+	svc.CloseIdleConnections()
+	waitGone(t, up)
+}
