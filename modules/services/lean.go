@@ -95,7 +95,7 @@ func (p *connPool) roundTrip(ctx context.Context, req *http.Request, timeout tim
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.exchange(ctx, req, timeout, info)
+		resp, err := c.exchange(ctx, req, timeout, info, reused)
 		if err == nil {
 			return resp, nil
 		}
@@ -103,11 +103,17 @@ func (p *connPool) roundTrip(ctx context.Context, req *http.Request, timeout tim
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
-		if !reused || c.limit.read > 0 || !closedBeforeAnswer(err) || attempt >= staleRetries {
+		stale := errors.Is(err, errFarewell) || c.limit.read == 0 && closedBeforeAnswer(err)
+		if !reused || !stale || attempt >= staleRetries {
 			return nil, err
 		}
 	}
 }
+
+// errFarewell: a kept-alive connection answered with 408 Request Timeout,
+// which servers send on an idle connection just before closing it; it is
+// not an answer to the request written after it.
+var errFarewell = errors.New("the upstream closed an idle connection with 408 Request Timeout")
 
 // closedBeforeAnswer: the connection turned out to be closed (http.ReadResponse
 // reports an end before the status line as ErrUnexpectedEOF). Together with
@@ -241,7 +247,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // exchange sends req and reads the final response head. The body it
 // returns gives the connection back to the pool when read to its end.
-func (c *leanConn) exchange(ctx context.Context, req *http.Request, timeout time.Duration, info informer) (*http.Response, error) {
+func (c *leanConn) exchange(ctx context.Context, req *http.Request, timeout time.Duration, info informer, reused bool) (*http.Response, error) {
 	c.limit.read = 0
 	if timeout > 0 {
 		_ = c.SetDeadline(time.Now().Add(timeout))
@@ -250,6 +256,9 @@ func (c *leanConn) exchange(ctx context.Context, req *http.Request, timeout time
 	// http.Transport. The watch lasts until the body is done.
 	stop := context.AfterFunc(ctx, c.abort)
 	resp, err := c.roundTrip(req, info)
+	if err == nil && reused && resp.StatusCode == http.StatusRequestTimeout {
+		err = errFarewell
+	}
 	if err != nil {
 		stop()
 		return nil, err
@@ -309,7 +318,9 @@ func (c *leanConn) abort() { _ = c.SetDeadline(aLongTimeAgo) }
 // finish ends an exchange: the connection goes back to the pool if its
 // response was read to the end and the client's context never fired.
 func (c *leanConn) finish(stop func() bool, reuse bool) {
-	if stop() && reuse {
+	// Bytes after the response are not an answer to anything: a
+	// connection holding some is not used again.
+	if stop() && reuse && c.br.Buffered() == 0 {
 		c.pool.put(c)
 		return
 	}

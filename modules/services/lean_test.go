@@ -600,3 +600,72 @@ func TestServiceClosesLeanConnections(t *testing.T) {
 	svc.CloseIdleConnections()
 	waitGone(t, up)
 }
+
+// A 408 an idle connection received before the next request was written
+// is the upstream's farewell, not the answer: the request goes again on a
+// new connection. Bytes left after a response keep a connection from
+// being used again.
+func TestLeanIdleFarewellAndLeftovers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	farewell, said := make(chan struct{}), make(chan struct{})
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := accepted.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					switch {
+					case req.URL.Path == "/leftover":
+						fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokGARBAGE")
+					case n == 1 && i == 0:
+						fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+						<-farewell
+						fmt.Fprint(c, "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+						close(said)
+					case n == 1:
+						// keeps the connection open, answering nothing more
+					default:
+						fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+					}
+				}
+			}()
+		}
+	}()
+	host := ln.Addr().String()
+	lt := leanFor(t, host, 5*time.Second)
+	if _, body, err := get(t, lt, "GET", "http://"+host+"/a"); err != nil || body != "first" {
+		t.Fatalf("first: %q, %v", body, err)
+	}
+	close(farewell)
+	<-said
+	if _, body, err := get(t, lt, "GET", "http://"+host+"/b"); err != nil || body != "fresh" {
+		t.Fatalf("after the farewell: %q, %v", body, err)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+
+	if _, body, err := get(t, lt, "GET", "http://"+host+"/leftover"); err != nil || body != "ok" {
+		t.Fatalf("leftover: %q, %v", body, err)
+	}
+	if _, body, err := get(t, lt, "GET", "http://"+host+"/c"); err != nil || body != "fresh" {
+		t.Fatalf("after the leftover: %q, %v", body, err)
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Errorf("%d connections, want 3: the one with bytes left over is not reused", n)
+	}
+}
