@@ -22,9 +22,11 @@ import (
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
-// forwarder forwards requests to one service: a ReverseProxy over the
-// service's own Transport, with everything a request needs computed once.
-// There is one per *gateway.Service (see Service.Proxy).
+// forwarder forwards requests to one service, with everything a request
+// needs computed once: bodiless GET/HEAD/OPTIONS/TRACE to a plain-http
+// route on the lean path (lean.go, lean_forward.go), everything else
+// through a ReverseProxy over the service's own Transport. There is one
+// per *gateway.Service (see Service.Proxy).
 type forwarder struct {
 	svc      *gateway.Service
 	key      string

@@ -56,7 +56,7 @@ func init() {
 //
 // Connections: each service has its own pool. Bodiless GET, HEAD, OPTIONS
 // and TRACE requests to a plain-http upstream go through a lean HTTP/1.1
-// client (see leanTransport); TLS upstreams (HTTP/2 when offered), request
+// client (see lean.go); TLS upstreams (HTTP/2 when offered), request
 // bodies and upgrades go through the service's http.Transport.
 //
 // The handler has no options: services are configured in the byteproxy
