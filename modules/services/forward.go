@@ -115,13 +115,19 @@ func (f *forwarder) CloseIdleConnections() {
 
 // ServeHTTP forwards r, which the handler has checked, and records it.
 func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
+	f.forward(w, r, rest)
+}
+
+// forward is ServeHTTP for a caller that has already split the path: rest
+// is the escaped path below the service key.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string) {
 	pw := writers.Get().(*proxyWriter)
 	*pw = proxyWriter{ResponseWriter: w, f: f, start: time.Now()}
 	// Set here too for upgrades, whose 101 is written without WriteHeader.
 	w.Header()["X-Proxy-Service"] = f.keyVal
 	defer f.finish(pw, r)
 	if leanMethod(r) {
-		_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
 		if rt, tail := f.route(rest); rt.pool != nil {
 			f.serveLean(pw, r, rt, tail)
 			return

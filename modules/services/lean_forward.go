@@ -5,12 +5,12 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strings"
 	"sync"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -82,12 +82,12 @@ func (f *forwarder) buildLean(out *outRequest, r *http.Request, rt *route, tail 
 	h := out.header
 	conn := r.Header["Connection"]
 	for k, vv := range r.Header {
-		if hopByHop(k) || clientOnly(k) || hasToken(conn, k) {
+		if hopByHop(k) || clientOnly(k) || httpguts.HeaderValuesContainsToken(conn, k) {
 			continue
 		}
 		h[k] = vv
 	}
-	if te := r.Header["Te"]; te != nil && hasToken(te, "trailers") {
+	if te := r.Header["Te"]; te != nil && httpguts.HeaderValuesContainsToken(te, "trailers") {
 		h["Te"] = teTrailers
 	}
 	f.addServiceHeaders(h, u)
@@ -107,7 +107,7 @@ func (f *forwarder) writeLean(w *proxyWriter, resp *http.Response) {
 	h := w.Header()
 	conn := resp.Header["Connection"]
 	for k, vv := range resp.Header {
-		if hopByHop(k) || hasToken(conn, k) {
+		if hopByHop(k) || httpguts.HeaderValuesContainsToken(conn, k) {
 			continue
 		}
 		if have := h[k]; have != nil {
@@ -206,21 +206,6 @@ func hopByHop(k string) bool {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
 		return true
-	}
-	return false
-}
-
-// hasToken reports whether a list header's values (comma-separated, as
-// Connection's, which names more hop-by-hop headers) hold token.
-func hasToken(vals []string, token string) bool {
-	for _, v := range vals {
-		for len(v) > 0 {
-			var tok string
-			tok, v, _ = strings.Cut(v, ",")
-			if strings.EqualFold(textproto.TrimString(tok), token) {
-				return true
-			}
-		}
 	}
 	return false
 }

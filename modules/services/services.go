@@ -110,7 +110,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		_ = gateway.WriteJSON(w, status, body)
 		return nil
 	}
-	f.ServeHTTP(w, r)
+	f.forward(w, r, rest)
 	return nil
 }
 
