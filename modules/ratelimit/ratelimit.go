@@ -277,7 +277,9 @@ func (v *verdict) figures(now time.Time) (limit, remaining int64, reset, retry t
 	if v.refused == gateway.LimitClient || v.service == nil {
 		return int64(v.clientMax), v.bucket.remaining, v.bucket.full, v.bucket.retry
 	}
-	reset = v.window.end.Sub(now)
+	// A window another request opened after this one read the clock ends
+	// more than a window after now; what is left of it never is.
+	reset = min(v.window.end.Sub(now), time.Duration(v.service.limit.Window))
 	return int64(v.service.limit.MaxRequests), v.window.remaining, reset, reset
 }
 

@@ -1,10 +1,14 @@
 package ratelimit
 
 import (
+	"net/http"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 func TestInfoPath(t *testing.T) {
@@ -59,5 +63,26 @@ func TestRedisKeys(t *testing.T) {
 	}
 	if got := redisClientPrefix(600, time.Minute) + (clientKey{kindKeyID, "k1"}).String(); got != "byteproxy:rl:client:600:60000:key:k1" {
 		t.Fatalf("client key %q", got)
+	}
+}
+
+// A window another request opened after this one read the clock ends more
+// than a window after this request's now: its reset still says at most
+// the window (TestServiceLimitExactUnderConcurrency once saw 61 of 60).
+func TestResetNeverExceedsWindow(t *testing.T) {
+	now := time.Now()
+	v := verdict{
+		service: &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}},
+		window:  windowState{ok: true, remaining: 5, end: now.Add(time.Minute + 3*time.Millisecond)},
+	}
+	h := http.Header{}
+	v.setHeaders(h, now)
+	if got := h.Get("X-Ratelimit-Reset"); got != "60" {
+		t.Errorf("X-RateLimit-Reset %q, want 60", got)
+	}
+	v.refused = gateway.LimitService
+	v.setHeaders(h, now)
+	if got := h.Get("Retry-After"); got != "60" {
+		t.Errorf("Retry-After %q, want 60", got)
 	}
 }
