@@ -56,7 +56,10 @@ type App struct {
 	ClientRateLimit *RateLimit `json:"client_rate_limit,omitempty"`
 
 	// Redis URL (redis://host:port/db). When set, rate-limit counters live
-	// in Redis and are exact across every instance sharing it.
+	// in Redis and are exact across every instance sharing it. While Redis
+	// is unreachable, each instance enforces its share of every limit (the
+	// limit divided by the number of instances last seen alive in Redis)
+	// and adds what it admitted back to Redis when it returns.
 	Redis string `json:"redis,omitempty"`
 
 	// Rules for services added through the management API.

@@ -81,11 +81,16 @@ type bucketState struct {
 	retry     time.Duration // until one token is available (when !ok)
 }
 
-// admit spends one token of k's bucket if it has one and then (when
+// admit spends cost tokens of k's bucket if it has them and then (when
 // given) also passes next, the service check. The bucket stays locked
 // while next runs, so a request that next refuses spends no token; next
 // therefore must not call back into the store.
-func (s *bucketStore) admit(now time.Time, k clientKey, next func() bool) bucketState {
+//
+// A request costs one token, except during a Redis outage, where it costs
+// the number of live instances (see Handler.clientCost): that divides both
+// the bucket's burst and its rate by the number of instances, so a client
+// spread over all of them gets about one bucket in all.
+func (s *bucketStore) admit(now time.Time, k clientKey, cost int, next func() bool) bucketState {
 	sh := &s.shards[s.shard(k)]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -98,32 +103,33 @@ func (s *bucketStore) admit(now time.Time, k clientKey, next func() bool) bucket
 		}
 	}
 	tokens := lim.TokensAt(now)
-	if tokens < 1 {
-		return s.state(false, tokens)
+	if tokens < float64(cost) {
+		return s.state(false, tokens, cost)
 	}
 	if next != nil && !next() {
-		return s.state(true, tokens)
+		return s.state(true, tokens, cost)
 	}
-	lim.AllowN(now, 1) // cannot fail: a token is there and the shard is locked
-	return s.state(true, tokens-1)
+	lim.AllowN(now, cost) // cannot fail: the tokens are there and the shard is locked
+	return s.state(true, tokens-float64(cost), cost)
 }
 
 // peek reports k's bucket without spending a token.
-func (s *bucketStore) peek(now time.Time, k clientKey) bucketState {
+func (s *bucketStore) peek(now time.Time, k clientKey, cost int) bucketState {
 	sh := &s.shards[s.shard(k)]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if lim := sh.m[k]; lim != nil {
-		return s.state(true, lim.TokensAt(now))
+		return s.state(true, lim.TokensAt(now), cost)
 	}
-	return s.state(true, float64(s.max))
+	return s.state(true, float64(s.max), cost)
 }
 
-func (s *bucketStore) state(ok bool, tokens float64) bucketState {
-	st := bucketState{ok: ok, remaining: int64(math.Floor(max(tokens, 0)))}
+// state reports a bucket holding tokens to requests costing cost each.
+func (s *bucketStore) state(ok bool, tokens float64, cost int) bucketState {
+	st := bucketState{ok: ok, remaining: int64(math.Floor(max(tokens, 0) / float64(cost)))}
 	st.full = s.durationFor(float64(s.max) - tokens)
 	if !ok {
-		st.retry = s.durationFor(1 - tokens)
+		st.retry = s.durationFor(float64(cost) - tokens)
 	}
 	return st
 }

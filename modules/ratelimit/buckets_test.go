@@ -14,23 +14,23 @@ func TestBucketBurstAndRefill(t *testing.T) {
 	t0 := time.Unix(1_700_000_000, 0)
 	alice := clientKey{kindKeyID, "alice"}
 	for i := range 5 {
-		st := s.admit(t0, alice, nil)
+		st := s.admit(t0, alice, 1, nil)
 		if !st.ok || st.remaining != int64(4-i) {
 			t.Fatalf("request %d: %+v, want ok with %d left", i+1, st, 4-i)
 		}
 	}
-	st := s.admit(t0, alice, nil)
+	st := s.admit(t0, alice, 1, nil)
 	if st.ok || st.retry != 2*time.Second || st.full != 10*time.Second {
 		t.Fatalf("6th request: %+v, want refused, retry in 2s, full in 10s", st)
 	}
 	// Another consumer, and the same name as an IP, have their own buckets.
-	if !s.admit(t0, clientKey{kindKeyID, "bob"}, nil).ok || !s.admit(t0, clientKey{kindIP, "alice"}, nil).ok {
+	if !s.admit(t0, clientKey{kindKeyID, "bob"}, 1, nil).ok || !s.admit(t0, clientKey{kindIP, "alice"}, 1, nil).ok {
 		t.Fatal("other consumers were refused")
 	}
-	if st := s.admit(t0.Add(2*time.Second), alice, nil); !st.ok || st.remaining != 0 {
+	if st := s.admit(t0.Add(2*time.Second), alice, 1, nil); !st.ok || st.remaining != 0 {
 		t.Fatalf("after 2s: %+v, want one refilled token spent", st)
 	}
-	if st := s.peek(t0.Add(12*time.Second), alice); st.remaining != 5 || st.full != 0 {
+	if st := s.peek(t0.Add(12*time.Second), alice, 1); st.remaining != 5 || st.full != 0 {
 		t.Fatalf("after a full window idle: %+v, want a full bucket", st)
 	}
 }
@@ -40,16 +40,16 @@ func TestBucketNextRefusalSpendsNothing(t *testing.T) {
 	now := time.Now()
 	k := clientKey{kindIP, "192.0.2.1"}
 	for range 5 {
-		if st := s.admit(now, k, func() bool { return false }); !st.ok {
+		if st := s.admit(now, k, 1, func() bool { return false }); !st.ok {
 			t.Fatalf("client refused: %+v", st)
 		}
 	}
-	if st := s.peek(now, k); st.remaining != 2 {
+	if st := s.peek(now, k, 1); st.remaining != 2 {
 		t.Fatalf("requests refused by the service check spent tokens: %d left, want 2", st.remaining)
 	}
 	calls := 0
 	for range 3 {
-		s.admit(now, k, func() bool { calls++; return true })
+		s.admit(now, k, 1, func() bool { calls++; return true })
 	}
 	if calls != 2 {
 		t.Fatalf("service check ran %d times, want 2: a client refusal must not reach it", calls)
@@ -65,7 +65,7 @@ func TestBucketExactUnderConcurrency(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if s.admit(now, clientKey{kindKeyID, "shared"}, nil).ok {
+			if s.admit(now, clientKey{kindKeyID, "shared"}, 1, nil).ok {
 				ok.Add(1)
 			}
 		}()
@@ -91,7 +91,7 @@ func TestBucketEvictionBoundsMemory(t *testing.T) {
 	}
 	base := heap()
 	for i := range n {
-		s.admit(t0, clientKey{kindIP, "10." + strconv.Itoa(i>>16) + "." + strconv.Itoa(i>>8&255) + "." + strconv.Itoa(i&255)}, nil)
+		s.admit(t0, clientKey{kindIP, "10." + strconv.Itoa(i>>16) + "." + strconv.Itoa(i>>8&255) + "." + strconv.Itoa(i&255)}, 1, nil)
 	}
 	if got := s.len(); got != n {
 		t.Fatalf("%d buckets, want %d", got, n)
@@ -106,12 +106,12 @@ func TestBucketEvictionBoundsMemory(t *testing.T) {
 	// One consumer keeps spending; everyone else goes idle.
 	busy := clientKey{kindKeyID, "busy"}
 	for range 2 {
-		s.admit(t0.Add(time.Second), busy, nil)
+		s.admit(t0.Add(time.Second), busy, 1, nil)
 	}
 	if left := s.sweep(t0.Add(time.Second)); left != 1 {
 		t.Fatalf("sweep after a window left %d buckets, want only the busy one", left)
 	}
-	if st := s.peek(t0.Add(time.Second), busy); st.remaining != 0 {
+	if st := s.peek(t0.Add(time.Second), busy, 1); st.remaining != 0 {
 		t.Fatalf("the busy consumer's bucket was reset by the sweep: %+v", st)
 	}
 	after := heap()
@@ -132,5 +132,30 @@ func TestBucketSweeperStops(t *testing.T) {
 	}
 	if after := runtime.NumGoroutine(); after > before+2 {
 		t.Fatalf("goroutines: %d before, %d after 20 start/destruct", before, after)
+	}
+}
+
+// During a Redis outage a request costs one token per live instance: the
+// bucket's burst and rate are divided among the instances.
+func TestBucketShareDuringOutage(t *testing.T) {
+	s := newBucketStore(9, 9*time.Second) // a token a second
+	t0 := time.Unix(1_700_000_000, 0)
+	k := clientKey{kindKeyID, "carol"}
+	for i := range 3 {
+		if st := s.admit(t0, k, 3, nil); !st.ok || st.remaining != int64(2-i) {
+			t.Fatalf("request %d with 3 instances: %+v, want admitted with %d left", i+1, st, 2-i)
+		}
+	}
+	st := s.admit(t0, k, 3, nil)
+	if st.ok || st.retry != 3*time.Second {
+		t.Fatalf("4th request: %+v, want refused until 3 tokens are back (3s)", st)
+	}
+	if !s.admit(t0.Add(3*time.Second), k, 3, nil).ok || s.admit(t0.Add(3*time.Second), k, 3, nil).ok {
+		t.Fatal("want one request per 3s: a third of the rate")
+	}
+	// A bucket smaller than the number of instances still admits.
+	small := newBucketStore(2, time.Minute)
+	if !small.admit(t0, k, 2, nil).ok {
+		t.Fatal("client limit 2 among 3 instances refused the first request")
 	}
 }

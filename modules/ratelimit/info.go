@@ -69,7 +69,8 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) 
 	})
 }
 
-// peek reads the window from Redis when it is in use, else from memory.
+// peek reads the window from Redis when it is in use, else from memory
+// (during an outage: what is left of this instance's share).
 func (h *Handler) peek(ctx context.Context, now time.Time, sl *serviceLimit) windowState {
 	if h.redis != nil && h.redis.up.Load() {
 		cctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
@@ -79,6 +80,7 @@ func (h *Handler) peek(ctx context.Context, now time.Time, sl *serviceLimit) win
 			st := windowState{remaining: max(int64(sl.limit.MaxRequests)-count, 0)}
 			if ttl > 0 {
 				st.end = now.Add(ttl)
+				sl.win.observe(now, count, st.end)
 			} else {
 				st.remaining = int64(sl.limit.MaxRequests)
 			}
@@ -88,5 +90,5 @@ func (h *Handler) peek(ctx context.Context, now time.Time, sl *serviceLimit) win
 			h.redis.markDown(err)
 		}
 	}
-	return sl.win.peek(now)
+	return sl.win.peek(now, h.instances())
 }

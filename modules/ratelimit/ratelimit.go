@@ -46,8 +46,12 @@ func init() {
 // app, every decision is made atomically in Redis in one round trip, so
 // the limits are exact across every instance sharing that Redis. If Redis
 // becomes unreachable, each instance falls back to its memory (logged
-// once, shown in /status) and returns to Redis when it answers again;
-// requests never fail because of Redis.
+// once, shown in /status) and enforces its share of each limit there: the
+// limit divided by the number of instances last seen alive in Redis (they
+// announce themselves every 5 seconds), starting from the count Redis last
+// reported for the window. When Redis answers again, each instance adds
+// what it admitted on its own to the window (if the window has not ended)
+// before returning to Redis. Requests never fail because of Redis.
 type Handler struct {
 	app    *gateway.App
 	logger *zap.Logger
@@ -139,7 +143,7 @@ func (h *Handler) provisionRedis() error {
 	}
 	h.redisKey = "redis|" + url
 	v, _, err := limiters.LoadOrNew(h.redisKey, func() (caddy.Destructor, error) {
-		return newRedisStore(url, h.logger)
+		return newRedisStore(url, h.logger, defaultRedisTimings)
 	})
 	if err != nil {
 		h.redisKey = ""
@@ -147,9 +151,12 @@ func (h *Handler) provisionRedis() error {
 	}
 	h.redis = v.(*redisStore)
 	app := h.app
-	h.redisSub = h.redis.subscribe(func(st redisStatus) {
-		app.SetStatus("redis", st)
-		app.Metrics().SetRedisFallback(st.Fallback)
+	h.redisSub = h.redis.subscribe(redisListener{
+		status: func(st redisStatus) {
+			app.SetStatus("redis", st)
+			app.Metrics().SetRedisFallback(st.Fallback)
+		},
+		carry: h.carryBack,
 	}, h.logger)
 	return nil
 }
@@ -215,10 +222,13 @@ func (h *Handler) decide(r *http.Request, now time.Time, sl *serviceLimit) verdi
 	return v
 }
 
+// decideLocal decides in memory: without Redis, or during an outage with
+// this instance's share of the limits.
 func (h *Handler) decideLocal(now time.Time, v *verdict, ck clientKey) {
 	sl := v.service
+	n := h.instances()
 	if !v.hasClient {
-		if v.window = sl.win.take(now); !v.window.ok {
+		if v.window = sl.win.take(now, n); !v.window.ok {
 			v.refused = gateway.LimitService
 		}
 		return
@@ -226,11 +236,11 @@ func (h *Handler) decideLocal(now time.Time, v *verdict, ck clientKey) {
 	var next func() bool
 	if sl != nil {
 		next = func() bool {
-			v.window = sl.win.take(now)
+			v.window = sl.win.take(now, n)
 			return v.window.ok
 		}
 	}
-	v.bucket = h.clients.admit(now, ck, next)
+	v.bucket = h.clients.admit(now, ck, h.clientCost(n), next)
 	switch {
 	case !v.bucket.ok:
 		v.refused = gateway.LimitClient
@@ -260,6 +270,9 @@ func (h *Handler) decideRedis(ctx context.Context, now time.Time, v *verdict, ck
 	}
 	if v.service != nil {
 		v.window = windowState{ok: rep.verdict == 0, remaining: max(int64(smax)-rep.count, 0), end: now.Add(rep.ttl)}
+		if rep.verdict != 1 { // a client refusal does not read the window
+			v.service.win.observe(now, rep.count, v.window.end)
+		}
 	}
 	switch rep.verdict {
 	case 1:
@@ -268,6 +281,62 @@ func (h *Handler) decideRedis(ctx context.Context, now time.Time, v *verdict, ck
 		v.refused = gateway.LimitService
 	}
 	return nil
+}
+
+// instances is the number of instances sharing the limits: the live ones
+// last seen in Redis, 1 without Redis.
+func (h *Handler) instances() int64 {
+	if h.redis == nil {
+		return 1
+	}
+	return h.redis.instances.Load()
+}
+
+// clientCost is what a request costs in tokens when n instances share the
+// client limit: n, which divides both the burst and the rate of a local
+// bucket by n; but never more than a full bucket, so that a client limit
+// smaller than the number of instances still admits.
+//
+// A local bucket starts full rather than from the client's bucket in
+// Redis, and is not carried back: a token bucket forgets everything within
+// one window anyway (an idle bucket is full), so this costs at most one
+// extra burst per client across the cluster at either end of an outage,
+// while tracking every client's Redis state would cost every request
+// memory and time. The service limits, which protect the upstreams'
+// quotas, are the ones carried across an outage.
+func (h *Handler) clientCost(n int64) int {
+	return int(min(n, int64(h.clientMax)))
+}
+
+// carryBack writes back to Redis, when it returns after an outage, what
+// this instance knows of its service windows that Redis may not: the
+// requests it admitted on its own, and the counts Redis reported before
+// (which a restarted Redis has lost). Windows that have ended are dropped.
+func (h *Handler) carryBack(ctx context.Context) (int64, error) {
+	now := time.Now()
+	var debts []windowDebt
+	var wins []*window
+	for _, sl := range *h.windows.Load() {
+		if d, ok := sl.win.pending(now); ok {
+			d.key = sl.redisKey
+			debts, wins = append(debts, d), append(wins, sl.win)
+		}
+	}
+	if len(debts) == 0 {
+		return 0, nil
+	}
+	got, err := h.redis.carryBack(ctx, debts)
+	if err != nil {
+		return 0, err
+	}
+	var carried int64
+	for i, d := range debts {
+		wins[i].carried(now, d, got[i])
+		if got[i].ok {
+			carried += d.count
+		}
+	}
+	return carried, nil
 }
 
 // figures are the limit, remaining and reset of the X-RateLimit headers:

@@ -83,7 +83,7 @@ func BenchmarkClientBucket(b *testing.B) {
 		i := seq.Add(1) * 7919
 		for pb.Next() {
 			i++
-			if !s.admit(time.Now(), keys[i%1024], nil).ok {
+			if !s.admit(time.Now(), keys[i%1024], 1, nil).ok {
 				b.Fatal("refused")
 			}
 		}
@@ -96,7 +96,7 @@ func BenchmarkWindowTake(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			w.take(time.Now())
+			w.take(time.Now(), 1)
 		}
 	})
 }
@@ -116,7 +116,7 @@ func BenchmarkHeaders(b *testing.B) {
 // bucket): one round trip to a local redis-server.
 func BenchmarkRedisDecision(b *testing.B) {
 	url := benchRedisURL(b)
-	s, err := newRedisStore(url, nopLogger())
+	s, err := newRedisStore(url, nopLogger(), defaultRedisTimings)
 	if err != nil {
 		b.Fatal(err)
 	}

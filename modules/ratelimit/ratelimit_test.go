@@ -50,7 +50,7 @@ func TestCeilSecondsAndHumanDuration(t *testing.T) {
 
 func TestRedisURLRejected(t *testing.T) {
 	for _, url := range []string{"http://127.0.0.1:6379", "redis://127.0.0.1:6379/notanumber"} {
-		if s, err := newRedisStore(url, zap.NewNop()); err == nil {
+		if s, err := newRedisStore(url, zap.NewNop(), defaultRedisTimings); err == nil {
 			_ = s.Destruct()
 			t.Errorf("newRedisStore(%q) accepted a bad URL", url)
 		}

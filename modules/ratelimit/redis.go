@@ -2,8 +2,11 @@ package ratelimit
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -28,9 +31,24 @@ const (
 	redisDialTimeout = 500 * time.Millisecond
 	redisIOTimeout   = 250 * time.Millisecond
 	redisCallTimeout = 500 * time.Millisecond // a whole decision: pool wait, dial, round trip
-	redisProbeEvery  = time.Second
 	redisProbeWait   = 500 * time.Millisecond
+	redisCarryWait   = 2 * time.Second // carrying an outage's counts back: one pipelined round trip
 )
+
+// instancesKey is the sorted set in which every instance sharing the
+// Redis announces itself, scored by the Redis server's clock in ms.
+const instancesKey = keyPrefix + "instances"
+
+// redisTimings paces the store's background goroutine.
+type redisTimings struct {
+	probe    time.Duration // between checks while Redis is unreachable
+	announce time.Duration // between announcements while it answers
+	ttl      time.Duration // an instance not announced for this long is no longer counted
+}
+
+// defaultRedisTimings: an instance is counted until it has missed three
+// announcements, so a slow host does not drop out of the count.
+var defaultRedisTimings = redisTimings{probe: time.Second, announce: 5 * time.Second, ttl: 15 * time.Second}
 
 // decideScript makes the whole decision of one request in one round trip,
 // atomically: the client's token bucket first, then the service's fixed
@@ -103,6 +121,38 @@ var peekScript = redis.NewScript(`
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
 `)
 
+// announceScript records that the instance ARGV[1] is alive, forgets the
+// instances not seen for ARGV[2] ms, and returns how many are left. Time
+// is the Redis server's, so instances with skewed clocks agree.
+var announceScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+`)
+
+// carryScript writes back what one instance knows of a service window
+// after an outage: ARGV[1] the count Redis last reported to it, ARGV[2]
+// the requests it admitted on its own since, ARGV[3] the ms left of the
+// window by its clock. The window becomes max(its count, ARGV[1]) +
+// ARGV[2]: if Redis kept the window (or another instance restored it
+// first), the local admissions are added to it; if Redis lost it (a
+// restart), what was counted before the outage is restored too, so no
+// instance's knowledge is forgotten. A window Redis kept keeps its end.
+//
+// Returns {count, ttl ms}.
+var carryScript = redis.NewScript(`
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+count = math.max(count, tonumber(ARGV[1])) + tonumber(ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = tonumber(ARGV[3]) end
+redis.call('SET', KEYS[1], count, 'PX', ttl)
+return {count, ttl}
+`)
+
 // redisStatus is what /status shows about Redis (never the URL, which may
 // hold a password).
 type redisStatus struct {
@@ -112,33 +162,60 @@ type redisStatus struct {
 	Address    string `json:"address,omitempty"`
 	Since      string `json:"since,omitempty"`
 	LastError  string `json:"lastError,omitempty"`
+	// Instances is how many instances announced themselves in this Redis
+	// lately (this one included): during an outage each enforces its share
+	// of every limit, 1/Instances.
+	Instances int64 `json:"instances,omitempty"`
 }
 
 // redisStore shares the rate-limit counters of every instance through one
 // Redis. It lives in the usage pool, so its connections and its health
-// state survive config reloads. While Redis is unreachable, up is false,
-// callers decide in memory, and a prober checks once a second until Redis
-// answers again.
+// state survive config reloads. While Redis is unreachable, up is false
+// and callers decide in memory, each instance with its share of the
+// limits (see instances).
+//
+// One background goroutine does all the periodic work: while Redis
+// answers, it announces this instance and reads how many instances are
+// alive; while it does not, it checks once a second and, when Redis
+// answers again, has every listener carry its outage counts back before
+// requests return to Redis.
 type redisStore struct {
-	client *redis.Client
-	addr   string
-	up     atomic.Bool
-	logger atomic.Pointer[zap.Logger]
+	client  *redis.Client
+	addr    string
+	id      string // this instance in the announcements
+	timings redisTimings
+	up      atomic.Bool
+	logger  atomic.Pointer[zap.Logger]
+
+	// instances is the number of live instances last seen in Redis; 1
+	// until the first announcement (an instance that never reached Redis
+	// knows of no other).
+	instances atomic.Int64
 
 	mu        sync.Mutex // guards the fields below and orders notifications
 	status    redisStatus
-	listeners map[int]func(redisStatus)
+	listeners map[int]redisListener
 	nextID    int
-	probing   bool
 	closed    bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
-// newRedisStore connects lazily to the Redis at url; it checks the
-// connection in the background.
-func newRedisStore(url string, logger *zap.Logger) (*redisStore, error) {
+// redisListener is a handler using the store.
+type redisListener struct {
+	// status is called on every change of the status.
+	status func(redisStatus)
+	// carry writes back what the handler counted on its own during an
+	// outage; it returns the requests carried back. Called when Redis
+	// answers again, before requests return to it.
+	carry func(context.Context) (int64, error)
+}
+
+// newRedisStore connects to the Redis at url and announces this instance
+// (waiting at most redisProbeWait: /status and the count of instances are
+// right from the start), then goes on in the background.
+func newRedisStore(url string, logger *zap.Logger, timings redisTimings) (*redisStore, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, err
@@ -165,24 +242,33 @@ func newRedisStore(url string, logger *zap.Logger) (*redisStore, error) {
 	s := &redisStore{
 		client:    redis.NewClient(opt),
 		addr:      opt.Addr,
-		listeners: map[int]func(redisStatus){},
+		id:        instanceID(),
+		timings:   timings,
+		listeners: map[int]redisListener{},
 		stop:      make(chan struct{}),
 	}
 	s.logger.Store(logger)
 	s.up.Store(true)
-	s.status = redisStatus{Configured: true, Address: s.addr}
+	s.instances.Store(1)
+	s.status = redisStatus{Configured: true, Address: s.addr, Instances: 1}
+	if err := s.announce(); err != nil {
+		s.markDown(err)
+	} else {
+		s.markUp(0)
+	}
 	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-		defer cancel()
-		if err := s.client.Ping(ctx).Err(); err != nil {
-			s.markDown(err)
-			return
-		}
-		s.markUp()
-	}()
+	go s.run()
 	return s, nil
+}
+
+// instanceID names this process in the announcements: host and pid for
+// an operator reading the set, and random bytes so that two processes
+// never share an id.
+func instanceID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
 // redisReply is the outcome of decideScript.
@@ -239,6 +325,46 @@ func (s *redisStore) peek(ctx context.Context, windowKey string) (int64, time.Du
 	return res[0], time.Duration(res[1]) * time.Millisecond, nil
 }
 
+// redisWindow is a service window as Redis holds it after a carry.
+type redisWindow struct {
+	ok    bool // false: Redis refused the window (e.g. a key of another type)
+	count int64
+	ttl   time.Duration
+}
+
+// carryBack writes back the outage counts of service windows (see
+// carryScript) in one pipelined round trip. It returns each window as
+// Redis holds it afterwards. It fails only if Redis could not be reached:
+// a window that Redis refuses is logged and dropped, so that one bad key
+// never keeps the instance off Redis.
+func (s *redisStore) carryBack(ctx context.Context, debts []windowDebt) ([]redisWindow, error) {
+	cmds := make([]*redis.Cmd, len(debts))
+	_, _ = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, d := range debts {
+			// Eval, not EvalSha: a restarted Redis knows no scripts.
+			cmds[i] = carryScript.Eval(ctx, p, []string{d.key}, d.shared, d.count, millis(d.left))
+		}
+		return nil
+	})
+	out := make([]redisWindow, len(debts))
+	for i, c := range cmds {
+		res, err := c.Int64Slice()
+		var refused redis.Error
+		switch {
+		case errors.As(err, &refused):
+			s.logger.Load().Warn("redis refused a rate-limit window carried back after an outage; its count is dropped",
+				zap.String("key", debts[i].key), zap.Error(err))
+			continue
+		case err != nil:
+			return nil, err
+		case len(res) != 2:
+			return nil, errors.New("rate-limit carry script returned a malformed reply")
+		}
+		out[i] = redisWindow{ok: true, count: res[0], ttl: time.Duration(res[1]) * time.Millisecond}
+	}
+	return out, nil
+}
+
 // markDown switches to the in-memory fallback. Only the first failure of
 // an outage is logged; later ones find the store already down.
 func (s *redisStore) markDown(err error) {
@@ -251,18 +377,14 @@ func (s *redisStore) markDown(err error) {
 	s.status.Connected, s.status.Fallback = false, true
 	s.status.Since = time.Now().UTC().Format(time.RFC3339)
 	s.status.LastError = err.Error()
-	s.logger.Load().Warn("redis unreachable: rate limits fall back to this instance's memory until it recovers",
-		zap.String("address", s.addr), zap.Error(err))
+	s.logger.Load().Warn("redis unreachable: each instance enforces its share of the rate limits in memory until it recovers",
+		zap.String("address", s.addr), zap.Int64("instances", s.instances.Load()), zap.Error(err))
 	s.notifyLocked()
-	if !s.probing {
-		s.probing = true
-		s.wg.Add(1)
-		go s.probe()
-	}
 }
 
-// markUp returns to Redis; the end of an outage is logged once.
-func (s *redisStore) markUp() {
+// markUp returns to Redis; the end of an outage is logged once, with the
+// requests carried back.
+func (s *redisStore) markUp(carried int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -275,15 +397,17 @@ func (s *redisStore) markUp() {
 		s.status.Since = time.Now().UTC().Format(time.RFC3339)
 	}
 	if wasDown {
-		s.logger.Load().Info("redis reachable again: rate limits are shared through redis", zap.String("address", s.addr))
+		s.logger.Load().Info("redis reachable again: rate limits are shared through redis",
+			zap.String("address", s.addr), zap.Int64("carried_back", carried))
 	}
 	s.notifyLocked()
 }
 
-// probe pings Redis once a second until it answers or the store closes.
-func (s *redisStore) probe() {
+// run is the store's background goroutine, until Destruct.
+func (s *redisStore) run() {
 	defer s.wg.Done()
-	t := time.NewTicker(redisProbeEvery)
+	last := time.Now()
+	t := time.NewTicker(s.timings.probe)
 	defer t.Stop()
 	for {
 		select {
@@ -291,28 +415,89 @@ func (s *redisStore) probe() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-		err := s.client.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			s.mu.Lock()
-			s.probing = false
-			s.mu.Unlock()
-			s.markUp()
-			return
+		switch {
+		case !s.up.Load():
+			if s.reconnect() {
+				last = time.Now()
+			}
+		case time.Since(last) >= s.timings.announce:
+			// An outage seen here switches to memory before any request
+			// has to wait for Redis.
+			if err := s.announce(); err != nil {
+				s.markDown(err)
+			}
+			last = time.Now()
 		}
 	}
 }
 
-// subscribe calls fn with the current status now and on every change,
-// until unsubscribe. The newest subscriber's logger becomes the store's.
-func (s *redisStore) subscribe(fn func(redisStatus), logger *zap.Logger) int {
+// announce records this instance in Redis and reads how many are alive.
+func (s *redisStore) announce() error {
+	ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
+	defer cancel()
+	n, err := announceScript.Run(ctx, s.client, []string{instancesKey}, s.id, millis(s.timings.ttl)).Int64()
+	if err != nil {
+		return err
+	}
+	n = max(n, 1)
+	if s.instances.Swap(n) != n {
+		s.mu.Lock()
+		s.status.Instances = n
+		s.notifyLocked()
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// reconnect checks whether Redis answers again; if it does, the listeners
+// carry their outage counts back and the store returns to Redis. A failure
+// on the way leaves it down until the next check (counts not yet carried
+// back are kept).
+func (s *redisStore) reconnect() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
+	err := s.client.Ping(ctx).Err()
+	cancel()
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	carriers := make([]func(context.Context) (int64, error), 0, len(s.listeners))
+	for _, l := range s.listeners {
+		if l.carry != nil {
+			carriers = append(carriers, l.carry)
+		}
+	}
+	s.mu.Unlock()
+	ctx, cancel = context.WithTimeout(context.Background(), redisCarryWait)
+	defer cancel()
+	var carried int64
+	for _, carry := range carriers {
+		n, err := carry(ctx)
+		carried += n
+		if err != nil {
+			s.logger.Load().Debug("redis: carrying outage counts back failed; trying again", zap.Error(err))
+			return false
+		}
+	}
+	if err := s.announce(); err != nil {
+		return false
+	}
+	s.markUp(carried)
+	return true
+}
+
+// subscribe calls l.status with the current status now and on every
+// change, and l.carry when Redis returns after an outage, until
+// unsubscribe. The newest subscriber's logger becomes the store's.
+func (s *redisStore) subscribe(l redisListener, logger *zap.Logger) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.logger.Store(logger)
 	s.nextID++
-	s.listeners[s.nextID] = fn
-	fn(s.status)
+	s.listeners[s.nextID] = l
+	if l.status != nil {
+		l.status(s.status)
+	}
 	return s.nextID
 }
 
@@ -323,19 +508,31 @@ func (s *redisStore) unsubscribe(id int) {
 }
 
 func (s *redisStore) notifyLocked() {
-	for _, fn := range s.listeners {
-		fn(s.status)
+	for _, l := range s.listeners {
+		if l.status != nil {
+			l.status(s.status)
+		}
 	}
 }
 
-// Destruct stops the prober and closes the connections when the last
-// config using this Redis is unloaded.
+// Destruct stops the background goroutine, leaves the count of live
+// instances at once (instead of after the announcements' ttl), and closes
+// the connections when the last config using this Redis is unloaded.
 func (s *redisStore) Destruct() error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
 	s.closed = true
 	close(s.stop)
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.up.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
+		_ = s.client.ZRem(ctx, instancesKey, s.id).Err()
+		cancel()
+	}
 	return s.client.Close()
 }
 

@@ -8,15 +8,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
 func newTestStore(t *testing.T, url string) (*redisStore, *observer.ObservedLogs) {
+	return newTestStoreWith(t, url, defaultRedisTimings)
+}
+
+func newTestStoreWith(t *testing.T, url string, timings redisTimings) (*redisStore, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zapcore.InfoLevel)
-	s, err := newRedisStore(url, zap.New(core))
+	s, err := newRedisStore(url, zap.New(core), timings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +115,7 @@ func TestRedisOutageLoggedOnceAndRecovered(t *testing.T) {
 	s, logs := newTestStore(t, srv.url)
 	var statuses []redisStatus
 	var mu sync.Mutex
-	s.subscribe(func(st redisStatus) { mu.Lock(); statuses = append(statuses, st); mu.Unlock() }, s.logger.Load())
+	s.subscribe(redisListener{status: func(st redisStatus) { mu.Lock(); statuses = append(statuses, st); mu.Unlock() }}, s.logger.Load())
 	waitFor(t, "initial connection", func() bool { mu.Lock(); defer mu.Unlock(); return statuses[len(statuses)-1].Connected })
 
 	srv.kill()
@@ -158,5 +163,103 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Instances announce themselves; one that stops announcing (a crash: it
+// cannot say goodbye) drops out of the count after the ttl, one that stops
+// cleanly at once.
+func TestRedisInstancesAnnounceAndExpire(t *testing.T) {
+	srv := startRedis(t, freePort(t)) // its own: other tests' instances would count
+	fast := redisTimings{probe: 50 * time.Millisecond, announce: 100 * time.Millisecond, ttl: 3 * time.Second}
+	a, _ := newTestStoreWith(t, srv.url, fast)
+	b, _ := newTestStoreWith(t, srv.url, fast)
+	waitFor(t, "two instances", func() bool { return a.instances.Load() == 2 && b.instances.Load() == 2 })
+	a.mu.Lock()
+	st := a.status
+	a.mu.Unlock()
+	if st.Instances != 2 {
+		t.Fatalf("status %+v, want 2 instances", st)
+	}
+
+	// A crashed instance: announced once, never again.
+	opt, _ := redis.ParseURL(srv.url)
+	c := redis.NewClient(opt)
+	defer c.Close()
+	ctx := context.Background()
+	tm, err := c.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ZAdd(ctx, instancesKey, redis.Z{Score: float64(tm.UnixMilli()), Member: "crashed"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the crashed instance counted", func() bool { return a.instances.Load() == 3 })
+	counted := time.Now()
+	waitFor(t, "the crashed instance dropped", func() bool { return a.instances.Load() == 2 })
+	if d := time.Since(counted); d < time.Second {
+		t.Fatalf("the crashed instance dropped out after %v, before its ttl (3s)", d)
+	}
+
+	// A clean stop leaves at once, well before the ttl.
+	_ = b.Destruct()
+	stopped := time.Now()
+	waitFor(t, "the stopped instance dropped", func() bool { return a.instances.Load() == 1 })
+	if d := time.Since(stopped); d >= fast.ttl {
+		t.Fatalf("a cleanly stopped instance was counted for %v, want it gone before the ttl", d)
+	}
+
+	// Announcing notices an outage without any request, and keeps the
+	// last count for the outage.
+	srv.kill()
+	waitFor(t, "the outage noticed", func() bool { return !a.up.Load() })
+	if n := a.instances.Load(); n != 1 {
+		t.Fatalf("instances %d during the outage, want the last seen (1)", n)
+	}
+}
+
+// Carrying back after an outage: a window Redis lost is restored from what
+// the instance last saw plus what it admitted; a window Redis kept gets
+// the admissions added and keeps its end.
+func TestRedisCarryBack(t *testing.T) {
+	s, _ := newTestStore(t, testRedisURL(t))
+	ctx := context.Background()
+	lost := redisServiceKey(uniqueName("lost"), 30, time.Minute)
+	kept := redisServiceKey(uniqueName("kept"), 30, time.Minute)
+	for range 20 {
+		if _, err := s.decide(ctx, "", 0, 0, kept, 30, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A key of another type: Redis refuses it, the others are carried.
+	bad := redisServiceKey(uniqueName("bad"), 30, time.Minute)
+	if err := s.client.HSet(ctx, bad, "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.carryBack(ctx, []windowDebt{
+		{key: lost, shared: 12, count: 5, left: 40 * time.Second},
+		{key: bad, shared: 1, count: 1, left: 40 * time.Second},
+		{key: kept, shared: 15, count: 4, left: 20 * time.Second},
+	})
+	if err != nil {
+		t.Fatalf("a refused window failed the whole carry: %v", err)
+	}
+	if got[1].ok {
+		t.Fatalf("a hash key was carried: %+v", got[1])
+	}
+	got = []redisWindow{got[0], got[2]}
+	if got[0].count != 17 || got[0].ttl <= 35*time.Second || got[0].ttl > 40*time.Second {
+		t.Fatalf("lost window: %+v, want 12+5 counted, ending in 40s", got[0])
+	}
+	if got[1].count != 24 || got[1].ttl <= 50*time.Second {
+		t.Fatalf("kept window: %+v, want 20+4 counted, keeping its end (about 60s)", got[1])
+	}
+	// Another instance carrying back: its admissions add up.
+	got, err = s.carryBack(ctx, []windowDebt{{key: lost, shared: 13, count: 3, left: 40 * time.Second}})
+	if err != nil || got[0].count != 20 {
+		t.Fatalf("second carrier: %+v %v, want 17+3", got, err)
+	}
+	if rep, err := s.decide(ctx, "", 0, 0, lost, 30, time.Minute); err != nil || rep.count != 21 {
+		t.Fatalf("a request after the carry: %+v %v, want counted as the 21st", rep, err)
 	}
 }
