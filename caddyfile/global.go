@@ -46,6 +46,10 @@ func parseAppOption(d *caddyfile.Dispenser, app *gateway.App) error {
 		b, err := oneBool(d)
 		app.QueryKey = &b
 		return err
+	case "auth_failures":
+		f, err := parseAuthFailures(d)
+		app.AuthFailures = f
+		return err
 	case "timeout":
 		dur, err := oneDuration(d)
 		app.Timeout = dur
@@ -127,6 +131,29 @@ func parseAuth(d *caddyfile.Dispenser, app *gateway.App) error {
 		}
 	}
 	return nil
+}
+
+// auth_failures <max_failures> <window> | auth_failures off
+func parseAuthFailures(d *caddyfile.Dispenser) (*gateway.AuthFailures, error) {
+	args := d.RemainingArgs()
+	if len(args) == 1 {
+		if on, err := parseBool(d, args[0]); err != nil || on {
+			return nil, d.Errf("auth_failures takes <max_failures> <window> (e.g. 20 1m) or off, got '%s'", args[0])
+		}
+		return &gateway.AuthFailures{Disabled: true}, nil
+	}
+	if len(args) != 2 {
+		return nil, d.Errf("auth_failures takes <max_failures> <window> (e.g. 20 1m) or off")
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n <= 0 {
+		return nil, d.Errf("auth_failures: max failures must be a positive integer, got '%s'", args[0])
+	}
+	w, err := caddy.ParseDuration(args[1])
+	if err != nil || w <= 0 {
+		return nil, d.Errf("auth_failures: window must be a positive duration, got '%s'", args[1])
+	}
+	return &gateway.AuthFailures{MaxFailures: n, Window: caddy.Duration(w)}, nil
 }
 
 // cors [on|off] [{ origins ...; headers ...; methods ...; max_age <d> }]

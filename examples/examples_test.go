@@ -97,3 +97,27 @@ func mustConfig(t *testing.T, b []byte) *caddy.Config {
 	}
 	return &cfg
 }
+
+// TestExamplesFailClosedWithoutKeys (issue 11.6): run without
+// PROXY_API_KEY, no example may start as an open proxy that spends the
+// bot's token for anyone; the error names the variable. Without
+// MANAGEMENT_API_KEY (the README's quick start) every example starts,
+// its management API answering local programs only.
+func TestExamplesFailClosedWithoutKeys(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	for _, ex := range configs {
+		t.Run(ex.file, func(t *testing.T) {
+			t.Setenv("PROXY_API_KEY", "")
+			t.Setenv("MANAGEMENT_API_KEY", "example-management-key")
+			err := caddy.Validate(mustConfig(t, adapt(t, ex.file)))
+			if err == nil || !strings.Contains(err.Error(), "auth proxy") || !strings.Contains(err.Error(), "PROXY_API_KEY") {
+				t.Errorf("without PROXY_API_KEY: got %v, want a startup error naming auth proxy and PROXY_API_KEY", err)
+			}
+			t.Setenv("PROXY_API_KEY", "example-proxy-key-long-enough")
+			os.Unsetenv("MANAGEMENT_API_KEY")
+			if err := caddy.Validate(mustConfig(t, adapt(t, ex.file))); err != nil {
+				t.Errorf("without MANAGEMENT_API_KEY: %v", err)
+			}
+		})
+	}
+}

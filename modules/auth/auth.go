@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -32,10 +33,17 @@ func init() {
 // `{http.vars.byteproxy.client}`) and as the access-log field `client`.
 //
 // A scope that is not required lets requests without a credential through,
-// except the management scope, which then answers only clients whose TCP
-// peer address is loopback. The handler also answers /proxy/auth-test,
+// except the management scope, which then answers only local clients: a
+// loopback TCP peer and client IP, no forwarding header (Forwarded,
+// X-Forwarded-*, X-Real-IP, Via, ...), a loopback Host (localhost,
+// 127.0.0.1, [::1]) and no Origin of another site, as Caddy's admin
+// endpoint does. The handler also answers /proxy/auth-test,
 // /proxy/auth-debug (proxy scope) and /manage/key-debug (management scope)
 // once the request is authenticated.
+//
+// Wrong keys are throttled per client address (the app's auth_failures,
+// default 20 a minute): past the limit, the address gets 429 with
+// Retry-After, its keys are not checked, and its connection is closed.
 type Handler struct {
 	// Scope to enforce: "proxy" or "management".
 	Scope string `json:"scope,omitempty"`
@@ -46,7 +54,15 @@ type Handler struct {
 	queryKey bool
 	logger   *zap.Logger
 	metrics  *gateway.Metrics
+
+	failures    *failureStore // nil when auth_failures is off
+	failuresKey string        // its key in the pool
 }
+
+// failureStores keeps the failure counts across config reloads: the new
+// config's handlers load the store of the old one before it is cleaned up,
+// so a reload does not give a guesser a fresh budget.
+var failureStores = caddy.NewUsagePool()
 
 // CaddyModule returns the Caddy module information.
 func (*Handler) CaddyModule() caddy.ModuleInfo {
@@ -72,6 +88,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.app = app
 	h.setup(sc, app.QueryKeyOn(), ctx.Logger(), app.Metrics())
+	if n, window, on := app.AuthFailures.Limit(); on {
+		h.failuresKey = fmt.Sprintf("%d|%d", n, window)
+		v, _, err := failureStores.LoadOrNew(h.failuresKey, func() (caddy.Destructor, error) {
+			s := newFailureStore(n, window)
+			s.start()
+			return s, nil
+		})
+		if err != nil {
+			return err
+		}
+		h.failures = v.(*failureStore)
+	}
 	return nil
 }
 
@@ -95,6 +123,11 @@ func (h *Handler) Validate() error {
 // ServeHTTP authenticates the request, removes its credential, and either
 // answers one of the auth endpoints or passes the request on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.failures != nil && h.failures.active() {
+		if retry, blocked := h.failures.blocked(time.Now(), clientAddr(r)); blocked {
+			return h.throttled(w, r, retry)
+		}
+	}
 	c := readCredentials(r, h.queryKey)
 	idx := h.check(c)
 	switch {
@@ -107,12 +140,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// meant to authenticate, and ignoring a bad key hides a mistake.
 		// (A required scope without keys cannot be provisioned; should one
 		// appear anyway, it fails closed here.)
+		if c.any() && h.failures != nil {
+			h.failures.fail(time.Now(), clientAddr(r))
+		}
 		return h.unauthorized(w, r, c.any())
-	case h.Scope == gateway.ScopeManagement && !peerIsLoopback(r.RemoteAddr):
+	case h.Scope == gateway.ScopeManagement:
 		// Without a key (none configured, or none required and none sent),
-		// management is for the machine itself only. The TCP peer decides:
-		// a forwarded header is whatever the client says.
-		return h.forbidden(w, r)
+		// management is for the machine itself only, and only for programs
+		// on it, not for web pages a browser on it shows.
+		if why := notLocal(r); why != nil {
+			return h.forbidden(w, r, why)
+		}
 	}
 	h.strip(r, c)
 	caddyhttp.SetVar(r.Context(), gateway.VarScope, h.Scope)
@@ -150,9 +188,19 @@ func peerIsLoopback(remoteAddr string) bool {
 	return false
 }
 
+// Cleanup releases this config's hold on the failure store.
+func (h *Handler) Cleanup() error {
+	if h.failures != nil {
+		_, err := failureStores.Delete(h.failuresKey)
+		return err
+	}
+	return nil
+}
+
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

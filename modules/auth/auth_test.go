@@ -236,6 +236,7 @@ func TestServeHTTPDecisions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHandler(tt.scope, tt.sc, true)
 			r := httptest.NewRequest(http.MethodGet, tt.target, nil)
+			r.Host = "localhost:3420" // what curl sends to a local gateway
 			if tt.remote != "" {
 				r.RemoteAddr = tt.remote
 			}

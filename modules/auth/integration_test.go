@@ -261,7 +261,8 @@ func assertMetric(t *testing.T, in *testutil.Instance, series string, want float
 }
 
 func TestNearMissKeys(t *testing.T) {
-	g := startGateway(t, "")
+	// More wrong keys than the default throttle allows in a minute.
+	g := startGateway(t, "auth_failures off")
 	k := proxyKey
 	basic := func(s string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(s)) }
 	for _, h := range [][]string{

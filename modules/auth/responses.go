@@ -2,6 +2,7 @@ package auth
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -43,14 +44,33 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented
 	return nil
 }
 
-// forbidden answers 403 to a non-loopback client of a management scope
-// that has no key to check.
-func (h *Handler) forbidden(w http.ResponseWriter, r *http.Request) error {
-	h.logFailure(r, "not loopback")
+// forbidden answers 403 to a management request without a key that is not
+// from a local program, saying why and what to configure.
+func (h *Handler) forbidden(w http.ResponseWriter, r *http.Request, why *refusal) error {
+	h.logFailure(r, why.reason)
 	_ = gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
-		"error": "Forbidden",
-		"message": "Management API is only available from localhost when no management key is configured. " +
-			"Set one (auth management { key ... } in the byteproxy global option) to manage the gateway remotely.",
+		"error":   "Forbidden",
+		"message": why.message,
+	})
+	return nil // as in unauthorized
+}
+
+// throttled answers 429 to a client address that presented too many wrong
+// keys, without looking at this request's keys, and closes the connection
+// so that the next guess costs a new one.
+func (h *Handler) throttled(w http.ResponseWriter, r *http.Request, retry time.Duration) error {
+	secs := max(int64((retry+time.Second-1)/time.Second), 1)
+	if h.metrics != nil {
+		h.metrics.AuthThrottled(h.Scope)
+	}
+	h.logFailure(r, "throttled")
+	hdr := w.Header()
+	hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
+	hdr.Set("Connection", "close")
+	_ = gateway.WriteJSON(w, http.StatusTooManyRequests, map[string]any{
+		"error":      "Too Many Requests",
+		"message":    "Too many failed authentication attempts from this address. Try again in " + strconv.FormatInt(secs, 10) + " seconds.",
+		"retryAfter": secs,
 	})
 	return nil // as in unauthorized
 }
@@ -162,13 +182,13 @@ func setupStatus(app *gateway.App, scope string) string {
 	}
 	switch {
 	case sc == nil || len(sc.Keys) == 0 && scope == gateway.ScopeManagement:
-		return "no key configured: open to loopback clients only"
+		return "no key configured: open to local programs only (loopback, no proxy, no cross-site page)"
 	case len(sc.Keys) == 0:
 		return "no key configured: open to everyone"
 	case sc.Required:
 		return "key required"
 	case scope == gateway.ScopeManagement:
-		return "key optional on loopback, required from elsewhere"
+		return "key optional for local programs, required from elsewhere"
 	default:
 		return "key optional: requests without a key pass, a wrong key is refused"
 	}

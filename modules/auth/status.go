@@ -79,7 +79,7 @@ func Status(app *gateway.App, r *http.Request) any {
 		},
 		Help: statusHelp{
 			Proxy:             "/proxy/* requires the proxy key when proxyAuthRequired is true.",
-			Management:        "/manage/* requires the management key when managementAuthRequired is true; with no management key it answers loopback clients only.",
+			Management:        "/manage/* requires the management key when managementAuthRequired is true; with no management key it answers local programs only (a loopback client calling localhost, 127.0.0.1 or [::1] directly, not through a proxy, not from a web page of another origin).",
 			HowToAuthenticate: howToAuthenticate("api", app == nil || app.QueryKeyOn()),
 			Test:              "GET /proxy/auth-test checks a proxy key; GET /proxy/auth-debug shows which methods a request used.",
 		},

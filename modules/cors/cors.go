@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -38,15 +39,16 @@ const defaultMaxAge = 24 * time.Hour
 
 // Canonical header names, so the hot path indexes the header map directly.
 const (
-	hOrigin        = "Origin"
-	hRequestMethod = "Access-Control-Request-Method"
-	hAllowOrigin   = "Access-Control-Allow-Origin"
-	hAllowCreds    = "Access-Control-Allow-Credentials"
-	hAllowMethods  = "Access-Control-Allow-Methods"
-	hAllowHeaders  = "Access-Control-Allow-Headers"
-	hMaxAge        = "Access-Control-Max-Age"
-	hExpose        = "Access-Control-Expose-Headers"
-	hVary          = "Vary"
+	hOrigin         = "Origin"
+	hRequestMethod  = "Access-Control-Request-Method"
+	hRequestHeaders = "Access-Control-Request-Headers"
+	hAllowOrigin    = "Access-Control-Allow-Origin"
+	hAllowCreds     = "Access-Control-Allow-Credentials"
+	hAllowMethods   = "Access-Control-Allow-Methods"
+	hAllowHeaders   = "Access-Control-Allow-Headers"
+	hMaxAge         = "Access-Control-Max-Age"
+	hExpose         = "Access-Control-Expose-Headers"
+	hVary           = "Vary"
 )
 
 // Handler applies the byteproxy app's `cors` settings:
@@ -62,23 +64,35 @@ const (
 //
 // A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
 // answered here with 204, before authentication; a plain OPTIONS goes on,
-// as it may be meant for the upstream. Configured `headers` and `methods`
-// replace the defaults (Authorization, X-API-Key, Content-Type,
-// X-Requested-With; GET, POST, PUT, PATCH, DELETE, OPTIONS). Responses
-// expose the rate-limit, Retry-After and X-Proxy-* headers to scripts.
-// When a later handler (a proxy) adds its own CORS headers, the gateway's
-// values win, so a browser never sees two.
+// as it may be meant for the upstream. Configured `methods` replace the
+// defaults (GET, POST, PUT, PATCH, DELETE, OPTIONS). Allowed request
+// headers: without `headers` configured, the defaults (Authorization,
+// X-API-Key, Content-Type, X-Requested-With) plus whatever the browser asks
+// for in Access-Control-Request-Headers (If-None-Match,
+// X-GitHub-Api-Version, ...: the upstream decides what it accepts);
+// configured `headers` are exactly the allowed ones. Responses expose the
+// rate-limit, Retry-After and X-Proxy-* headers to scripts. When a later
+// handler (a proxy) adds its own CORS headers, the gateway's values win,
+// so a browser never sees two.
+//
+// The management API (/manage/*) is not for browsers of other sites while
+// it has no key (it then trusts local clients): there it gets no CORS
+// headers, and its preflights are refused with 403. With a management key,
+// it is treated like the rest, but with the configured header list only.
 type Handler struct {
 	app *gateway.App
 
 	// Header values, precomputed in Provision.
-	disabled     bool
-	allowAll     bool
-	origins      map[string]bool // lower-case origins
-	allowMethods string
-	allowHeaders string
-	maxAge       string
-	expose       string
+	disabled       bool
+	allowAll       bool
+	origins        map[string]bool // lower-case origins
+	allowMethods   string
+	allowHeaders   string
+	reflectHeaders bool            // add the headers a preflight asks for
+	allowedLower   map[string]bool // allowHeaders, lower-case
+	maxAge         string
+	expose         string
+	manageKeyless  bool // the management scope has no key
 }
 
 // CaddyModule returns the Caddy module information.
@@ -96,6 +110,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.app = app
+	if sc := app.ScopeFor(gateway.ScopeManagement); sc == nil || len(sc.Keys) == 0 {
+		h.manageKeyless = true
+	}
 	return h.setup(app.CORS, ctx.Logger())
 }
 
@@ -119,6 +136,11 @@ func (h *Handler) setup(c *gateway.CORSConfig, logger *zap.Logger) error {
 	}
 	h.allowMethods = joined(c.AllowMethods, defaultMethods, strings.ToUpper)
 	h.allowHeaders = joined(c.AllowHeaders, defaultHeaders, nil)
+	h.reflectHeaders = len(c.AllowHeaders) == 0
+	h.allowedLower = map[string]bool{}
+	for name := range strings.SplitSeq(h.allowHeaders, ", ") {
+		h.allowedLower[strings.ToLower(name)] = true
+	}
 	h.maxAge = strconv.Itoa(int(maxAge / time.Second))
 	h.expose = strings.Join(exposeHeaders, ", ")
 	return nil
@@ -176,14 +198,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		origin = v[0]
 	}
 	isPreflight := r.Method == http.MethodOptions && origin != "" && len(r.Header[hRequestMethod]) > 0
+	if h.manageKeyless && gateway.IsManagementPath(r.URL.Path) {
+		if isPreflight {
+			return refuseManagementPreflight(w)
+		}
+		return next.ServeHTTP(w, r)
+	}
 	allowed := h.allowOrigin(origin)
 
-	// One allocation holds this response's header values (and the
-	// wrapper, for a browser's request).
+	// One allocation holds this response's header values and the wrapper
+	// that keeps them from being doubled by a later handler. The wrapper
+	// is needed without an Origin too: an upstream that sends its own
+	// Access-Control-Allow-Origin (GitHub does) would otherwise make it
+	// "*, *".
 	var rw *responseWriter
 	var v *values
 	switch {
-	case allowed != "" && origin != "" && !isPreflight:
+	case allowed != "" && !isPreflight:
 		rw = &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, allowed: allowed}
 		v = &rw.values
 	case allowed != "" || !h.allowAll:
@@ -199,7 +230,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	if isPreflight {
-		return h.preflight(w, hdr, v, allowed)
+		return h.preflight(w, r, hdr, v, allowed, !gateway.IsManagementPath(r.URL.Path))
 	}
 	if allowed == "" {
 		return next.ServeHTTP(w, r)
@@ -249,8 +280,9 @@ func (h *Handler) allowOrigin(origin string) string {
 }
 
 // preflight answers an OPTIONS preflight: 204 with the allowed methods,
-// headers and max age, or 403 for an origin that is not allowed.
-func (h *Handler) preflight(w http.ResponseWriter, hdr http.Header, v *values, allowed string) error {
+// headers and max age, or 403 for an origin that is not allowed. reflect
+// allows the request headers the browser asks for (not on /manage/*).
+func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, hdr http.Header, v *values, allowed string, reflect bool) error {
 	if allowed == "" {
 		return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
 			"error":   "Forbidden",
@@ -262,10 +294,71 @@ func (h *Handler) preflight(w http.ResponseWriter, hdr http.Header, v *values, a
 		hdr[hAllowCreds] = v.one(2, "true")
 	}
 	hdr[hAllowMethods] = v.one(3, h.allowMethods)
-	hdr[hAllowHeaders] = v.one(4, h.allowHeaders)
+	allowHeaders := h.allowHeaders
+	if reflect && h.reflectHeaders {
+		allowHeaders = h.withRequested(r.Header[hRequestHeaders])
+		// The answer depends on what was asked: caches must key on it.
+		hdr[hVary] = append(hdr[hVary], hRequestHeaders)
+	}
+	hdr[hAllowHeaders] = v.one(4, allowHeaders)
 	hdr[hMaxAge] = v.one(5, h.maxAge)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// Bounds of the request headers a preflight may have allowed on top of the
+// defaults; what goes beyond is left out (the browser then refuses the
+// request, as it would without this feature).
+const (
+	maxRequestedHeaders   = 32
+	maxRequestedHeaderLen = 128
+)
+
+// withRequested is the allowed-headers value of a preflight that asks for
+// the headers in requested (Access-Control-Request-Headers, a comma-
+// separated list): the defaults, then each requested name that is a valid
+// header name and not among them, as the browser spelled it.
+func (h *Handler) withRequested(requested []string) string {
+	if len(requested) == 0 {
+		return h.allowHeaders
+	}
+	var b strings.Builder
+	b.WriteString(h.allowHeaders)
+	added := 0
+	var seen map[string]bool
+	for _, line := range requested {
+		for name := range strings.SplitSeq(line, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" || len(name) > maxRequestedHeaderLen || !httpguts.ValidHeaderFieldName(name) {
+				continue
+			}
+			lower := strings.ToLower(name)
+			if h.allowedLower[lower] || seen[lower] {
+				continue
+			}
+			if added == maxRequestedHeaders {
+				return b.String()
+			}
+			if seen == nil {
+				seen = map[string]bool{}
+			}
+			seen[lower] = true
+			added++
+			b.WriteString(", ")
+			b.WriteString(name)
+		}
+	}
+	return b.String()
+}
+
+// refuseManagementPreflight answers a preflight for the management API
+// while it has no key: no web page may call it from another origin.
+func refuseManagementPreflight(w http.ResponseWriter) error {
+	return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+		"error": "Forbidden",
+		"message": "The management API (/manage/*) has no key, so it answers local programs only and no web page of another origin. " +
+			"Set a management key (auth management { key ... } in the byteproxy global option) to call it from a browser app.",
+	})
 }
 
 // responseWriter makes the gateway's CORS headers win over ones copied

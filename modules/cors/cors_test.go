@@ -4,9 +4,11 @@ package cors_test
 // setting, each case a request a browser would send.
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -311,4 +313,108 @@ func TestSiteDirective(t *testing.T) {
 		t.Errorf("GET without a key: %d", a.status)
 	}
 	want(t, "byteproxy directive 401", a, "Access-Control-Allow-Origin", "https://app.example.com")
+}
+
+// githubLike is an upstream that answers like api.github.com: with its own
+// Access-Control-Allow-Origin: * on every response.
+func githubLike(t *testing.T) string {
+	t.Helper()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		w.Header().Set("Access-Control-Expose-Headers", "ETag, X-GitHub-Request-Id")
+		_, _ = io.WriteString(w, `{"login":"octocat"}`)
+	}))
+	t.Cleanup(up.Close)
+	return up.URL + "/"
+}
+
+// gatewayWith runs the standard `byteproxy` route with a service "gh" on
+// a GitHub-like upstream; mgmt is the management auth block.
+func gatewayWith(t *testing.T, mgmt string) *testutil.Instance {
+	t.Helper()
+	return testutil.Start(t, `{
+	byteproxy {
+		auth proxy {
+			key `+proxyKey+`
+		}
+		`+mgmt+`
+		service gh {
+			base_url `+githubLike(t)+`
+		}
+	}
+}
+:{{PORT}} {
+	byteproxy
+}
+`, testutil.Options{})
+}
+
+// TestOneAllowOriginWithoutOrigin (issue 11.14): a client without Origin
+// (a bot, curl, a cache filling itself) got "Access-Control-Allow-Origin:
+// *, *" when the upstream sends its own, which browsers reject when such
+// a cached response reaches them.
+func TestOneAllowOriginWithoutOrigin(t *testing.T) {
+	t.Parallel()
+	in := gatewayWith(t, "")
+	for _, h := range [][]string{nil, {"Origin", "https://app.example"}} {
+		a := do(t, "GET", in.URL("/proxy/gh/user"), append([]string{"X-API-Key", proxyKey}, h...)...)
+		if a.status != 200 {
+			t.Fatalf("%q: %d %s", h, a.status, a.body)
+		}
+		want(t, fmt.Sprintf("proxied answer, %q", h), a, "Access-Control-Allow-Origin", "*")
+	}
+	// The same through Caddy's reverse_proxy in a custom composition.
+	up := start(t, "")
+	a := do(t, "GET", up.URL("/upstream/x"))
+	want(t, "reverse_proxy without Origin", a, "Access-Control-Allow-Origin", "*", "Access-Control-Allow-Credentials", "")
+}
+
+// TestPreflightAllowsClientHeaders (issue 11.14): the headers octokit and
+// other clients send (If-None-Match for conditional requests,
+// X-GitHub-Api-Version) are allowed when a preflight asks for them.
+func TestPreflightAllowsClientHeaders(t *testing.T) {
+	t.Parallel()
+	in := gatewayWith(t, "")
+	a := do(t, http.MethodOptions, in.URL("/proxy/gh/repos/o/r"), "Origin", "https://app.example",
+		"Access-Control-Request-Method", "GET",
+		"Access-Control-Request-Headers", "authorization,if-none-match,x-github-api-version")
+	if a.status != http.StatusNoContent {
+		t.Fatalf("preflight: %d %s", a.status, a.body)
+	}
+	allowed := strings.ToLower(a.header.Get("Access-Control-Allow-Headers"))
+	for _, h := range []string{"authorization", "if-none-match", "x-github-api-version", "x-api-key", "content-type"} {
+		if !slices.Contains(strings.Split(allowed, ", "), h) {
+			t.Errorf("preflight does not allow %s: %q", h, allowed)
+		}
+	}
+}
+
+// TestManagementCORS (issue 11.1): without a management key, /manage/*
+// carries no CORS headers and refuses preflights; with a key it is a
+// normal cross-origin API.
+func TestManagementCORS(t *testing.T) {
+	t.Parallel()
+	keyless := gatewayWith(t, "")
+	a := do(t, "GET", keyless.URL("/manage/services"))
+	if a.status != 200 {
+		t.Fatalf("local GET: %d %s", a.status, a.body)
+	}
+	want(t, "keyless management answer", a, "Access-Control-Allow-Origin", "", "Access-Control-Expose-Headers", "")
+	a = do(t, http.MethodOptions, keyless.URL("/manage/services/gh"), "Origin", "https://evil.example",
+		"Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "content-type")
+	if a.status != http.StatusForbidden || !strings.Contains(a.body, `"error"`) {
+		t.Errorf("keyless management preflight: %d %s", a.status, a.body)
+	}
+	want(t, "keyless management preflight", a, "Access-Control-Allow-Origin", "", "Access-Control-Allow-Methods", "")
+	// The rest of the gateway still serves browsers.
+	a = do(t, "GET", keyless.URL("/health"), "Origin", "https://app.example")
+	want(t, "informational endpoint", a, "Access-Control-Allow-Origin", "*")
+
+	keyed := gatewayWith(t, "auth management {\n\t\t\tkey mgmt-"+proxyKey+"\n\t\t}")
+	a = do(t, http.MethodOptions, keyed.URL("/manage/services/gh"), "Origin", "https://admin.example",
+		"Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization, content-type")
+	if a.status != http.StatusNoContent {
+		t.Errorf("management preflight with a key: %d %s", a.status, a.body)
+	}
+	want(t, "management preflight with a key", a, "Access-Control-Allow-Origin", "*")
 }

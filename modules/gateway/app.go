@@ -8,10 +8,13 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
@@ -34,6 +37,10 @@ type App struct {
 	// Also accept the key in the api_key query parameter. Default true,
 	// as the original did.
 	QueryKey *bool `json:"query_key,omitempty"`
+
+	// Throttling of key guessing per client address. Default: 20 wrong
+	// keys per minute, then 429 until the budget refills.
+	AuthFailures *AuthFailures `json:"auth_failures,omitempty"`
 
 	// Default upstream timeout for every service. Default 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
@@ -147,6 +154,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.RuntimeServices.SyncInterval == 0 {
 		a.RuntimeServices.SyncInterval = caddy.Duration(10 * time.Second)
 	}
+	if err := a.AuthFailures.Validate(); err != nil {
+		return fmt.Errorf("auth_failures: %v", err)
+	}
 	if err := a.ClientRateLimit.Validate(); err != nil {
 		return fmt.Errorf("client_rate_limit: %v", err)
 	}
@@ -202,20 +212,82 @@ func (a *App) provisionScopes(repl *caddy.Replacer) error {
 		if cfg == nil {
 			continue
 		}
+		var empty []string // key lines that resolved to nothing
 		for _, k := range cfg.Keys {
-			if v := strings.TrimSpace(repl.ReplaceAll(k, "")); v != "" {
-				sc.Keys = append(sc.Keys, v)
+			v := strings.TrimSpace(repl.ReplaceAll(k, ""))
+			if v == "" {
+				empty = append(empty, k)
+				continue
 			}
+			if utf8.RuneCountInString(v) < MinKeyLength && a.logger != nil {
+				// Neither the key nor its length: either is a hint to a guesser.
+				a.logger.Warn("an API key is shorter than 16 characters; use a long random key (e.g. openssl rand -hex 32)",
+					zap.String("scope", name), zap.Int("key_line", len(sc.Keys)+len(empty)+1))
+			}
+			sc.Keys = append(sc.Keys, v)
 		}
-		sc.Required = len(sc.Keys) > 0
+		// Listing a key means a key is wanted: a list that resolves to
+		// nothing (an unset variable) fails closed unless `required false`
+		// says the scope may run without one.
+		sc.Required = len(cfg.Keys) > 0
 		if cfg.Required != nil {
 			sc.Required = *cfg.Required
 		}
 		if sc.Required && len(sc.Keys) == 0 {
-			return fmt.Errorf("auth %s: required, but no key is set (every key is empty); set a key or 'required false'", name)
+			return noKeyError(name, cfg.Required != nil, empty)
 		}
 	}
 	return nil
+}
+
+// MinKeyLength is the length under which a key is warned about.
+const MinKeyLength = 16
+
+// envPlaceholders finds the {env.NAME} placeholders in a key line.
+var envPlaceholders = regexp.MustCompile(`\{env\.([^{}]+)\}`)
+
+// noKeyError explains a scope that must have a key and has none: which key
+// lines resolved to nothing and why, naming the environment variables. A
+// line that resolved to nothing holds only placeholders and blanks, so
+// quoting it shows no secret.
+func noKeyError(scope string, explicit bool, empty []string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "auth %s: ", scope)
+	if explicit {
+		b.WriteString("required, but no key is set")
+		if len(empty) == 0 {
+			b.WriteString(" (no key line)")
+		} else {
+			b.WriteString(": ")
+		}
+	}
+	for i, line := range empty {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		shown := strings.TrimSpace(line)
+		if shown == "" {
+			shown = `""`
+		}
+		fmt.Fprintf(&b, "key %s resolved to an empty value", shown)
+		var why []string
+		for _, m := range envPlaceholders.FindAllStringSubmatch(line, -1) {
+			if v, set := os.LookupEnv(m[1]); !set {
+				why = append(why, "environment variable "+m[1]+" is not set")
+			} else if strings.TrimSpace(v) == "" {
+				why = append(why, "environment variable "+m[1]+" is empty")
+			}
+		}
+		if len(why) > 0 {
+			fmt.Fprintf(&b, " (%s)", strings.Join(why, ", "))
+		}
+	}
+	if len(empty) > 1 {
+		b.WriteString("; set one of them or write 'required false'")
+	} else {
+		b.WriteString("; set it or write 'required false'")
+	}
+	return errors.New(b.String())
 }
 
 // Start begins syncing runtime services from shared storage.

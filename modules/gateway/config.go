@@ -92,12 +92,76 @@ func (r *RateLimit) Validate() error {
 // ("proxy" for /proxy/*, "management" for /manage/*).
 type AuthScope struct {
 	// Accepted keys; several allow rotation. Placeholders are resolved at
-	// provisioning and empty results are ignored.
+	// provisioning and empty results are ignored, as long as one key is
+	// left: when keys are listed and every one resolves to nothing (say
+	// {env.PROXY_API_KEY} with the variable unset), the configuration does
+	// not load unless `required` is explicitly false. A key shorter than 16
+	// characters is accepted with a warning in the log.
 	Keys []string `json:"keys,omitempty"`
 
 	// Require a key. A required scope without any non-empty key is a
-	// configuration error (fail closed). Defaults to true when keys are set.
+	// configuration error (fail closed). Defaults to true when keys are
+	// listed, even if they resolve to nothing; write false to run the scope
+	// without a key on purpose (the management scope then answers local
+	// clients only).
 	Required *bool `json:"required,omitempty"`
+}
+
+// AuthFailures throttles key guessing: a client address that presented
+// wrong keys too often is answered 429 for a while, without its keys being
+// checked, and its connection is closed. It is a token bucket per address
+// (IPv6 per /64): MaxFailures wrong keys at once, then one more every
+// Window/MaxFailures. The address is Caddy's client IP, so behind a
+// reverse proxy set the server's trusted_proxies, or every client shares
+// the proxy's budget.
+type AuthFailures struct {
+	// Turn the throttle off.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// Wrong keys one client address may present per window. Default 20.
+	MaxFailures int `json:"max_failures,omitempty"`
+
+	// The window. Default 1m.
+	Window caddy.Duration `json:"window,omitempty"`
+}
+
+// Defaults of AuthFailures.
+const (
+	DefaultAuthFailures      = 20
+	DefaultAuthFailureWindow = time.Minute
+)
+
+// Limit returns the effective throttle: at most n failures per window;
+// ok is false when it is off. A nil AuthFailures is the default.
+func (f *AuthFailures) Limit() (n int, window time.Duration, ok bool) {
+	if f == nil {
+		return DefaultAuthFailures, DefaultAuthFailureWindow, true
+	}
+	if f.Disabled {
+		return 0, 0, false
+	}
+	n, window = f.MaxFailures, time.Duration(f.Window)
+	if n == 0 {
+		n = DefaultAuthFailures
+	}
+	if window == 0 {
+		window = DefaultAuthFailureWindow
+	}
+	return n, window, true
+}
+
+// Validate reports a throttle that cannot be enforced.
+func (f *AuthFailures) Validate() error {
+	if f == nil || f.Disabled {
+		return nil
+	}
+	if f.MaxFailures < 0 {
+		return fmt.Errorf("max_failures must not be negative, got %d", f.MaxFailures)
+	}
+	if f.Window < 0 {
+		return fmt.Errorf("window must not be negative, got %s", time.Duration(f.Window))
+	}
+	return nil
 }
 
 // CORSConfig configures cross-origin access for browsers.
@@ -111,7 +175,10 @@ type CORSConfig struct {
 	Origins []string `json:"origins,omitempty"`
 
 	// Allowed request headers in preflight answers. Default: Authorization,
-	// X-API-Key, Content-Type, X-Requested-With.
+	// X-API-Key, Content-Type, X-Requested-With, plus every valid header
+	// name the preflight asks for (Access-Control-Request-Headers), such as
+	// If-None-Match or X-GitHub-Api-Version. A list set here is exactly
+	// what is allowed.
 	AllowHeaders []string `json:"allow_headers,omitempty"`
 
 	// Allowed methods in preflight answers. Default: GET, POST, PUT, PATCH,

@@ -1,14 +1,21 @@
 package gateway
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestProxyPath(t *testing.T) {
@@ -183,10 +190,23 @@ func TestScopesFailClosed(t *testing.T) {
 		keys     int
 	}{
 		{"required without key", map[string]*AuthScope{"proxy": {Keys: []string{"{env.BYTEPROXY_TEST_UNSET}", "  "}, Required: &yes}}, "auth proxy: required", false, 0},
+		{"required, no key line", map[string]*AuthScope{"management": {Required: &yes}}, "auth management: required, but no key is set", false, 0},
+		// A key line that resolves to nothing fails closed unless
+		// `required false` is written, and says which variable is missing.
+		{"unset key, required not written", map[string]*AuthScope{"proxy": {Keys: []string{"{env.BYTEPROXY_TEST_UNSET}"}}},
+			"auth proxy: key {env.BYTEPROXY_TEST_UNSET} resolved to an empty value (environment variable BYTEPROXY_TEST_UNSET is not set); set it or write 'required false'", false, 0},
+		{"empty key, required not written", map[string]*AuthScope{"management": {Keys: []string{"{env.BYTEPROXY_TEST_EMPTY}"}}},
+			"auth management: key {env.BYTEPROXY_TEST_EMPTY} resolved to an empty value (environment variable BYTEPROXY_TEST_EMPTY is empty)", false, 0},
+		{"every key unset", map[string]*AuthScope{"proxy": {Keys: []string{"{env.BYTEPROXY_TEST_UNSET}", "{env.BYTEPROXY_TEST_UNSET_2}"}}},
+			"(environment variable BYTEPROXY_TEST_UNSET_2 is not set); set one of them or write 'required false'", false, 0},
+		{"unset key, required false written", map[string]*AuthScope{"proxy": {Keys: []string{"{env.BYTEPROXY_TEST_UNSET}"}, Required: &no}}, "", false, 0},
+		{"one of two keys unset (rotation)", map[string]*AuthScope{"proxy": {Keys: []string{"{env.BYTEPROXY_TEST_UNSET}", "k1-long-enough-for-no-warning"}}}, "", true, 1},
+		{"no key line", map[string]*AuthScope{"proxy": {}}, "", false, 0},
 		{"keys imply required", map[string]*AuthScope{"proxy": {Keys: []string{"k1", "", "k2"}}}, "", true, 2},
 		{"explicitly optional", map[string]*AuthScope{"proxy": {Keys: []string{"k1"}, Required: &no}}, "", false, 1},
 		{"unknown scope", map[string]*AuthScope{"admin": {Keys: []string{"k"}}}, "unknown scope", false, 0},
 	}
+	t.Setenv("BYTEPROXY_TEST_EMPTY", " ")
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a := &App{Auth: c.auth}
@@ -201,9 +221,63 @@ func TestScopesFailClosed(t *testing.T) {
 				t.Fatal(err)
 			}
 			sc := a.ScopeFor(ScopeProxy)
+			for name := range c.auth {
+				sc = a.ScopeFor(name)
+			}
 			if sc.Required != c.required || len(sc.Keys) != c.keys {
 				t.Errorf("required=%v keys=%d, want %v and %d", sc.Required, len(sc.Keys), c.required, c.keys)
 			}
 		})
+	}
+}
+
+// TestShortKeyWarning: a key under 16 characters is warned about, without
+// the key, a part of it or its length in the log.
+func TestShortKeyWarning(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	const short, long = "short-key-9x", "a-key-of-thirty-two-characters!!"
+	a := &App{logger: zap.New(core), Auth: map[string]*AuthScope{
+		"proxy":      {Keys: []string{long, short}},
+		"management": {Keys: []string{long}},
+	}}
+	if err := a.provisionScopes(caddy.NewReplacer()); err != nil {
+		t.Fatal(err)
+	}
+	entries := logs.All()
+	if len(entries) != 1 || !strings.Contains(entries[0].Message, "shorter than 16 characters") {
+		t.Fatalf("want one warning about the short key, got %v", entries)
+	}
+	fields := entries[0].ContextMap()
+	if fields["scope"] != "proxy" || fields["key_line"] != int64(2) {
+		t.Errorf("warning fields %v, want scope proxy, key_line 2", fields)
+	}
+	text := fmt.Sprint(entries[0].Message, fields)
+	for _, leak := range []string{short, short[:6], short[len(short)-6:], fmt.Sprint(len(short))} {
+		if strings.Contains(text, leak) {
+			t.Errorf("warning shows %q: %s", leak, text)
+		}
+	}
+}
+
+// TestIsManagementPath checks IsManagementPath against the path matchers
+// `/manage` and `/manage/*`, which the standard route uses, on the paths
+// where a raw prefix and Caddy's cleaned, case-insensitive matching differ.
+func TestIsManagementPath(t *testing.T) {
+	m := caddyhttp.MatchPath{"/manage", "/manage/*"}
+	for _, p := range []string{
+		"/manage", "/manage/", "/manage/services/x", "/MANAGE/services", "/Manage", "//manage/x",
+		"/proxy/../manage/services", "/manage/../health", "/manager", "/managex/y", "/proxy/manage/x",
+		"/", "", "/health", "/manage/./services",
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.URL.Path = p
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		want, _ := m.MatchWithError(r)
+		if got := IsManagementPath(p); got != want {
+			t.Errorf("IsManagementPath(%q) = %v, the path matchers say %v", p, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { IsManagementPath("/proxy/bench/ping") }); n != 0 {
+		t.Errorf("IsManagementPath allocates %v times on a clean path", n)
 	}
 }

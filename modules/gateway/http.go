@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // Request variables that byteproxy handlers set for later handlers, logs
@@ -59,6 +61,16 @@ func ProxyPath(p string) (key, rest string, ok bool) {
 		return "", "", false
 	}
 	return key, rest, true
+}
+
+// IsManagementPath reports whether a request path is the management API
+// (/manage, /manage/*) as the path matchers `/manage` and `/manage/*`
+// (and the standard route) decide it: on the lowercased, cleaned path, so
+// `/MANAGE/x` or `/a/../manage/x` count too. Handlers that must treat the
+// management API differently (CORS) ask this instead of comparing prefixes.
+func IsManagementPath(p string) bool {
+	p = caddyhttp.NormalizedPath(strings.ToLower(p), true)
+	return p == "/manage" || strings.HasPrefix(p, "/manage/")
 }
 
 // StripQueryParam removes every occurrence of the parameter name from a

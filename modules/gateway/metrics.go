@@ -103,6 +103,15 @@ func (m *Metrics) AuthFailure(scope string) {
 	m.set.authFailures.get(scope).Inc()
 }
 
+// AuthThrottled records a request refused with 429 because its client
+// address presented too many wrong keys, by scope.
+func (m *Metrics) AuthThrottled(scope string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	m.set.authThrottled.get(scope).Inc()
+}
+
 // Shed records a request refused with 503 for a pressure type.
 func (m *Metrics) Shed(pressureType string) {
 	if m == nil || m.set == nil {
@@ -236,6 +245,7 @@ type metricSet struct {
 	upstreamErrs  *prometheus.CounterVec
 	rateLimited   *prometheus.CounterVec
 	authFailures  *labelCache
+	authThrottled *labelCache
 	shed          *labelCache
 	heap          prometheus.Gauge
 	rss           prometheus.Gauge
@@ -284,6 +294,10 @@ func newMetricSet() *metricSet {
 			Namespace: ns, Name: "auth_failures_total",
 			Help: "Requests refused with 401 by scope (proxy, management).",
 		}, []string{"scope"})),
+		authThrottled: newLabelCache(prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "auth_throttled_total",
+			Help: "Requests refused with 429 by scope (proxy, management) because their client address presented too many wrong keys.",
+		}, []string{"scope"})),
 		shed: newLabelCache(prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "shed_requests_total",
 			Help: "Requests refused with 503 under pressure, by pressure type.",
@@ -302,7 +316,7 @@ func newMetricSet() *metricSet {
 func (s *metricSet) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		s.requests, s.duration, s.upstreamDur, s.upstreamErrs, s.rateLimited,
-		s.authFailures.vec, s.shed.vec,
+		s.authFailures.vec, s.authThrottled.vec, s.shed.vec,
 		s.heap, s.rss, s.sched, s.cpu, s.goroutines, s.inFlight, s.redisFallback,
 	}
 }

@@ -19,6 +19,9 @@ import (
 
 // serveManage routes /manage/*; rest is the path after "/manage".
 func (h *Handler) serveManage(w http.ResponseWriter, r *http.Request, rest string) error {
+	if needsJSON(r) {
+		return unsupportedMediaType(w, r)
+	}
 	rest = strings.TrimSuffix(rest, "/")
 	switch {
 	case rest == "/services":

@@ -76,7 +76,8 @@ func badField(field, format string, args ...any) *apiError {
 	return &apiError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// checkContentType accepts JSON media types and a missing Content-Type.
+// checkContentType accepts JSON media types and a missing Content-Type
+// (which needsJSON refuses before a body is read).
 func checkContentType(r *http.Request) *apiError {
 	ct := r.Header.Get("Content-Type")
 	if ct == "" {

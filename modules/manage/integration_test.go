@@ -356,8 +356,6 @@ func TestManageValidation(t *testing.T) {
 	cases := []struct{ name, body, ct, field string }{
 		{"malformed", `{"key":"a",`, "", "body"},
 		{"empty", ``, "", "body"},
-		{"text/plain", `{"key":"a","config":{` + ok + `}}`, "text/plain", "Content-Type"},
-		{"form", `key=a`, "application/x-www-form-urlencoded", "Content-Type"},
 		{"bad key", `{"key":"Bad Key","config":{` + ok + `}}`, "", "key"},
 		{"proto", `{"key":"__proto__","config":{` + ok + `}}`, "", "key"},
 		{"reserved", `{"key":"auth-test","config":{` + ok + `}}`, "", "key"},
@@ -379,9 +377,9 @@ func TestManageValidation(t *testing.T) {
 		{"big", `{"key":"a","config":{` + ok + `,"name":"` + strings.Repeat("x", 1<<20) + `"}}`, "", "body"},
 	}
 	for _, c := range cases {
-		hdr := []string{"X-API-Key", mgmtKey}
+		hdr := []string{"X-API-Key", mgmtKey, "Content-Type", "application/json"}
 		if c.ct != "" {
-			hdr = append(hdr, "Content-Type", c.ct)
+			hdr[3] = c.ct
 		}
 		resp, raw := testutil.Do(t, "POST", in.URL("/manage/services"), []byte(c.body), hdr...)
 		m := decode(t, resp, raw)
@@ -391,6 +389,37 @@ func TestManageValidation(t *testing.T) {
 	}
 	if keys := runtimeKeys(t, in); len(keys) != 0 {
 		t.Fatalf("refused requests stored services: %v", keys)
+	}
+	// Writes that are not JSON are refused before anything is read (issue
+	// 11.1): a browser sends a cross-site POST without a preflight only
+	// as a form or text/plain, so those must never change anything.
+	for _, w := range []struct{ method, path, ct string }{
+		{"POST", "/manage/services", "text/plain"},
+		{"POST", "/manage/services", "application/x-www-form-urlencoded"},
+		{"POST", "/manage/services", "multipart/form-data; boundary=x"},
+		{"POST", "/manage/services", ""},
+		{"PUT", "/manage/services/a", "text/plain;charset=utf-8"},
+		{"PUT", "/manage/services/a", ""},
+		{"POST", "/manage/services/github/test", ""},
+		{"POST", "/manage/services/github/test", "text/plain"},
+		{"PATCH", "/manage/services/a", "text/plain"},
+	} {
+		hdr := []string{"X-API-Key", mgmtKey}
+		if w.ct != "" {
+			hdr = append(hdr, "Content-Type", w.ct)
+		}
+		resp, raw := testutil.Do(t, w.method, in.URL(w.path), []byte(`{"key":"a","config":{`+ok+`}}`), hdr...)
+		m := decode(t, resp, raw)
+		if resp.StatusCode != http.StatusUnsupportedMediaType || m["error"] != "Unsupported Media Type" || !strings.Contains(fmt.Sprint(m["message"]), "application/json") {
+			t.Errorf("%s %s with Content-Type %q: %d %v, want 415", w.method, w.path, w.ct, resp.StatusCode, m)
+		}
+	}
+	// A DELETE has no body and needs no Content-Type.
+	if resp, raw := testutil.Do(t, "DELETE", in.URL("/manage/services/nope"), nil, "X-API-Key", mgmtKey); resp.StatusCode != 404 {
+		t.Errorf("DELETE without Content-Type: %d %s", resp.StatusCode, raw)
+	}
+	if keys := runtimeKeys(t, in); len(keys) != 0 {
+		t.Fatalf("refused writes stored services: %v", keys)
 	}
 	// PUT validates the same way.
 	if st, m := api(t, in, "PUT", "/manage/services/nope", `{"baseUrl":"ftp://x/"}`); st != 400 || m["field"] != "baseUrl" {
@@ -495,7 +524,7 @@ func TestConcurrentChanges(t *testing.T) {
 	errs := make(chan string, 80)
 	for i := range 40 {
 		wg.Go(func() {
-			resp, raw := testutil.Do(t, "POST", a.URL("/manage/services"), []byte(addBody(fmt.Sprintf("svc%02d", i), "http://127.0.0.1:9/")), "X-API-Key", mgmtKey)
+			resp, raw := testutil.Do(t, "POST", a.URL("/manage/services"), []byte(addBody(fmt.Sprintf("svc%02d", i), "http://127.0.0.1:9/")), "X-API-Key", mgmtKey, "Content-Type", "application/json")
 			if resp.StatusCode != 201 {
 				errs <- fmt.Sprintf("add %d: %d %s", i, resp.StatusCode, raw)
 			}

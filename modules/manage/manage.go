@@ -90,6 +90,34 @@ func methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed ...string)
 	})
 }
 
+// needsJSON reports a management write that does not say its body is
+// JSON. POST, PUT and PATCH must carry Content-Type: application/json
+// (parameters such as charset allowed; a +json type too), even without a
+// body (POST
+// .../test): a browser sends a cross-site POST without asking first only
+// with a form or text/plain content type, so requiring JSON leaves no
+// cross-site "simple" request that can change anything. DELETE has no
+// body and needs no Content-Type: a browser never sends it cross-site
+// without a preflight, and the preflight decides.
+func needsJSON(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+	default:
+		return false
+	}
+	ct := r.Header["Content-Type"]
+	return len(ct) != 1 || ct[0] == "" || checkContentType(r) != nil
+}
+
+// unsupportedMediaType answers a management write that is not JSON.
+func unsupportedMediaType(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Accept", "application/json")
+	return gateway.WriteJSON(w, http.StatusUnsupportedMediaType, map[string]any{
+		"error":   "Unsupported Media Type",
+		"message": r.Method + " requests to the management API must send Content-Type: application/json, also without a body.",
+	})
+}
+
 // isRead reports GET and HEAD.
 func isRead(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
 
