@@ -140,8 +140,8 @@ type PressureConfig struct {
 	// this. Default 250ms.
 	MaxSchedLatency caddy.Duration `json:"max_sched_latency,omitempty"`
 
-	// Shed when process CPU use, as a fraction of GOMAXPROCS, exceeds this.
-	// Default 0.98.
+	// Shed when process CPU use, as a fraction of GOMAXPROCS between 0
+	// and 1, exceeds this (0.98, not 98). Default 0.98.
 	MaxCPU float64 `json:"max_cpu,omitempty"`
 
 	// At most this many proxied requests in flight; 0 is no limit.
