@@ -21,8 +21,8 @@ func TestLoadErrors(t *testing.T) {
 	const jsonSite = `"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"byteproxy"}]}]}}}`
 	cases := []struct {
 		name, caddyfile, json string
-		want               []string
-		notWant            string // e.g. a password that must not be quoted
+		want                  []string
+		notWant               string // e.g. a password that must not be quoted
 	}{
 		{
 			name:      "base_url without a scheme",
