@@ -9,7 +9,7 @@ import (
 )
 
 // ServiceConfig configures one upstream API reachable at /proxy/{key}/...
-// When Preset names a preset ("discord", "github"), the preset is the
+// When preset names a preset ("discord", "github"), the preset is the
 // starting point and every field set here overrides it.
 type ServiceConfig struct {
 	// Preset to start from: "discord" or "github". Empty for none.
@@ -54,8 +54,8 @@ type ServiceAuth struct {
 	// One of: "bot" (Authorization: Bot <token>), "bearer"
 	// (Authorization: Bearer <token>), "basic" (Authorization: Basic
 	// base64(<token>), the token being "user:password"), "header" (the
-	// header named by Name carries the token), "query" (the query parameter
-	// named by Name carries the token).
+	// header named by name carries the token), "query" (the query parameter
+	// named by name carries the token).
 	Type string `json:"type,omitempty"`
 
 	// The token. Placeholders are resolved once at provisioning, so
@@ -66,7 +66,7 @@ type ServiceAuth struct {
 	Name string `json:"name,omitempty"`
 }
 
-// RateLimit is "at most MaxRequests per Window".
+// RateLimit is "at most max_requests per window".
 type RateLimit struct {
 	// Requests allowed per window.
 	MaxRequests int `json:"max_requests,omitempty"`
