@@ -1,9 +1,10 @@
 // Package byteproxy pulls in every ByteProxy module and its Caddyfile
-// support, so that
+// support, so that, from a checkout of the repository,
 //
-//	xcaddy build --with github.com/byteproxy/byteproxy
+//	xcaddy build --with github.com/byteproxy/byteproxy@v0.2.0=.
 //
-// builds a Caddy with the whole gateway.
+// builds a Caddy with the whole gateway (the version only names what Go
+// records; the code is the local copy).
 package byteproxy
 
 import (

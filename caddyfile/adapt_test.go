@@ -95,6 +95,13 @@ func TestAdaptErrors(t *testing.T) {
 		{"bare directive argument", ":80 {\n byteproxy_services github\n}", "byteproxy_services takes no arguments", 2},
 		{"bare directive block", ":80 {\n byteproxy_ratelimit {\n  rate 5\n }\n}", "unrecognized subdirective 'rate'", 3},
 		{"byteproxy directive block", ":80 {\n byteproxy {\n  service x\n }\n}", "unrecognized subdirective 'service'", 3},
+		{"rate_limit one argument", "{\n byteproxy {\n  service github {\n   rate_limit 100\n  }\n }\n}", "rate_limit takes <max_requests> <window>, e.g. rate_limit 100 1m; got 1 argument(s)", 4},
+		{"client_rate_limit one argument", "{\n byteproxy {\n  client_rate_limit 600\n }\n}", "client_rate_limit takes <max_requests> <window>", 3},
+		{"rate_limit bad count names the option", "{\n byteproxy {\n  client_rate_limit -5 1m\n }\n}", "client_rate_limit: max requests must be a positive integer, got '-5'", 3},
+		{"two global blocks", "{\n byteproxy {\n  service github\n }\n byteproxy {\n  service discord\n }\n}", "the byteproxy global option may appear only once", 5},
+		{"max_cpu as a percentage", "{\n byteproxy {\n  pressure {\n   max_cpu 98\n  }\n }\n}", "max_cpu: 98 would mean 9,800% of GOMAXPROCS; it is a fraction between 0 and 1; did you mean 0.98?", 4},
+		{"max_cpu far above 1", "{\n byteproxy {\n  pressure {\n   max_cpu 250\n  }\n }\n}", "max_cpu: 250 would mean 25,000% of GOMAXPROCS; it is a fraction between 0 and 1", 4},
+		{"max_cpu not a number", "{\n byteproxy {\n  pressure {\n   max_cpu most\n  }\n }\n}", "max_cpu: want a fraction between 0 and 1, such as 0.98, got 'most'", 4},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -23,10 +23,10 @@ func init() {
 // parseGlobal parses the `byteproxy { ... }` global option into the app.
 func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(gateway.App)
+	d.Next() // "byteproxy"; read first, so that an error names its line
 	if existing != nil {
-		return nil, d.Err("the byteproxy global option may appear only once")
+		return nil, d.Err("the byteproxy global option may appear only once; merge this block into the first one")
 	}
-	d.Next() // "byteproxy"
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
@@ -219,7 +219,7 @@ func parsePressure(d *caddyfile.Dispenser, app *gateway.App) error {
 		case "max_sched_latency":
 			p.MaxSchedLatency, err = oneDuration(d)
 		case "max_cpu":
-			p.MaxCPU, err = oneFloat(d)
+			p.MaxCPU, err = oneFraction(d)
 		case "max_in_flight":
 			var n int
 			n, err = oneInt(d)
@@ -401,17 +401,18 @@ func parseServiceAuth(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) error 
 
 // <max_requests> <window>
 func parseRateLimit(d *caddyfile.Dispenser) (*gateway.RateLimit, error) {
+	name := d.Val() // rate_limit or client_rate_limit; RemainingArgs moves on
 	args := d.RemainingArgs()
 	if len(args) != 2 {
-		return nil, d.Errf("%s takes <max_requests> <window>, e.g. 100 1m", d.Val())
+		return nil, d.Errf("%s takes <max_requests> <window>, e.g. %s 100 1m; got %d argument(s)", name, name, len(args))
 	}
 	n, err := strconv.Atoi(args[0])
 	if err != nil || n <= 0 {
-		return nil, d.Errf("max requests must be a positive integer, got '%s'", args[0])
+		return nil, d.Errf("%s: max requests must be a positive integer, got '%s'", name, args[0])
 	}
 	w, err := caddy.ParseDuration(args[1])
 	if err != nil || w <= 0 {
-		return nil, d.Errf("window must be a positive duration, got '%s'", args[1])
+		return nil, d.Errf("%s: window must be a positive duration, got '%s'", name, args[1])
 	}
 	return &gateway.RateLimit{MaxRequests: n, Window: caddy.Duration(w)}, nil
 }
@@ -457,14 +458,21 @@ func oneInt(d *caddyfile.Dispenser) (int, error) {
 	return n, nil
 }
 
-func oneFloat(d *caddyfile.Dispenser) (float64, error) {
+// oneFraction reads a number between 0 and 1. A value above 1 is refused
+// rather than read as a percentage: max_cpu 98 would otherwise mean
+// 9,800% of GOMAXPROCS, a threshold never reached.
+func oneFraction(d *caddyfile.Dispenser) (float64, error) {
+	name := d.Val()
 	s, err := oneString(d)
 	if err != nil {
 		return 0, err
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 {
-		return 0, d.Errf("want a non-negative number, got '%s'", s)
+	if err != nil {
+		return 0, d.Errf("%s: want a fraction between 0 and 1, such as 0.98, got '%s'", name, s)
+	}
+	if err := gateway.CheckFraction(name, f); err != nil {
+		return 0, d.Err(err.Error())
 	}
 	return f, nil
 }

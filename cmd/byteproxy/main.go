@@ -2,9 +2,15 @@
 // modules and every ByteProxy module built in:
 //
 //	byteproxy run --config Caddyfile.example
+//	byteproxy version
 package main
 
 import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	// Caddy's standard modules.
@@ -12,8 +18,32 @@ import (
 
 	// ByteProxy's modules and Caddyfile support.
 	_ "github.com/byteproxy/byteproxy"
+	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 func main() {
+	// Caddy's `version` command prints Caddy's version alone and cannot be
+	// replaced (its command registry refuses a second "version"), so the
+	// plain forms are answered here, before Caddy's command line.
+	if len(os.Args) == 2 && isVersionArg(os.Args[1]) {
+		printVersion(os.Stdout)
+		return
+	}
 	caddycmd.Main()
+}
+
+func isVersionArg(arg string) bool {
+	return arg == "version" || arg == "--version" || arg == "-v"
+}
+
+// printVersion writes ByteProxy's version, then Caddy's as `caddy version`
+// prints it:
+//
+//	byteproxy v0.2.0 (module github.com/byteproxy/byteproxy (devel), go1.26.8)
+//	caddy v2.11.9 h1:...
+func printVersion(w io.Writer) {
+	b := gateway.Build()
+	_, full := caddy.Version()
+	fmt.Fprintf(w, "byteproxy v%s (module %s %s, %s)\n", gateway.Version, gateway.ModulePath, b.Module, b.Go)
+	fmt.Fprintf(w, "caddy %s\n", full)
 }

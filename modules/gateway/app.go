@@ -77,13 +77,14 @@ type App struct {
 	// configured; the check never blocks startup.
 	UpdateCheck string `json:"update_check,omitempty"`
 
-	ctx      caddy.Context
-	logger   *zap.Logger
-	started  time.Time
-	storage  certmagic.Storage
-	scopes   map[string]*Scope
-	opts     BuildOptions
-	runtOpts BuildOptions
+	ctx        caddy.Context
+	logger     *zap.Logger
+	configured bool // the config had an apps.byteproxy object (see UnmarshalJSON)
+	started    time.Time
+	storage    certmagic.Storage
+	scopes     map[string]*Scope
+	opts       BuildOptions
+	runtOpts   BuildOptions
 
 	configServices map[string]*Service
 	services       atomic.Pointer[map[string]*Service]
@@ -132,21 +133,26 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.storage = ctx.Storage()
 	repl := caddy.NewReplacer()
 
+	if !a.configured {
+		a.logger.Warn("the byteproxy app is not configured (no byteproxy global option, no apps.byteproxy): " +
+			"the gateway runs with no services and no API keys; proxy requests need no key and /manage/* answers loopback clients only. " +
+			"Configure it in the byteproxy global option (README, docs/REFERENCE.md)")
+	}
 	if err := a.provisionScopes(repl); err != nil {
-		return err
+		return ConfigErrorIn(err)
 	}
 	if a.Timeout == 0 {
 		a.Timeout = caddy.Duration(30 * time.Second)
 	}
 	if a.Timeout < 0 {
-		return errors.New("timeout: must not be negative")
+		return ConfigError(errors.New("must not be negative"), "timeout")
 	}
 	if a.Retries == nil {
 		two := 2
 		a.Retries = &two
 	}
 	if *a.Retries < 0 || *a.Retries > 10 {
-		return fmt.Errorf("retries: must be between 0 and 10, got %d", *a.Retries)
+		return ConfigError(fmt.Errorf("must be between 0 and 10, got %d", *a.Retries), "retries")
 	}
 	if a.RuntimeServices == nil {
 		a.RuntimeServices = new(RuntimeServicesConfig)
@@ -158,7 +164,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("auth_failures: %v", err)
 	}
 	if err := a.ClientRateLimit.Validate(); err != nil {
-		return fmt.Errorf("client_rate_limit: %v", err)
+		return ConfigError(err, "client_rate_limit")
 	}
 	a.opts = BuildOptions{Timeout: time.Duration(a.Timeout), Retries: *a.Retries, StrictTLS: a.StrictTLSOn(), Replacer: repl}
 	a.runtOpts = a.opts
@@ -179,7 +185,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		svc, err := BuildService(key, c, "config", a.opts)
 		if err != nil {
-			return fmt.Errorf("service %s: %v", key, err)
+			return serviceConfigError(key, c, err)
 		}
 		if svc.HasAuth() && !svc.TokenConfigured() {
 			a.logger.Warn("service credential is not set; its requests will answer 401",

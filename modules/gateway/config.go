@@ -9,7 +9,7 @@ import (
 )
 
 // ServiceConfig configures one upstream API reachable at /proxy/{key}/...
-// When Preset names a preset ("discord", "github"), the preset is the
+// When preset names a preset ("discord", "github"), the preset is the
 // starting point and every field set here overrides it.
 type ServiceConfig struct {
 	// Preset to start from: "discord" or "github". Empty for none.
@@ -54,8 +54,8 @@ type ServiceAuth struct {
 	// One of: "bot" (Authorization: Bot <token>), "bearer"
 	// (Authorization: Bearer <token>), "basic" (Authorization: Basic
 	// base64(<token>), the token being "user:password"), "header" (the
-	// header named by Name carries the token), "query" (the query parameter
-	// named by Name carries the token).
+	// header named by name carries the token), "query" (the query parameter
+	// named by name carries the token).
 	Type string `json:"type,omitempty"`
 
 	// The token. Placeholders are resolved once at provisioning, so
@@ -66,7 +66,7 @@ type ServiceAuth struct {
 	Name string `json:"name,omitempty"`
 }
 
-// RateLimit is "at most MaxRequests per Window".
+// RateLimit is "at most max_requests per window".
 type RateLimit struct {
 	// Requests allowed per window.
 	MaxRequests int `json:"max_requests,omitempty"`
@@ -207,8 +207,8 @@ type PressureConfig struct {
 	// this. Default 250ms.
 	MaxSchedLatency caddy.Duration `json:"max_sched_latency,omitempty"`
 
-	// Shed when process CPU use, as a fraction of GOMAXPROCS, exceeds this.
-	// Default 0.98.
+	// Shed when process CPU use, as a fraction of GOMAXPROCS between 0
+	// and 1, exceeds this (0.98, not 98). Default 0.98.
 	MaxCPU float64 `json:"max_cpu,omitempty"`
 
 	// At most this many proxied requests in flight; 0 is no limit.

@@ -3,8 +3,6 @@ package manage
 import (
 	"net/http"
 	"runtime"
-	"runtime/debug"
-	"sync"
 	"time"
 
 	"github.com/byteproxy/byteproxy/modules/auth"
@@ -172,28 +170,10 @@ func (h *Handler) status(*http.Request) (int, any) {
 }
 
 // buildInfo is what the binary was built from.
-var buildInfo = sync.OnceValue(func() map[string]any {
-	out := map[string]any{"go": runtime.Version(), "caddy": "unknown", "module": map[string]string{"path": modulePath, "version": "unknown"}}
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return out
-	}
-	mods := append([]*debug.Module{&bi.Main}, bi.Deps...)
-	for _, m := range mods {
-		if m.Replace != nil {
-			m = m.Replace
-		}
-		switch {
-		case m.Path == "github.com/caddyserver/caddy/v2":
-			out["caddy"] = m.Version
-		case m.Path == modulePath:
-			out["module"] = map[string]string{"path": modulePath, "version": m.Version}
-		}
-	}
-	return out
-})
-
-const modulePath = "github.com/byteproxy/byteproxy"
+func buildInfo() map[string]any {
+	b := gateway.Build()
+	return map[string]any{"go": b.Go, "caddy": b.Caddy, "module": map[string]string{"path": gateway.ModulePath, "version": b.Module}}
+}
 
 func (h *Handler) version(*http.Request) (int, any) {
 	bi := buildInfo()

@@ -64,6 +64,9 @@ func resolve(c *gateway.PressureConfig) (*settings, error) {
 		healthURL:      c.HealthCheckURL,
 		healthInterval: time.Duration(c.HealthCheckInterval),
 	}
+	if err := gateway.CheckFraction("max_cpu", s.maxCPU); err != nil {
+		return nil, err
+	}
 	switch {
 	case c.MaxHeap < 0:
 		return nil, errors.New("max_heap: must not be negative")
@@ -71,8 +74,6 @@ func resolve(c *gateway.PressureConfig) (*settings, error) {
 		return nil, errors.New("max_rss: must not be negative")
 	case s.maxSched < 0:
 		return nil, errors.New("max_sched_latency: must not be negative")
-	case s.maxCPU < 0 || math.IsNaN(s.maxCPU):
-		return nil, errors.New("max_cpu: must be a positive fraction of GOMAXPROCS, e.g. 0.98")
 	case s.maxInFlight < 0:
 		return nil, errors.New("max_in_flight: must not be negative (0 is no limit)")
 	case s.interval < 0 || c.RetryAfter < 0 || s.healthInterval < 0:

@@ -51,7 +51,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	s, err := resolve(app.Pressure)
 	if err != nil {
-		return err
+		return gateway.ConfigErrorIn(err, "pressure")
 	}
 	s.metrics = app.Metrics()
 	s.logger = h.logger

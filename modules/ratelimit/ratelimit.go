@@ -4,10 +4,13 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,7 +150,7 @@ func (h *Handler) provisionRedis() error {
 	})
 	if err != nil {
 		h.redisKey = ""
-		return fmt.Errorf("redis: %v", err)
+		return gateway.ConfigError(redisURLError(err, h.app.Redis), "redis")
 	}
 	h.redis = v.(*redisStore)
 	app := h.app
@@ -159,6 +162,20 @@ func (h *Handler) provisionRedis() error {
 		carry: h.carryBack,
 	}, h.logger)
 	return nil
+}
+
+// redisURLError describes a Redis URL that could not be used without
+// quoting the URL, which may hold a password (url.Error quotes it whole);
+// a placeholder it came from is named instead.
+func redisURLError(err error, raw string) error {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		err = fmt.Errorf("not a valid URL: %v", ue.Err)
+	}
+	if strings.HasPrefix(raw, "{") && strings.HasSuffix(raw, "}") {
+		return fmt.Errorf("%v (the URL came from %s)", err, raw)
+	}
+	return err
 }
 
 // ServeHTTP answers the rate-limit endpoint and enforces the limits of

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/byteproxy/byteproxy/internal/testutil"
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// TestVersionCommand runs the built binary: `byteproxy version` names
+// ByteProxy's version and module, then Caddy's version as Caddy prints it.
+func TestVersionCommand(t *testing.T) {
+	bin := testutil.Binary(t)
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(bin, arg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("byteproxy %s: %v\n%s", arg, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("byteproxy %s: want two lines (ours, Caddy's), got %q", arg, out)
+		}
+		ours := "byteproxy v" + gateway.Version + " (module " + gateway.ModulePath + " "
+		if !strings.HasPrefix(lines[0], ours) {
+			t.Errorf("byteproxy %s: first line %q, want it to start with %q", arg, lines[0], ours)
+		}
+		if caddy := regexp.MustCompile(`^caddy v2\.\d+\.\d+`); !caddy.MatchString(lines[1]) {
+			t.Errorf("byteproxy %s: second line %q, want Caddy's version", arg, lines[1])
+		}
+	}
+}
+
+// TestOtherCommandsReachCaddy: only the plain version forms are answered
+// before Caddy's command line.
+func TestOtherCommandsReachCaddy(t *testing.T) {
+	out, err := exec.Command(testutil.Binary(t), "list-modules").CombinedOutput()
+	if err != nil {
+		t.Fatalf("list-modules: %v\n%s", err, out)
+	}
+	for _, id := range []string{"byteproxy", "http.handlers.byteproxy", "http.handlers.reverse_proxy"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(id) + `$`).Match(out) {
+			t.Errorf("list-modules does not list %s", id)
+		}
+	}
+}

@@ -1,0 +1,277 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+)
+
+// Errors found while the config loads cannot name a Caddyfile line (the
+// adapter is done by then), so they name the option the way a Caddyfile
+// user finds it, "byteproxy > service custom-api > base_url", and quote the
+// value as written, placeholder included. Errors in the JSON itself name
+// the JSON path, "apps.byteproxy.services.github.rate_limt".
+
+// OptionPath joins the parts of a byteproxy option path:
+// OptionPath("pressure", "max_cpu") is "byteproxy > pressure > max_cpu".
+func OptionPath(parts ...string) string {
+	return strings.Join(append([]string{"byteproxy"}, parts...), " > ")
+}
+
+// ConfigError prefixes err with the option path of parts:
+// ConfigError(err, "timeout") reads "byteproxy > timeout: <err>".
+func ConfigError(err error, parts ...string) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", OptionPath(parts...), err)
+}
+
+// ConfigErrorIn prefixes an error that starts with the name of its own
+// option ("max_cpu: ...") with the path of the block it is in:
+// ConfigErrorIn(err, "pressure") reads "byteproxy > pressure > max_cpu: ...".
+func ConfigErrorIn(err error, parts ...string) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s > %w", OptionPath(parts...), err)
+}
+
+// CheckFraction refuses a fraction setting (max_cpu) outside 0..1. A value
+// above 1 is most likely a percentage, so the error suggests the fraction.
+func CheckFraction(name string, v float64) error {
+	switch {
+	case math.IsNaN(v) || math.IsInf(v, 0) || v < 0:
+		return fmt.Errorf("%s: want a fraction between 0 and 1, such as 0.98, got %v", name, v)
+	case v > 1:
+		hint := "" // between 1 and 2 it is no percentage one would write
+		if v >= 2 && v <= 100 {
+			hint = fmt.Sprintf("; did you mean %s?", strconv.FormatFloat(v/100, 'f', -1, 64))
+		}
+		return fmt.Errorf("%s: %s would mean %s%% of GOMAXPROCS; it is a fraction between 0 and 1%s",
+			name, strconv.FormatFloat(v, 'f', -1, 64), humanize.Commaf(v*100), hint)
+	}
+	return nil
+}
+
+// serviceOption maps the field a FieldError names (the management API's
+// camelCase) to the Caddyfile subdirective of a service.
+var serviceOption = map[string]string{
+	"preset":            "preset",
+	"baseUrl":           "base_url",
+	"versionedBaseUrls": "version",
+	"headers":           "header",
+	"rateLimit":         "rate_limit",
+	"auth.type":         "auth",
+	"auth.headerName":   "auth",
+	"timeout":           "timeout",
+	"retries":           "retries",
+}
+
+// serviceConfigError names the service and the option of a BuildService
+// error for a service of the config, with a hint when the value holds a
+// placeholder that is not resolved there.
+func serviceConfigError(key string, cfg ServiceConfig, err error) error {
+	var fe *FieldError
+	if !errors.As(err, &fe) {
+		return ConfigError(err, "service "+key)
+	}
+	opt, ok := serviceOption[fe.Field]
+	if !ok {
+		return ConfigError(errors.New(fe.Msg), "service "+key)
+	}
+	msg := fe.Msg
+	switch opt {
+	case "base_url":
+		msg += placeholderHint("base_url", cfg.BaseURL)
+	case "version":
+		for _, raw := range cfg.Versions {
+			if h := placeholderHint("version", raw); h != "" {
+				msg += h
+				break
+			}
+		}
+	}
+	return ConfigError(errors.New(msg), "service "+key, opt)
+}
+
+// placeholderHint explains a runtime placeholder ({env.X}) left in a
+// value that is read as written: Caddy resolves those only where a module
+// asks, while {$X} is substituted by the Caddyfile adapter everywhere.
+func placeholderHint(option, value string) string {
+	i := strings.Index(value, "{env.")
+	if i < 0 {
+		return ""
+	}
+	name, _, ok := strings.Cut(value[i+len("{env."):], "}")
+	if !ok || name == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (the placeholder {env.%s} is not resolved in %s; write {$%s} to have the Caddyfile adapter substitute the environment variable)", name, option, name)
+}
+
+// UnmarshalJSON decodes the app's config strictly, as Caddy decodes every
+// module, but an unknown field is reported with its JSON path
+// (apps.byteproxy.services.github.rate_limt) rather than its name alone.
+func (a *App) UnmarshalJSON(b []byte) error {
+	type plain App // the same fields without this method
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode((*plain)(a)); err != nil {
+		if path, known := unknownField(b, reflect.TypeFor[App](), "apps.byteproxy"); path != "" {
+			return fmt.Errorf("%s: unknown field%s", path, suggestField(path, known))
+		}
+		return err
+	}
+	a.configured = true
+	return nil
+}
+
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+
+// unknownField walks raw along t and returns the path of the first key
+// that no field of t takes (keys in sorted order), with the JSON names of
+// the fields that object does take. It matches names as encoding/json
+// does: exactly, else case-insensitively.
+func unknownField(raw []byte, t reflect.Type, path string) (string, []string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t != reflect.TypeFor[App]() && reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return "", nil // decodes itself, e.g. caddy.Duration
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(raw, &obj) != nil {
+			return "", nil
+		}
+		fields := jsonFields(t)
+		for _, k := range sortedRawKeys(obj) {
+			ft, ok := fields[k]
+			if !ok {
+				ft, ok = fields[strings.ToLower(k)]
+			}
+			if !ok {
+				names := make([]string, 0, len(fields))
+				for name, f := range fields {
+					if name == f.name {
+						names = append(names, name)
+					}
+				}
+				sort.Strings(names)
+				return path + "." + k, names
+			}
+			if p, known := unknownField(obj[k], ft.typ, path+"."+k); p != "" {
+				return p, known
+			}
+		}
+	case reflect.Map:
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(raw, &obj) != nil {
+			return "", nil
+		}
+		for _, k := range sortedRawKeys(obj) {
+			if p, known := unknownField(obj[k], t.Elem(), path+"."+k); p != "" {
+				return p, known
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		var list []json.RawMessage
+		if json.Unmarshal(raw, &list) != nil {
+			return "", nil
+		}
+		for i, v := range list {
+			if p, known := unknownField(v, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); p != "" {
+				return p, known
+			}
+		}
+	}
+	return "", nil
+}
+
+type jsonField struct {
+	name string
+	typ  reflect.Type
+}
+
+// jsonFields indexes the exported fields of struct t by JSON name, and by
+// its lower case for encoding/json's case-insensitive match.
+func jsonFields(t reflect.Type) map[string]jsonField {
+	out := map[string]jsonField{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = jsonField{name: name, typ: f.Type}
+		if low := strings.ToLower(name); out[low].name == "" {
+			out[low] = jsonField{name: name, typ: f.Type}
+		}
+	}
+	return out
+}
+
+func sortedRawKeys(m map[string]json.RawMessage) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// suggestField says which known field an unknown one was probably meant
+// to be (at most two edits away), else lists the known fields.
+func suggestField(path string, known []string) string {
+	unknown := path[strings.LastIndex(path, ".")+1:]
+	best, bestDist := "", 3
+	for _, k := range known {
+		if d := editDistance(strings.ToLower(unknown), k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	if len(known) == 0 {
+		return ""
+	}
+	return " (known fields: " + strings.Join(known, ", ") + ")"
+}
+
+// editDistance is the Levenshtein distance of two short strings.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestCheckFraction(t *testing.T) {
+	for _, tc := range []struct {
+		v    float64
+		want string // "" = accepted
+	}{
+		{0, ""},
+		{0.98, ""},
+		{1, ""},
+		{98, "max_cpu: 98 would mean 9,800% of GOMAXPROCS; it is a fraction between 0 and 1; did you mean 0.98?"},
+		{5, "did you mean 0.05?"},
+		{1.5, "max_cpu: 1.5 would mean 150% of GOMAXPROCS; it is a fraction between 0 and 1"},
+		{250, "250 would mean 25,000% of GOMAXPROCS"},
+		{-0.5, "want a fraction between 0 and 1"},
+	} {
+		err := CheckFraction("max_cpu", tc.v)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v: want accepted, got %v", tc.v, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v: got %v, want an error containing %q", tc.v, err, tc.want)
+		case tc.v == 1.5 && strings.Contains(err.Error(), "did you mean"):
+			t.Errorf("1.5: no percentage hint expected, got %v", err)
+		}
+	}
+}
+
+func TestUnknownFieldPath(t *testing.T) {
+	type inner struct {
+		Name string `json:"name,omitempty"`
+	}
+	type outer struct {
+		List  []inner           `json:"list,omitempty"`
+		ByKey map[string]*inner `json:"by_key,omitempty"`
+		One   *inner            `json:"one,omitempty"`
+	}
+	tests := []struct{ raw, want string }{
+		{`{"list":[{"name":"a"},{"nam":"b"}]}`, "x.list[1].nam"},
+		{`{"by_key":{"k":{"name":"a","extra":1}}}`, "x.by_key.k.extra"},
+		{`{"one":{"NAME":"a"},"two":1}`, "x.two"},
+		{`{"One":{"Name":"a"}}`, ""},
+	}
+	for _, tc := range tests {
+		got, _ := unknownField([]byte(tc.raw), reflect.TypeFor[outer](), "x")
+		if got != tc.want {
+			t.Errorf("%s: got path %q, want %q", tc.raw, got, tc.want)
+		}
+	}
+}
