@@ -37,6 +37,7 @@ type bucket struct {
 	limit     int64         // per window; 0 while unknown
 	used      int64         // most the upstream reported used in this window
 	inflight  int64         // reservations not settled (any window)
+	untracked int64         // of them, granted before this bucket existed (policies)
 	window    int64         // this window's end as the upstream says (ms); 0 unknown
 	reset     time.Time     // local end of this window, slack included; zero unknown
 	length    time.Duration // longest reset-after seen: the window length

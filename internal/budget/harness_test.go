@@ -21,6 +21,8 @@ type forwarder struct {
 	base   string
 	cred   string
 	auth   string // the Authorization the gateway adds
+	// onGrant, when set, is told each consumer granted, in grant order.
+	onGrant func(consumer string)
 }
 
 // result is what the client of the gateway sees.
@@ -59,6 +61,9 @@ func (f *forwarder) do(ctx context.Context, consumer, method, path string, wait 
 				return result{status: rf.Status, refusal: rf}
 			}
 			return result{err: err}
+		}
+		if f.onGrant != nil {
+			f.onGrant(consumer)
 		}
 	}
 	var body io.Reader

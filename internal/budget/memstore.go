@@ -32,6 +32,10 @@ type memCred struct {
 	buckets map[string]map[string]*bucket // name -> major -> bucket
 	probes  map[string]map[string]*bucket // route -> major, while the route's bucket is unknown
 	wide    []*bucket                     // policies every request spends from
+	// wideKnown: a response of a wide-plan request has come (until then
+	// one request at a time: the service may have limits not told yet).
+	wideKnown bool
+	wideProbe int
 
 	lockUntil   time.Time
 	lockScope   Scope
@@ -141,6 +145,9 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 		}
 	}
 	if p.Wide {
+		if !c.wideKnown && c.wideProbe > 0 {
+			return Grant{Scope: ScopeBucket, Key: "probe"}, nil
+		}
 		for _, w := range c.wide {
 			if ok, until, scope := w.check(now, r.ResetSlack); !ok {
 				return Grant{Until: until, Scope: scope, Key: w.key, Name: w.name, Limit: w.limit}, nil
@@ -158,6 +165,10 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 		g.bind(b)
 	}
 	if p.Wide {
+		if !c.wideKnown {
+			c.wideProbe++
+			g.Probe = true
+		}
 		for i, w := range c.wide {
 			w.take(now)
 			g.Wide |= 1 << i
@@ -235,7 +246,8 @@ func (c *memCred) bucket(name, major string, now time.Time) *bucket {
 }
 
 // wideBucket returns the policy of a name, creating it (nil when the
-// credential has too many).
+// credential has too many). A new policy counts the requests already in
+// flight: they may arrive in its window.
 func (c *memCred) wideBucket(name string, now time.Time) *bucket {
 	for _, w := range c.wide {
 		if w.name == name {
@@ -246,9 +258,24 @@ func (c *memCred) wideBucket(name string, now time.Time) *bucket {
 		return nil
 	}
 	name = strings.Clone(name)
-	w := &bucket{key: "policy\x00" + name, name: name, touched: now}
+	w := &bucket{key: "policy\x00" + name, name: name, touched: now, untracked: int64(c.inflight)}
+	w.inflight = w.untracked
 	c.wide = append(c.wide, w)
 	return w
+}
+
+// settleWide releases a wide-plan reservation from the policies it was
+// taken from, and from those learned after it was granted.
+func (c *memCred) settleWide(g Grant, counted bool) {
+	for i, w := range c.wide {
+		switch {
+		case g.Wide&(1<<i) != 0:
+			w.release(w.gen, counted)
+		case w.untracked > 0:
+			w.untracked--
+			w.release(w.gen, counted)
+		}
+	}
 }
 
 // reserved finds the bucket a grant reserved from.
@@ -309,9 +336,11 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 			b.release(g.Gen, counted)
 		}
 	}
-	for i, w := range c.wide {
-		if g.Wide&(1<<i) != 0 {
-			w.release(w.gen, counted)
+	if p.Wide {
+		c.settleWide(g, counted)
+		if g.Probe {
+			c.wideProbe--
+			c.wideKnown = c.wideKnown || o.Status > 0
 		}
 	}
 	if !sent {
