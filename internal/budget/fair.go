@@ -129,13 +129,13 @@ func (e *Engine) outcome(w *waiter) (Ticket, error) {
 	switch {
 	case w.granted:
 		now := time.Now()
-		waited := now.Sub(w.arrived)
-		if waited > 0 {
-			e.stats.held.Add(1)
-		} else {
+		if w.last.Scope == ScopeNone {
+			// Never refused: let through by the pass that queued it.
 			e.stats.granted.Add(1)
+			return e.ticket(w.plan, w.grant, w.req, w.fraction, now, 0), nil
 		}
-		return e.ticket(w.plan, w.grant, w.req, w.fraction, now, waited), nil
+		e.stats.held.Add(1)
+		return e.ticket(w.plan, w.grant, w.req, w.fraction, now, now.Sub(w.arrived)), nil
 	case w.err != nil:
 		return Ticket{}, w.err
 	}
@@ -150,7 +150,17 @@ func (l *lane) enqueue(w *waiter, now time.Time) {
 		return
 	}
 	if max := l.e.cfg.MaxQueue; max > 0 && len(l.queue) >= max && !l.dropLongest(w.req.Consumer, now) {
-		w.refusal = l.e.refuse(w.last, now, 0, true)
+		// No room to wait: send it if nothing limits it, else refuse it.
+		g, err := l.e.store.Take(context.Background(), w.plan, now)
+		switch {
+		case err != nil:
+			w.err = err
+		case g.OK:
+			w.granted, w.grant, w.fraction = true, g, 1
+			w.ready <- struct{}{}
+		default:
+			w.refusal = l.e.refuse(g, now, 0, true)
+		}
 		return
 	}
 	c := l.consumers[w.req.Consumer]

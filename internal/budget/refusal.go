@@ -59,8 +59,10 @@ func (r *Refusal) RetryAfterSeconds() float64 {
 
 // refusal builds the refusal for a denial at now.
 func refusal(d Grant, now time.Time, fallback time.Duration) *Refusal {
+	// An end already past (the request was outrun in the queue) or
+	// unknown: try again after the fallback.
 	retry := fallback
-	if !d.Until.IsZero() {
+	if d.Until.After(now) {
 		retry = d.Until.Sub(now)
 	}
 	retry = max(retry, time.Millisecond)
