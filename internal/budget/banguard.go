@@ -9,16 +9,18 @@ const banSlots = 600
 // invalidWindow counts invalid responses over a sliding window, in
 // banSlots slots: the count drops a slot at a time as the window moves.
 type invalidWindow struct {
-	slots [banSlots]int32
-	slot  time.Duration // length of a slot
-	head  int64         // absolute number of the newest slot
-	total int
+	slots  [banSlots]int32
+	slot   time.Duration // length of a slot
+	window time.Duration // the window the slots were cut for
+	head   int64         // absolute number of the newest slot
+	total  int
 }
 
 // advance drops the slots that left the window.
 func (w *invalidWindow) advance(now time.Time, window time.Duration) {
-	if w.slot == 0 {
-		w.slot = max(window/banSlots, time.Millisecond)
+	if w.window != window {
+		// First use, or the window changed (a reload): start over.
+		*w = invalidWindow{slot: max(window/banSlots, time.Millisecond), window: window}
 	}
 	abs := now.UnixNano() / int64(w.slot)
 	if w.total == 0 {

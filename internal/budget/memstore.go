@@ -84,7 +84,7 @@ func (s *MemStore) sweepLocked(now time.Time) {
 	for id, c := range s.creds {
 		c.mu.Lock()
 		idle := c.inflight == 0 && now.Sub(c.touched) > time.Hour &&
-			!now.Before(c.lockUntil) && !now.Before(c.globalUntil) && c.invalid.count(now, time.Hour) == 0
+			!now.Before(c.lockUntil) && !now.Before(c.globalUntil) && c.invalid.count(now, c.invalid.window) == 0
 		c.mu.Unlock()
 		if idle {
 			delete(s.creds, id)
@@ -115,6 +115,9 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 	if p.Global {
 		if now.Before(c.globalUntil) {
 			return Grant{Until: c.globalUntil, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
+		}
+		if r.GlobalLimit > 0 && len(c.global) != r.GlobalLimit && len(c.global) > 0 {
+			c.resizeGlobal(r.GlobalLimit)
 		}
 		if r.GlobalLimit > 0 && len(c.global) == r.GlobalLimit {
 			if free := c.global[c.ghead].Add(r.GlobalWindow + r.GlobalSlack); now.Before(free) {
@@ -191,6 +194,16 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 	c.inflight++
 	g.Flight = true
 	return g, nil
+}
+
+// resizeGlobal keeps the most recent sends when the global limit changed
+// (a reload), oldest first.
+func (c *memCred) resizeGlobal(limit int) {
+	ordered := append(append(make([]time.Time, 0, len(c.global)), c.global[c.ghead:]...), c.global[:c.ghead]...)
+	if len(ordered) > limit {
+		ordered = ordered[len(ordered)-limit:]
+	}
+	c.global, c.ghead = ordered, 0
 }
 
 // bind reports b as the request's limit when it leaves the least room.
