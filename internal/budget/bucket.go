@@ -28,7 +28,11 @@ const maxWindow = 24 * time.Hour
 // zero, but requests still in flight count against the new window (they
 // may arrive in it). Until an answer of the new window comes, answers of
 // the old one are stale and ignored, and the new window is assumed to end
-// one window length after the rollover.
+// one window length after the rollover; but the upstream opened it when
+// the first of them arrived, which may be as late as its answer, so it is
+// not rolled over again while requests sent in it are unanswered, and an
+// answer that does not describe it moves its end to a window length after
+// that answer.
 //
 // The same transitions are what a cluster store implements in Lua.
 type bucket struct {
@@ -37,6 +41,7 @@ type bucket struct {
 	limit     int64         // per window; 0 while unknown
 	used      int64         // most the upstream reported used in this window
 	inflight  int64         // reservations not settled (any window)
+	genFlight int64         // of them, made in the current local window
 	untracked int64         // of them, granted before this bucket existed (policies)
 	window    int64         // this window's end as the upstream says (ms); 0 unknown
 	reset     time.Time     // local end of this window, slack included; zero unknown
@@ -55,6 +60,11 @@ func (b *bucket) check(now time.Time, slack time.Duration) (ok bool, until time.
 		return false, b.lockUntil, b.lockScope
 	}
 	if b.limit > 0 && !b.reset.IsZero() && !now.Before(b.reset) {
+		if b.rolled && b.genFlight > 0 {
+			// This window's end is not known before its requests are
+			// answered.
+			return false, time.Time{}, ScopeBucket
+		}
 		b.rollover(now, slack)
 	}
 	room := b.limit - b.used - b.inflight
@@ -77,6 +87,7 @@ func (b *bucket) rollover(now time.Time, slack time.Duration) {
 	b.used = 0
 	b.rolled = true
 	b.gen++
+	b.genFlight = 0
 	if b.length > 0 {
 		b.reset = now.Add(b.length + slack)
 	} else {
@@ -87,6 +98,7 @@ func (b *bucket) rollover(now time.Time, slack time.Duration) {
 // take records a reservation.
 func (b *bucket) take(now time.Time) {
 	b.inflight++
+	b.genFlight++
 	b.touched = now
 }
 
@@ -98,14 +110,28 @@ func (b *bucket) room() int64 {
 	return 0
 }
 
-// release ends a reservation of local window gen. counted: it may have
-// reached the upstream without an answer, so it is assumed counted.
-func (b *bucket) release(gen uint32, counted bool) {
+// release ends a reservation of local window gen. counted: the request
+// may have reached the upstream but no answer described this bucket (a
+// transport error, an answer without rate-limit headers): it is assumed
+// counted in the current window, and a window rolled over locally is
+// assumed to end no earlier than a window length after now.
+func (b *bucket) release(gen uint32, counted bool, now time.Time, slack time.Duration) {
 	if b.inflight > 0 {
 		b.inflight--
 	}
-	if counted && gen == b.gen && b.limit > 0 && b.used < b.limit {
+	if gen == b.gen && b.genFlight > 0 {
+		b.genFlight--
+	}
+	if !counted || b.limit <= 0 {
+		return
+	}
+	if (gen == b.gen || b.rolled) && b.used < b.limit {
 		b.used++
+	}
+	if b.rolled && b.length > 0 {
+		if end := now.Add(b.length + slack); end.After(b.reset) {
+			b.reset = end
+		}
 	}
 }
 

@@ -52,8 +52,9 @@ type Config struct {
 	// for rounding and clock effects at the upstream.
 	ResetSlack time.Duration
 	// GlobalLimit requests per GlobalWindow per credential (Discord: 50 per
-	// second; 0 none), counted over a sliding window lengthened by
-	// GlobalSlack: the upstream counts arrivals, and arrivals bunch.
+	// second; 0 none) over a sliding window lengthened by GlobalSlack. A
+	// request counts from its reservation until GlobalWindow+GlobalSlack
+	// after its answer (the latest it can have arrived upstream).
 	GlobalLimit  int
 	GlobalWindow time.Duration
 	GlobalSlack  time.Duration
@@ -98,7 +99,7 @@ type Config struct {
 func DiscordConfig() Config {
 	return Config{
 		Kind: KindDiscord, MaxWait: 5 * time.Second, ResetSlack: 50 * time.Millisecond,
-		GlobalLimit: 50, GlobalWindow: time.Second, GlobalSlack: 50 * time.Millisecond,
+		GlobalLimit: 50, GlobalWindow: time.Second, GlobalSlack: 20 * time.Millisecond,
 		BanThreshold: 5000, BanWindow: 10 * time.Minute, UnauthorizedLock: 5 * time.Minute,
 		DefaultLock: time.Minute, ProbeWait: 100 * time.Millisecond, MaxQueue: 1024,
 	}
@@ -284,7 +285,7 @@ func (e *Engine) Done(t *Ticket, status int, h http.Header) {
 		default:
 			e.genericOutcome(&o, status, h, now)
 		}
-		e.count(&o, status, h)
+		e.count(&o, status)
 	}
 	st, err := e.store.Settle(context.Background(), t.plan, t.grant, o, now)
 	if err == nil && st.Tripped {
@@ -473,7 +474,7 @@ func (e *Engine) ticket(p Plan, g Grant, req Request, fraction float64, now time
 }
 
 // count records what a response said for the counters.
-func (e *Engine) count(o *Outcome, status int, h http.Header) {
+func (e *Engine) count(o *Outcome, status int) {
 	if o.Invalid {
 		e.stats.invalid.Add(1)
 	}

@@ -28,6 +28,7 @@ const pollEvery = 100 * time.Millisecond
 type lane struct {
 	e       *Engine
 	waiting atomic.Int32
+	passes  atomic.Int64 // dispatch passes, for tests
 
 	mu        sync.Mutex
 	queue     []*waiter // by (finish, seq)
@@ -271,15 +272,26 @@ func (l *lane) dispatchLocked(now time.Time) {
 	if l.idle() {
 		return
 	}
-	var blocked [8]string
+	l.passes.Add(1)
+	var blocked [8]Grant // the refusals of this pass, by key
 	nb := 0
 	var next time.Time
 	poll := false
 	kept := l.queue[:0]
 	for _, w := range l.queue {
-		if w.last.Key != "" && contains(blocked[:nb], w.last.Key) {
+		if d, ok := refusedBy(blocked[:nb], w.last.Key); ok {
+			// Refused by the same limit as an earlier one: it waits for
+			// that limit's end as it is now (its own last refusal may be
+			// stale, even past).
+			w.last = d
+			if !l.e.holdable(d, now, w.deadline) {
+				w.refusal = l.e.refuse(d, now, now.Sub(w.arrived), false)
+				l.depart(w)
+				w.ready <- struct{}{}
+				continue
+			}
 			kept = append(kept, w)
-			next, poll = earliest(next, poll, w.last)
+			next, poll = earliest(next, poll, d)
 			continue
 		}
 		g, err := l.e.store.Take(context.Background(), w.plan, now)
@@ -293,7 +305,7 @@ func (l *lane) dispatchLocked(now time.Time) {
 		default:
 			w.last = g
 			if g.Key != "" && nb < len(blocked) {
-				blocked[nb] = g.Key
+				blocked[nb] = g
 				nb++
 			}
 			if !l.e.holdable(g, now, w.deadline) {
@@ -330,13 +342,17 @@ func earliest(next time.Time, poll bool, g Grant) (time.Time, bool) {
 	return next, poll
 }
 
-func contains(keys []string, k string) bool {
-	for _, s := range keys {
-		if s == k {
-			return true
+// refusedBy finds the refusal of this pass by the limit named key.
+func refusedBy(refusals []Grant, key string) (Grant, bool) {
+	if key == "" {
+		return Grant{}, false
+	}
+	for _, d := range refusals {
+		if d.Key == key {
+			return d, true
 		}
 	}
-	return false
+	return Grant{}, false
 }
 
 // schedule wakes the lane at the given time, unless an earlier wake-up is

@@ -12,9 +12,11 @@ import (
 )
 
 // lockedDiscord returns a forwarder whose credential is under a global
-// lock of about a second (Discord answered a global 429), so that every
-// request waits: the order in which waiting requests are let through is
-// then the fair queue's alone. The channel's bucket is 5 per 100ms.
+// lock of about two seconds (Discord answered a global 429 with
+// Retry-After: 2), so that every request waits while a test queues them
+// up, even on a loaded machine: the order in which waiting requests are
+// let through is then the fair queue's alone. The channel's bucket is 5
+// per 100ms.
 func lockedDiscord(t *testing.T, cfg Config) (*Engine, *forwarder) {
 	sim := startDiscord(t, func(c *discordsim.Config) {
 		c.Buckets = discordsim.FastBuckets()
@@ -23,9 +25,9 @@ func lockedDiscord(t *testing.T, cfg Config) (*Engine, *forwarder) {
 	})
 	e := New(cfg, NewMemStore())
 	f := discordForwarder(e, sim, botToken)
-	sim.ForceGlobal(botToken, 300*time.Millisecond)
-	if r := f.do(context.Background(), "setup", "GET", "/api/v10/users/@me", -1); r.status != 429 {
-		t.Fatalf("setup: %d", r.status)
+	sim.ForceGlobal(botToken, 1500*time.Millisecond)
+	if r := f.do(context.Background(), "setup", "GET", "/api/v10/users/@me", -1); r.status != 429 || r.header.Get("Retry-After") != "2" {
+		t.Fatalf("setup: %d, Retry-After %q", r.status, r.header.Get("Retry-After"))
 	}
 	return e, f
 }
@@ -243,5 +245,32 @@ func TestShareReported(t *testing.T) {
 	field := string(s.AppendRateLimit(nil, "upstream", "a"))
 	if want := `"upstream";r=3;t=1;pk=:YQ==:`; field != want {
 		t.Fatalf("RateLimit %s, want %s", field, want)
+	}
+}
+
+// TestWaitersDoNotSpin: requests waiting behind another one refused by the
+// same limit wake up when that limit ends, not before: a stale end of
+// their own (already past) once made the queue re-run its pass
+// continuously until the next window.
+func TestWaitersDoNotSpin(t *testing.T) {
+	sim := startDiscord(t, nil)
+	e := New(testDiscordConfig(), NewMemStore())
+	f := discordForwarder(e, sim, botToken)
+	path := "/api/v10/channels/" + channels[0]
+	var wg sync.WaitGroup
+	for range 15 { // three windows of 5 per 500ms
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := f.do(context.Background(), "c", "GET", path, -1); r.status != 200 {
+				t.Errorf("%d %+v", r.status, r.refusal)
+			}
+		}()
+	}
+	wg.Wait()
+	passes := e.lane(f.cred).passes.Load()
+	t.Logf("%d dispatch passes for 15 requests over 3 windows", passes)
+	if passes > 200 {
+		t.Fatalf("%d dispatch passes: the queue spins", passes)
 	}
 }

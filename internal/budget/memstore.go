@@ -40,8 +40,7 @@ type memCred struct {
 	lockUntil   time.Time
 	lockScope   Scope
 	globalUntil time.Time
-	global      []time.Time // the last GlobalLimit sends, a ring
-	ghead       int
+	global      globalWindow
 	serialBusy  bool
 	serialNext  time.Time
 	inflight    int
@@ -116,12 +115,9 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 		if now.Before(c.globalUntil) {
 			return Grant{Until: c.globalUntil, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
 		}
-		if r.GlobalLimit > 0 && len(c.global) != r.GlobalLimit && len(c.global) > 0 {
-			c.resizeGlobal(r.GlobalLimit)
-		}
-		if r.GlobalLimit > 0 && len(c.global) == r.GlobalLimit {
-			if free := c.global[c.ghead].Add(r.GlobalWindow + r.GlobalSlack); now.Before(free) {
-				return Grant{Until: free, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
+		if r.GlobalLimit > 0 {
+			if ok, until := c.global.check(now, r.GlobalLimit, r.GlobalWindow+r.GlobalSlack); !ok {
+				return Grant{Until: until, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
 			}
 		}
 	}
@@ -179,12 +175,7 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 		}
 	}
 	if p.Global && r.GlobalLimit > 0 {
-		if len(c.global) < r.GlobalLimit {
-			c.global = append(c.global, now)
-		} else {
-			c.global[c.ghead] = now
-			c.ghead = (c.ghead + 1) % r.GlobalLimit
-		}
+		c.global.take()
 		g.Global = true
 	}
 	if p.Serial && r.MutationSpacing > 0 {
@@ -194,16 +185,6 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 	c.inflight++
 	g.Flight = true
 	return g, nil
-}
-
-// resizeGlobal keeps the most recent sends when the global limit changed
-// (a reload), oldest first.
-func (c *memCred) resizeGlobal(limit int) {
-	ordered := append(append(make([]time.Time, 0, len(c.global)), c.global[c.ghead:]...), c.global[:c.ghead]...)
-	if len(ordered) > limit {
-		ordered = ordered[len(ordered)-limit:]
-	}
-	c.global, c.ghead = ordered, 0
 }
 
 // bind reports b as the request's limit when it leaves the least room.
@@ -278,17 +259,29 @@ func (c *memCred) wideBucket(name string, now time.Time) *bucket {
 }
 
 // settleWide releases a wide-plan reservation from the policies it was
-// taken from, and from those learned after it was granted.
-func (c *memCred) settleWide(g Grant, counted bool) {
+// taken from, and from those learned after it was granted; a policy the
+// answer did not describe counts the request (when sent).
+func (c *memCred) settleWide(g Grant, told []*bucket, sent bool, now time.Time, slack time.Duration) {
 	for i, w := range c.wide {
 		switch {
 		case g.Wide&(1<<i) != 0:
-			w.release(w.gen, counted)
 		case w.untracked > 0:
 			w.untracked--
-			w.release(w.gen, counted)
+		default:
+			continue
+		}
+		w.release(w.gen, sent && !described(told, w), now, slack)
+	}
+}
+
+// described: the answer described bucket b.
+func described(told []*bucket, b *bucket) bool {
+	for _, t := range told {
+		if t == b {
+			return true
 		}
 	}
+	return false
 }
 
 // reserved finds the bucket a grant reserved from.
@@ -333,10 +326,12 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 	c.touched = now
 	r := p.Rules
 	sent := o.Status != StatusNotSent
-	counted := o.Status == StatusNoResponse
 
 	if g.Flight && c.inflight > 0 {
 		c.inflight--
+	}
+	if g.Global {
+		c.global.settle(now, sent, r.GlobalLimit)
 	}
 	if g.Serial {
 		c.serialBusy = false
@@ -344,19 +339,18 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 			c.serialNext = now.Add(r.MutationSpacing)
 		}
 	}
-	if g.Bucket != "" {
-		if b := c.reserved(p, g); b != nil {
-			b.release(g.Gen, counted)
-		}
-	}
-	if p.Wide {
-		c.settleWide(g, counted)
-		if g.Probe {
-			c.wideProbe--
-			c.wideKnown = c.wideKnown || o.Status > 0
-		}
-	}
 	if !sent {
+		if g.Bucket != "" {
+			if b := c.reserved(p, g); b != nil {
+				b.release(g.Gen, false, now, r.ResetSlack)
+			}
+		}
+		if p.Wide {
+			c.settleWide(g, nil, false, now, r.ResetSlack)
+			if g.Probe {
+				c.wideProbe--
+			}
+		}
 		return Settled{}, nil
 	}
 
@@ -368,24 +362,34 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 			c.learn(p.Route, "", r.MaxRoutes, now)
 		}
 	}
-	var first *bucket
+	// What the answer said, then the reservation: a bucket the answer did
+	// not describe counts the request as used.
+	var told [maxFacts]*bucket
 	for i := 0; i < o.N; i++ {
 		f := &o.Facts[i]
-		var b *bucket
 		if p.Wide {
-			b = c.wideBucket(f.Name, now)
+			told[i] = c.wideBucket(f.Name, now)
 		} else {
-			b = c.bucket(f.Name, p.Major, now)
+			told[i] = c.bucket(f.Name, p.Major, now)
 		}
-		if b == nil {
-			continue
+		if told[i] != nil {
+			told[i].observe(f, now, r.ResetSlack)
 		}
-		b.observe(f, now, r.ResetSlack)
-		if first == nil {
-			first = b
+	}
+	if g.Bucket != "" {
+		if b := c.reserved(p, g); b != nil {
+			b.release(g.Gen, !o.Unlimited && !described(told[:o.N], b), now, r.ResetSlack)
+		}
+	}
+	if p.Wide {
+		c.settleWide(g, told[:o.N], true, now, r.ResetSlack)
+		if g.Probe {
+			c.wideProbe--
+			c.wideKnown = c.wideKnown || o.Status > 0
 		}
 	}
 	if o.LockBucket > 0 {
+		first := told[0]
 		if first == nil && g.Bucket != "" {
 			first = c.reserved(p, g)
 		}

@@ -58,27 +58,44 @@ func TestProbesMoveToTheLearnedBucket(t *testing.T) {
 	}
 }
 
+// TestGlobalSlidingWindow: a request counts against the global limit
+// while in flight, then as arrived at its answer (the latest it can have
+// arrived) until that leaves the window.
 func TestGlobalSlidingWindow(t *testing.T) {
 	s := NewMemStore()
-	now := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return time.Unix(1000, 0).Add(time.Duration(ms) * time.Millisecond) }
 	rules := &Rules{GlobalLimit: 3, GlobalWindow: time.Second, GlobalSlack: 10 * time.Millisecond}
 	p := Plan{Cred: "c", Global: true, Rules: rules}
+	var gs []Grant
 	for i := range 3 {
-		if g := take(t, s, p, now.Add(time.Duration(i)*100*time.Millisecond)); !g.OK {
+		g := take(t, s, p, at(i))
+		if !g.OK {
 			t.Fatalf("send %d refused", i)
 		}
+		gs = append(gs, g)
 	}
-	g := take(t, s, p, now.Add(500*time.Millisecond))
-	if g.OK || g.Scope != ScopeGlobal || !g.Until.Equal(now.Add(1010*time.Millisecond)) {
-		t.Fatalf("4th within the window: %+v", g)
+	if g := take(t, s, p, at(500)); g.OK || g.Scope != ScopeGlobal || !g.Until.IsZero() {
+		t.Fatalf("4th with 3 in flight: %+v", g)
 	}
-	if g := take(t, s, p, now.Add(1010*time.Millisecond)); !g.OK {
-		t.Fatal("refused once the oldest left the window")
+	for i, g := range gs {
+		settle(t, s, p, g, Outcome{Status: 200}, at(200+100*i))
 	}
-	// A reload lowers the limit to 2: the two most recent sends count.
-	rules2 := &Rules{GlobalLimit: 2, GlobalWindow: time.Second, GlobalSlack: 10 * time.Millisecond}
-	g = take(t, s, Plan{Cred: "c", Global: true, Rules: rules2}, now.Add(1020*time.Millisecond))
-	if g.OK || !g.Until.Equal(now.Add(1210*time.Millisecond)) {
+	if g := take(t, s, p, at(500)); g.OK || !g.Until.Equal(at(1210)) {
+		t.Fatalf("4th with 3 answered within the window: %+v, want until %v", g, at(1210))
+	}
+	fourth := take(t, s, p, at(1210))
+	if !fourth.OK {
+		t.Fatal("refused once the first answer left the window")
+	}
+	// A reservation given back unsent leaves nothing behind.
+	settle(t, s, p, fourth, Outcome{Status: StatusNotSent}, at(1215))
+	if g := take(t, s, p, at(1216)); !g.OK {
+		t.Fatalf("after an unsent reservation: %+v", g)
+	}
+	// A reload lowers the limit to 2: the answers at 300 and 400 and the
+	// one in flight count.
+	g := take(t, s, Plan{Cred: "c", Global: true, Rules: &Rules{GlobalLimit: 2, GlobalWindow: time.Second, GlobalSlack: 10 * time.Millisecond}}, at(1220))
+	if g.OK || !g.Until.Equal(at(1310)) {
 		t.Fatalf("after lowering the limit: %+v", g)
 	}
 }

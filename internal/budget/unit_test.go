@@ -103,7 +103,7 @@ func TestBucketOutOfOrderAnswers(t *testing.T) {
 	if ok, until, scope := b.check(now, 0); ok || !until.IsZero() || scope != ScopeBucket {
 		t.Fatalf("a second request while the probe is out: ok %v until %v scope %v", ok, until, scope)
 	}
-	b.release(b.gen, false)
+	b.release(b.gen, false, now, 0)
 	b.observe(fact(4), now, 0)
 	for range 3 {
 		if ok, _, _ := b.check(now, 0); !ok {
@@ -114,7 +114,7 @@ func TestBucketOutOfOrderAnswers(t *testing.T) {
 	// Room: 5 - 1 used - 3 in flight = 1. The three arrive in the order
 	// 2nd, 3rd, 1st; their answers come back 3rd, 1st, 2nd.
 	for _, rem := range []int64{2, 1, 3} {
-		b.release(b.gen, false)
+		b.release(b.gen, false, now, 0)
 		b.observe(fact(rem), now, 0)
 	}
 	if b.used != 4 || b.room() != 1 {
@@ -129,7 +129,7 @@ func TestBucketRollover(t *testing.T) {
 	now := time.Unix(1000, 0)
 	b := &bucket{}
 	b.take(now)
-	b.release(b.gen, false)
+	b.release(b.gen, false, now, 0)
 	b.observe(&Fact{Name: "h", Limit: 5, Remaining: 2, Window: 1_000_500, ResetAfter: 500 * time.Millisecond}, now, 10*time.Millisecond)
 	b.take(now)
 	b.take(now)
@@ -144,14 +144,14 @@ func TestBucketRollover(t *testing.T) {
 		t.Fatalf("room after rollover %d, want 5 - 2 in flight", room)
 	}
 	// A late answer of the old window says 0 remaining: ignored.
-	b.release(b.gen-1, false)
+	b.release(b.gen-1, false, later, 0)
 	b.observe(&Fact{Name: "h", Limit: 5, Remaining: 0, Window: 1_000_500, ResetAfter: 0}, later, 10*time.Millisecond)
 	if room := b.room(); room != 4 {
 		t.Fatalf("room %d after a stale answer, want 4", room)
 	}
 	// The other old request arrived in the new window: its answer is the
 	// first of the new window and is adopted.
-	b.release(b.gen-1, false)
+	b.release(b.gen-1, false, later, 0)
 	b.observe(&Fact{Name: "h", Limit: 5, Remaining: 4, Window: 1_001_010, ResetAfter: 500 * time.Millisecond}, later, 10*time.Millisecond)
 	if b.used != 1 || b.rolled || !b.reset.Equal(later.Add(510*time.Millisecond)) {
 		t.Fatalf("new window: used %d rolled %v reset %v", b.used, b.rolled, b.reset)
@@ -170,12 +170,44 @@ func TestBucketNewerWindowBeforeLocalReset(t *testing.T) {
 	}
 }
 
+// TestBucketUnansweredWindow: a window rolled over locally is not rolled
+// again while the requests sent in it are unanswered (the upstream opened
+// it when the first of them arrived, as late as its answer), and an answer
+// that does not describe it moves its end past that answer.
+func TestBucketUnansweredWindow(t *testing.T) {
+	at := func(ms int) time.Time { return time.Unix(1000, 0).Add(time.Duration(ms) * time.Millisecond) }
+	b := &bucket{}
+	b.observe(&Fact{Name: "h", Limit: 2, Remaining: 0, Window: 1_000_500, ResetAfter: 500 * time.Millisecond}, at(0), 0)
+	if ok, _, _ := b.check(at(500), 0); !ok {
+		t.Fatal("refused after the reset")
+	}
+	b.take(at(500))
+	b.take(at(500))
+	gen := b.gen
+	// The rolled window is assumed to end at 1000, but both requests are
+	// still out (say the upstream is slow): it does not roll again.
+	if ok, until, _ := b.check(at(1100), 0); ok || !until.IsZero() {
+		t.Fatalf("rolled again with its requests out: ok %v until %v", ok, until)
+	}
+	b.release(gen, true, at(1200), 0) // answered without rate-limit headers
+	b.release(gen, true, at(1300), 0)
+	if !b.reset.Equal(at(1800)) || b.used != 2 {
+		t.Fatalf("reset %v used %d, want a window after the last answer and both counted", b.reset, b.used)
+	}
+	if ok, _, _ := b.check(at(1799), 0); ok {
+		t.Fatal("sent before the end of the window the answers may have opened")
+	}
+	if ok, _, _ := b.check(at(1800), 0); !ok {
+		t.Fatal("refused after it")
+	}
+}
+
 func TestBucketNoResponseCounts(t *testing.T) {
 	now := time.Unix(1000, 0)
 	b := &bucket{}
 	b.observe(&Fact{Name: "h", Limit: 5, Remaining: 5, Window: 1_000_500, ResetAfter: 500 * time.Millisecond}, now, 0)
 	b.take(now)
-	b.release(b.gen, true)
+	b.release(b.gen, true, now, 0)
 	if b.used != 1 || b.inflight != 0 {
 		t.Fatalf("a request without an answer: used %d inflight %d, want counted", b.used, b.inflight)
 	}
