@@ -1,0 +1,471 @@
+package budget
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxWide is the most policies a credential of a generic service tracks.
+const maxWide = 8
+
+// sweepEvery is how often idle state is looked for.
+const sweepEvery = time.Minute
+
+// MemStore is the in-memory Store of one process.
+type MemStore struct {
+	mu    sync.RWMutex
+	creds map[string]*memCred
+	swept time.Time
+}
+
+// NewMemStore returns an empty store.
+func NewMemStore() *MemStore {
+	return &MemStore{creds: make(map[string]*memCred)}
+}
+
+// memCred is the state of one credential.
+type memCred struct {
+	mu      sync.Mutex
+	routes  map[string]string             // route -> bucket name; "" = no limit of its own
+	buckets map[string]map[string]*bucket // name -> major -> bucket
+	probes  map[string]map[string]*bucket // route -> major, while the route's bucket is unknown
+	wide    []*bucket                     // policies every request spends from
+	// wideKnown: a response of a wide-plan request has come (until then
+	// one request at a time: the service may have limits not told yet).
+	wideKnown bool
+	wideProbe int
+
+	lockUntil   time.Time
+	lockScope   Scope
+	globalUntil time.Time
+	global      globalWindow
+	serialBusy  bool
+	serialNext  time.Time
+	inflight    int
+	invalid     invalidWindow
+	tripped     bool
+
+	touched, swept time.Time
+}
+
+// cred returns the state of a credential, creating it.
+func (s *MemStore) cred(id string, now time.Time) *memCred {
+	s.mu.RLock()
+	c := s.creds[id]
+	sweep := now.Sub(s.swept) > sweepEvery
+	s.mu.RUnlock()
+	if c != nil && !sweep {
+		return c
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.swept) > sweepEvery {
+		s.swept = now
+		s.sweepLocked(now)
+	}
+	if c = s.creds[id]; c == nil {
+		c = &memCred{
+			routes:  make(map[string]string),
+			buckets: make(map[string]map[string]*bucket),
+			probes:  make(map[string]map[string]*bucket),
+			touched: now,
+			swept:   now,
+		}
+		s.creds[strings.Clone(id)] = c
+	}
+	return c
+}
+
+// sweepLocked forgets credentials that hold nothing any more.
+func (s *MemStore) sweepLocked(now time.Time) {
+	for id, c := range s.creds {
+		c.mu.Lock()
+		idle := c.inflight == 0 && now.Sub(c.touched) > time.Hour &&
+			!now.Before(c.lockUntil) && !now.Before(c.globalUntil) && c.invalid.count(now, c.invalid.window) == 0
+		c.mu.Unlock()
+		if idle {
+			delete(s.creds, id)
+		}
+	}
+}
+
+// Take implements Store.
+func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error) {
+	c := s.cred(p.Cred, now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.touched = now
+	r := p.Rules
+	if now.Sub(c.swept) > sweepEvery {
+		c.sweep(now, r.IdleAfter)
+	}
+
+	if r.BanThreshold > 0 && c.invalid.total > 0 {
+		if n := c.invalid.count(now, r.BanWindow); n >= r.BanThreshold {
+			return Grant{Until: c.invalid.until(r.BanThreshold), Scope: ScopeBanGuard, Key: "ban"}, nil
+		}
+		c.tripped = false
+	}
+	if now.Before(c.lockUntil) {
+		return Grant{Until: c.lockUntil, Scope: c.lockScope, Key: "cred"}, nil
+	}
+	if p.Global {
+		if now.Before(c.globalUntil) {
+			return Grant{Until: c.globalUntil, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
+		}
+		if r.GlobalLimit > 0 {
+			if ok, until := c.global.check(now, r.GlobalLimit, r.GlobalWindow+r.GlobalSlack); !ok {
+				return Grant{Until: until, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
+			}
+		}
+	}
+	if r.MaxInFlight > 0 && c.inflight >= r.MaxInFlight {
+		return Grant{Scope: ScopeConcurrency, Key: "flight"}, nil
+	}
+	if p.Serial && r.MutationSpacing > 0 {
+		if c.serialBusy {
+			return Grant{Scope: ScopeSerial, Key: "serial"}, nil
+		}
+		if now.Before(c.serialNext) {
+			return Grant{Until: c.serialNext, Scope: ScopeSerial, Key: "serial"}, nil
+		}
+	}
+
+	g := Grant{OK: true}
+	var b *bucket
+	if p.Route != "" {
+		b, g.Probe = c.planned(p, now)
+		if b != nil {
+			if ok, until, scope := b.check(now, r.ResetSlack); !ok {
+				return Grant{Until: until, Scope: scope, Key: b.key, Name: b.name, Limit: b.limit}, nil
+			}
+		}
+	}
+	if p.Wide {
+		if !c.wideKnown && c.wideProbe > 0 {
+			return Grant{Scope: ScopeBucket, Key: "probe"}, nil
+		}
+		for _, w := range c.wide {
+			if ok, until, scope := w.check(now, r.ResetSlack); !ok {
+				return Grant{Until: until, Scope: scope, Key: w.key, Name: w.name, Limit: w.limit}, nil
+			}
+		}
+	}
+
+	// Everything allows it: commit.
+	if b != nil {
+		b.take(now)
+		g.Bucket, g.Gen = b.name, b.gen
+		if g.Probe {
+			g.Bucket = p.Route
+		}
+		g.bind(b)
+	}
+	if p.Wide {
+		if !c.wideKnown {
+			c.wideProbe++
+			g.Probe = true
+		}
+		for i, w := range c.wide {
+			w.take(now)
+			g.Wide |= 1 << i
+			g.bind(w)
+		}
+	}
+	if p.Global && r.GlobalLimit > 0 {
+		c.global.take()
+		g.Global = true
+	}
+	if p.Serial && r.MutationSpacing > 0 {
+		c.serialBusy = true
+		g.Serial = true
+	}
+	c.inflight++
+	g.Flight = true
+	return g, nil
+}
+
+// bind reports b as the request's limit when it leaves the least room.
+func (g *Grant) bind(b *bucket) {
+	if b.limit <= 0 {
+		return
+	}
+	if g.Limit == 0 || b.room() < g.Remaining {
+		g.Name, g.Limit, g.Remaining, g.Reset = b.name, b.limit, b.room(), b.reset
+	}
+}
+
+// planned is the bucket a plan spends from (nil: none) and whether it is
+// the probe of a route whose bucket is not known yet.
+func (c *memCred) planned(p Plan, now time.Time) (*bucket, bool) {
+	if p.Direct {
+		return c.bucket(p.Route, p.Major, now), false
+	}
+	name, known := c.routes[p.Route]
+	if known {
+		if name == "" {
+			return nil, false
+		}
+		return c.bucket(name, p.Major, now), false
+	}
+	majors := c.probes[p.Route]
+	if majors == nil {
+		majors = make(map[string]*bucket)
+		c.probes[p.Route] = majors
+	}
+	b := majors[p.Major]
+	if b == nil {
+		b = &bucket{key: "?" + p.Route + "\x00" + p.Major, touched: now}
+		majors[strings.Clone(p.Major)] = b
+	}
+	return b, true
+}
+
+// bucket returns the bucket of a name and major, creating it.
+func (c *memCred) bucket(name, major string, now time.Time) *bucket {
+	majors := c.buckets[name]
+	if majors == nil {
+		majors = make(map[string]*bucket)
+		c.buckets[strings.Clone(name)] = majors
+	}
+	b := majors[major]
+	if b == nil {
+		name = strings.Clone(name)
+		b = &bucket{key: name + "\x00" + major, name: name, touched: now}
+		majors[strings.Clone(major)] = b
+	}
+	return b
+}
+
+// wideBucket returns the policy of a name, creating it (nil when the
+// credential has too many). A new policy counts the requests already in
+// flight: they may arrive in its window.
+func (c *memCred) wideBucket(name string, now time.Time) *bucket {
+	for _, w := range c.wide {
+		if w.name == name {
+			return w
+		}
+	}
+	if len(c.wide) >= maxWide {
+		return nil
+	}
+	name = strings.Clone(name)
+	w := &bucket{key: "policy\x00" + name, name: name, touched: now, untracked: int64(c.inflight)}
+	w.inflight = w.untracked
+	c.wide = append(c.wide, w)
+	return w
+}
+
+// settleWide releases a wide-plan reservation from the policies it was
+// taken from, and from those learned after it was granted; a policy the
+// answer did not describe counts the request (when sent).
+func (c *memCred) settleWide(g Grant, told []*bucket, sent bool, now time.Time, slack time.Duration) {
+	for i, w := range c.wide {
+		switch {
+		case g.Wide&(1<<i) != 0:
+		case w.untracked > 0:
+			w.untracked--
+		default:
+			continue
+		}
+		w.release(w.gen, sent && !described(told, w), now, slack)
+	}
+}
+
+// described: the answer described bucket b.
+func described(told []*bucket, b *bucket) bool {
+	for _, t := range told {
+		if t == b {
+			return true
+		}
+	}
+	return false
+}
+
+// reserved finds the bucket a grant reserved from.
+func (c *memCred) reserved(p Plan, g Grant) *bucket {
+	if !g.Probe {
+		return c.buckets[g.Bucket][p.Major]
+	}
+	if b := c.probes[p.Route][p.Major]; b != nil {
+		return b
+	}
+	// The route's bucket was learned meanwhile and the probe moved there.
+	if name := c.routes[p.Route]; name != "" {
+		return c.buckets[name][p.Major]
+	}
+	return nil
+}
+
+// learn records that a route spends from the bucket name ("" none) and
+// moves the route's probes, with their reservations, there.
+func (c *memCred) learn(route, name string, maxRoutes int, now time.Time) {
+	if old, known := c.routes[route]; known && old == name {
+		return
+	} else if !known && maxRoutes > 0 && len(c.routes) >= maxRoutes {
+		return // keep probing: safe, and bounded
+	}
+	c.routes[route] = strings.Clone(name)
+	for major, pb := range c.probes[route] {
+		if name != "" && pb.inflight > 0 {
+			b := c.bucket(name, major, now)
+			b.inflight += pb.inflight
+			b.lock(pb.lockUntil, pb.lockScope)
+		}
+	}
+	delete(c.probes, route)
+}
+
+// Settle implements Store.
+func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now time.Time) (Settled, error) {
+	c := s.cred(p.Cred, now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.touched = now
+	r := p.Rules
+	sent := o.Status != StatusNotSent
+
+	if g.Flight && c.inflight > 0 {
+		c.inflight--
+	}
+	if g.Global {
+		c.global.settle(now, sent, r.GlobalLimit)
+	}
+	if g.Serial {
+		c.serialBusy = false
+		if sent {
+			c.serialNext = now.Add(r.MutationSpacing)
+		}
+	}
+	if !sent {
+		if g.Bucket != "" {
+			if b := c.reserved(p, g); b != nil {
+				b.release(g.Gen, false, now, r.ResetSlack)
+			}
+		}
+		if p.Wide {
+			c.settleWide(g, nil, false, now, r.ResetSlack)
+			if g.Probe {
+				c.wideProbe--
+			}
+		}
+		return Settled{}, nil
+	}
+
+	if !p.Direct && p.Route != "" {
+		switch {
+		case o.N > 0 && o.Facts[0].Name != "":
+			c.learn(p.Route, o.Facts[0].Name, r.MaxRoutes, now)
+		case o.Unlimited:
+			c.learn(p.Route, "", r.MaxRoutes, now)
+		}
+	}
+	// What the answer said, then the reservation: a bucket the answer did
+	// not describe counts the request as used.
+	var told [maxFacts]*bucket
+	for i := 0; i < o.N; i++ {
+		f := &o.Facts[i]
+		if p.Wide {
+			told[i] = c.wideBucket(f.Name, now)
+		} else {
+			told[i] = c.bucket(f.Name, p.Major, now)
+		}
+		if told[i] != nil {
+			told[i].observe(f, now, r.ResetSlack)
+		}
+	}
+	if g.Bucket != "" {
+		if b := c.reserved(p, g); b != nil {
+			b.release(g.Gen, !o.Unlimited && !described(told[:o.N], b), now, r.ResetSlack)
+		}
+	}
+	if p.Wide {
+		c.settleWide(g, told[:o.N], true, now, r.ResetSlack)
+		if g.Probe {
+			c.wideProbe--
+			c.wideKnown = c.wideKnown || o.Status > 0
+		}
+	}
+	if o.LockBucket > 0 {
+		first := told[0]
+		if first == nil && g.Bucket != "" {
+			first = c.reserved(p, g)
+		}
+		if first != nil {
+			first.lock(now.Add(o.LockBucket+r.ResetSlack), o.BucketScope)
+		}
+	}
+	if o.LockGlobal > 0 {
+		if until := now.Add(o.LockGlobal + r.ResetSlack); until.After(c.globalUntil) {
+			c.globalUntil = until
+		}
+	}
+	if o.LockCred > 0 {
+		if until := now.Add(o.LockCred + r.ResetSlack); until.After(c.lockUntil) {
+			c.lockUntil, c.lockScope = until, o.CredScope
+		}
+	}
+	var st Settled
+	if o.Invalid && r.BanThreshold > 0 {
+		c.invalid.add(now, r.BanWindow)
+		st.Invalid = c.invalid.total
+		if !c.tripped && c.invalid.total >= r.BanThreshold {
+			c.tripped = true
+			st.Tripped = true
+			st.Until = c.invalid.until(r.BanThreshold)
+		}
+	}
+	return st, nil
+}
+
+// sweep forgets the credential's idle buckets.
+func (c *memCred) sweep(now time.Time, after time.Duration) {
+	c.swept = now
+	if after <= 0 {
+		after = 10 * time.Minute
+	}
+	for _, group := range []map[string]map[string]*bucket{c.buckets, c.probes} {
+		for name, majors := range group {
+			for major, b := range majors {
+				if b.idle(now, after) {
+					delete(majors, major)
+				}
+			}
+			if len(majors) == 0 {
+				delete(group, name)
+			}
+		}
+	}
+}
+
+// Snapshot is the state of one bucket, for tests and diagnostics.
+type Snapshot struct {
+	Name                  string
+	Limit, Used, InFlight int64
+	Reset                 time.Time
+	Known                 bool
+}
+
+// Bucket returns the state of the bucket a route of cred spends from for
+// a top-level resource (Known false when there is none yet).
+func (s *MemStore) Bucket(cred, route, major string) Snapshot {
+	s.mu.RLock()
+	c := s.creds[cred]
+	s.mu.RUnlock()
+	if c == nil {
+		return Snapshot{}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	name, ok := c.routes[route]
+	if !ok {
+		name = route
+	}
+	b := c.buckets[name][major]
+	if b == nil {
+		return Snapshot{}
+	}
+	return Snapshot{Name: b.name, Limit: b.limit, Used: b.used, InFlight: b.inflight, Reset: b.reset, Known: true}
+}
