@@ -16,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
 func init() {
@@ -80,6 +82,7 @@ type App struct {
 	writeMu        sync.Mutex // serializes registry writers
 
 	metrics *Metrics
+	guard   atomic.Pointer[netguard.Guard] // see addrGuard
 
 	statusMu sync.RWMutex
 	statuses map[string]any
@@ -150,7 +153,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.opts = BuildOptions{Timeout: time.Duration(a.Timeout), Retries: *a.Retries, StrictTLS: a.StrictTLSOn(), Replacer: repl}
 	a.runtOpts = a.opts
 	if !a.RuntimeServices.AllowPrivateUpstreams {
-		a.runtOpts.Guard = RefusePrivate
+		a.runtOpts.Guard = dialGuard(a.addrGuard())
 	}
 
 	a.configServices = make(map[string]*Service, len(a.Services))

@@ -168,9 +168,12 @@ type RuntimeServicesConfig struct {
 	// the management API can never read a secret from the environment.
 	TokenEnv []string `json:"token_env,omitempty"`
 
-	// Allow upstreams on loopback, private, link-local, unspecified and
-	// metadata addresses. Default off; enforced at validation and at dial
-	// time.
+	// Allow upstreams on loopback, private, link-local, unspecified,
+	// metadata, documentation and other special-purpose addresses, and on
+	// the gateway host's own addresses. Default off: such an upstream is
+	// refused when the service is added (as are host names that spell an
+	// IPv4 address other than a.b.c.d, like 2130706433 or 127.1), and
+	// every connection is checked again when it is dialed.
 	AllowPrivateUpstreams bool `json:"allow_private_upstreams,omitempty"`
 
 	// How often storage is re-read so that changes made by other instances

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -17,6 +15,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
 // Runtime services are stored one record per key under this storage
@@ -81,8 +81,8 @@ func (a *App) BuildRuntime(ctx context.Context, key string, cfg ServiceConfig) (
 	}
 	if !a.allowPrivate() {
 		for _, host := range hostsOf(svc) {
-			if err := checkHostPublic(ctx, host); err != nil {
-				return nil, fieldErr(hostField(svc, host), "%v", err)
+			if err := a.addrGuard().CheckResolved(ctx, host); err != nil {
+				return nil, privateErr(svc, host, err)
 			}
 		}
 	}
@@ -115,8 +115,8 @@ func (a *App) ValidateRuntime(key string, cfg ServiceConfig) (*Service, error) {
 	}
 	if !a.allowPrivate() {
 		for _, host := range hostsOf(svc) {
-			if err := checkLiteralHost(host); err != nil {
-				return nil, fieldErr(hostField(svc, host), "%v", err)
+			if err := a.addrGuard().CheckHost(host); err != nil {
+				return nil, privateErr(svc, host, err)
 			}
 		}
 	}
@@ -182,6 +182,22 @@ func hostField(s *Service, host string) string {
 		return "baseUrl"
 	}
 	return "versionedBaseUrls"
+}
+
+// privateErr is the validation error of a refused upstream host.
+func privateErr(svc *Service, host string, err error) error {
+	return fieldErr(hostField(svc, host), "%v; private upstreams are not allowed (runtime_services allow_private_upstreams)", err)
+}
+
+// addrGuard is the address guard of runtime services. Provision creates it
+// (reading the host's interface addresses); an app used without Provision
+// (unit tests, the fuzz target) creates it on first use.
+func (a *App) addrGuard() *netguard.Guard {
+	if g := a.guard.Load(); g != nil {
+		return g
+	}
+	a.guard.CompareAndSwap(nil, netguard.New())
+	return a.guard.Load()
 }
 
 func (a *App) allowPrivate() bool {
@@ -549,103 +565,4 @@ func (a *App) notifyPeers(key string) {
 		}
 		cancel()
 	}
-}
-
-// RefusePrivate is the dial guard for runtime services: it refuses
-// loopback, private, link-local, unspecified, CGNAT, metadata and other
-// special-purpose addresses, so DNS rebinding cannot reach them after
-// validation.
-func RefusePrivate(ip net.IP) error {
-	addr, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return fmt.Errorf("refusing to dial unparsable address")
-	}
-	if IsPrivate(addr) {
-		return fmt.Errorf("refusing to dial private address %s (runtime_services allow_private_upstreams is off)", addr.Unmap())
-	}
-	return nil
-}
-
-// specialPrefixes are non-public ranges the net/netip predicates miss.
-var specialPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),       // "this network": 0.x reaches the local host on Linux
-	netip.MustParsePrefix("100.64.0.0/10"),   // CGNAT; also Alibaba's metadata 100.100.100.200
-	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments; Oracle's metadata 192.0.0.192
-	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
-	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and broadcast
-	netip.MustParsePrefix("fec0::/10"),       // deprecated site-local
-	netip.MustParsePrefix("fd00:ec2::/32"),   // AWS IPv6 metadata (also in fc00::/7)
-	netip.MustParsePrefix("::/128"),          // unspecified
-	netip.MustParsePrefix("100::/64"),        // discard-only
-	netip.MustParsePrefix("2001:db8::/32"),   // documentation
-	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64
-	netip.MustParsePrefix("::ffff:0:0:0/96"), // IPv4-translated (SIIT)
-}
-
-// Prefixes that embed an IPv4 address: the embedded address is checked too.
-var (
-	nat64     = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour = netip.MustParsePrefix("2002::/16")
-)
-
-// IsPrivate reports addresses a runtime service must not reach.
-func IsPrivate(addr netip.Addr) bool {
-	addr = addr.Unmap()
-	if !addr.IsValid() || addr.IsLoopback() || addr.IsPrivate() || addr.IsLinkLocalUnicast() ||
-		addr.IsLinkLocalMulticast() || addr.IsInterfaceLocalMulticast() || addr.IsUnspecified() ||
-		addr.IsMulticast() {
-		return true
-	}
-	for _, p := range specialPrefixes {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	if addr.Is6() {
-		b := addr.As16()
-		if nat64.Contains(addr) {
-			return IsPrivate(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
-		}
-		if sixToFour.Contains(addr) {
-			return IsPrivate(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}))
-		}
-	}
-	return false
-}
-
-// checkLiteralHost refuses a host that is, without resolving it, a private
-// address or a loopback name.
-func checkLiteralHost(host string) error {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return fmt.Errorf("upstream host %q is loopback; private upstreams are not allowed", host)
-	}
-	if addr, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil && IsPrivate(addr) {
-		return fmt.Errorf("upstream address %s is private; private upstreams are not allowed", addr.Unmap())
-	}
-	return nil
-}
-
-// checkHostPublic resolves host and refuses it if any address is private.
-func checkHostPublic(ctx context.Context, host string) error {
-	if err := checkLiteralHost(host); err != nil {
-		return err
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		// An unresolvable host is not refused here: the dial guard still
-		// applies when it does resolve.
-		return nil
-	}
-	for _, ad := range addrs {
-		if IsPrivate(ad) {
-			return fmt.Errorf("upstream host %q resolves to private address %s; private upstreams are not allowed", host, ad.Unmap())
-		}
-	}
-	return nil
 }

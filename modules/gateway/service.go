@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
 // Service is a provisioned service: its settings compiled for the hot path.
@@ -179,9 +181,22 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// DialGuard decides whether the gateway may connect to an address; nil
-// allows everything.
-type DialGuard func(ip net.IP) error
+// DialGuard decides whether the gateway may connect to an address: it is
+// a net.Dialer Control function, called with the resolved address just
+// before each connection. nil allows everything.
+type DialGuard func(network, address string, c syscall.RawConn) error
+
+// dialGuard is the DialGuard of runtime services: the address guard, with
+// the setting that lifts it named in the error (it reaches the log and the
+// 502 answer).
+func dialGuard(g *netguard.Guard) DialGuard {
+	return func(network, address string, c syscall.RawConn) error {
+		if err := g.Control(network, address, c); err != nil {
+			return fmt.Errorf("%w (runtime_services allow_private_upstreams is off)", err)
+		}
+		return nil
+	}
+}
 
 // BuildOptions are the gateway-wide defaults a service inherits.
 type BuildOptions struct {
@@ -341,15 +356,7 @@ func validHeaderName(name string) bool {
 // HTTP/2 to TLS upstreams, and an optional dial-time address guard.
 func newTransport(timeout time.Duration, insecure bool, guard DialGuard) *http.Transport {
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	if guard != nil {
-		dialer.Control = func(network, address string, _ syscall.RawConn) error {
-			host, _, err := net.SplitHostPort(address)
-			if err != nil {
-				return err
-			}
-			return guard(net.ParseIP(host))
-		}
-	}
+	dialer.Control = guard
 	t := &http.Transport{
 		Proxy:                  nil,
 		DialContext:            dialer.DialContext,
