@@ -80,6 +80,10 @@ type App struct {
 	configServices map[string]*Service
 	services       atomic.Pointer[map[string]*Service]
 	writeMu        sync.Mutex // serializes registry writers
+	// records holds, per live runtime service, the stored record it was
+	// built from, so a sync skips decoding records that did not change.
+	// Guarded by writeMu.
+	records map[string]string
 
 	metrics *Metrics
 	guard   atomic.Pointer[netguard.Guard] // see addrGuard
@@ -146,6 +150,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if a.RuntimeServices.SyncInterval == 0 {
 		a.RuntimeServices.SyncInterval = caddy.Duration(10 * time.Second)
+	}
+	if a.RuntimeServices.MaxServices == 0 {
+		a.RuntimeServices.MaxServices = DefaultMaxServices
+	}
+	if a.RuntimeServices.MaxServices < 0 {
+		return fmt.Errorf("runtime_services max_services: must be positive, got %d", a.RuntimeServices.MaxServices)
 	}
 	if err := a.ClientRateLimit.Validate(); err != nil {
 		return fmt.Errorf("client_rate_limit: %v", err)

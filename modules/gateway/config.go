@@ -179,7 +179,16 @@ type RuntimeServicesConfig struct {
 	// How often storage is re-read so that changes made by other instances
 	// sharing it become visible. Default 10s.
 	SyncInterval caddy.Duration `json:"sync_interval,omitempty"`
+
+	// At most this many runtime services may be stored; adding one more
+	// is refused with 409 until one is deleted. Services of the Caddy
+	// config do not count. Records already stored beyond the limit (say
+	// after it was lowered) are still served. Default 1000.
+	MaxServices int `json:"max_services,omitempty"`
 }
+
+// DefaultMaxServices is runtime_services max_services when it is not set.
+const DefaultMaxServices = 1000
 
 // clone returns a deep copy, so presets and stored configs are never shared.
 func (c ServiceConfig) clone() ServiceConfig {

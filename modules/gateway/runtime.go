@@ -33,6 +33,8 @@ var (
 	ErrExists        = errors.New("service already exists")
 	ErrNotFound      = errors.New("service not found")
 	ErrConfigDefined = errors.New("service is defined in the Caddy config")
+	// ErrTooManyServices: runtime_services max_services are stored already.
+	ErrTooManyServices = errors.New("too many runtime services")
 )
 
 // Limits on one runtime service, so the management API cannot be used to
@@ -264,6 +266,11 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 		if !create && !exists {
 			return ErrNotFound
 		}
+		if create {
+			if err := a.roomForOneMore(ctx); err != nil {
+				return err
+			}
+		}
 		rec, err := json.Marshal(storedService{Key: key, Config: cfg, Updated: time.Now().UTC()})
 		if err != nil {
 			return err
@@ -275,8 +282,49 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 			return fmt.Errorf("storing service: %w", err)
 		}
 		a.swap(func(m map[string]*Service) { m[key] = svc })
+		a.setRecord(key, string(rec))
 		return nil
 	})
+}
+
+// setRecord remembers the record a live runtime service was built from.
+// Callers hold writeMu.
+func (a *App) setRecord(key, rec string) {
+	if a.records == nil {
+		a.records = map[string]string{}
+	}
+	a.records[key] = rec
+}
+
+// roomForOneMore refuses a new runtime service when max_services records
+// are stored. It counts the shared storage, not this instance's registry,
+// so a cluster enforces one limit; instances adding services at the same
+// moment may overshoot it by one each. Callers hold writeMu.
+func (a *App) roomForOneMore(ctx context.Context) error {
+	limit := a.MaxRuntimeServices()
+	keys, err := a.storage.List(ctx, storagePrefix, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("counting runtime services: %w", err)
+	}
+	n := 0
+	for _, sk := range keys {
+		if _, ok := recordKey(sk); ok {
+			n++
+		}
+	}
+	if n >= limit {
+		return fmt.Errorf("%w: %d are stored, runtime_services max_services is %d", ErrTooManyServices, n, limit)
+	}
+	return nil
+}
+
+// MaxRuntimeServices is the most runtime services that may be stored
+// (runtime_services max_services).
+func (a *App) MaxRuntimeServices() int {
+	if a.RuntimeServices == nil || a.RuntimeServices.MaxServices <= 0 {
+		return DefaultMaxServices
+	}
+	return a.RuntimeServices.MaxServices
 }
 
 // readable reports whether the stored record of key decodes.
@@ -311,6 +359,7 @@ func (a *App) deleteRecord(key string) error {
 	return a.locked(key, func(ctx context.Context) error {
 		if !a.storage.Exists(ctx, storageKey(key)) {
 			a.swap(func(m map[string]*Service) { delete(m, key) })
+			delete(a.records, key)
 			return ErrNotFound
 		}
 		if err := a.storage.Delete(ctx, storageKey(key)); err != nil {
@@ -320,6 +369,7 @@ func (a *App) deleteRecord(key string) error {
 			return fmt.Errorf("deleting service: %w", err)
 		}
 		a.swap(func(m map[string]*Service) { delete(m, key) })
+		delete(a.records, key)
 		return nil
 	})
 }
@@ -410,6 +460,7 @@ func (a *App) syncRuntime(ctx context.Context) error {
 	}
 	old := *a.services.Load()
 	next := make(map[string]*Service, len(a.configServices)+len(keys))
+	records := make(map[string]string, len(keys))
 	for k, v := range a.configServices {
 		next[k] = v
 	}
@@ -425,16 +476,28 @@ func (a *App) syncRuntime(ctx context.Context) error {
 		if err != nil {
 			if cur := old[key]; cur != nil && cur.Source == "runtime" && !errors.Is(err, fs.ErrNotExist) {
 				next[key] = cur // unreadable for now: keep what we had
+				records[key] = a.records[key]
 			}
 			continue
 		}
 		if svc := a.fromRecord(key, raw, old[key]); svc != nil {
 			next[key] = svc
+			records[key] = a.recordText(key, raw)
 		}
 	}
 	a.services.Store(&next)
+	a.records = records
 	closeReplaced(old, next)
 	return nil
+}
+
+// recordText is raw as a string, reusing the copy already held when the
+// record did not change. Callers hold writeMu.
+func (a *App) recordText(key string, raw []byte) string {
+	if prev, ok := a.records[key]; ok && prev == string(raw) {
+		return prev
+	}
+	return string(raw)
 }
 
 // refreshKey re-reads one runtime service from storage and publishes it (or
@@ -448,6 +511,7 @@ func (a *App) refreshKey(ctx context.Context, key string) error {
 	raw, err := a.storage.Load(ctx, storageKey(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		a.swap(func(m map[string]*Service) { delete(m, key) })
+		delete(a.records, key)
 		return nil
 	}
 	if err != nil {
@@ -461,6 +525,11 @@ func (a *App) refreshKey(ctx context.Context, key string) error {
 			m[key] = svc
 		}
 	})
+	if svc == nil {
+		delete(a.records, key)
+	} else {
+		a.setRecord(key, a.recordText(key, raw))
+	}
 	return nil
 }
 
@@ -480,6 +549,9 @@ func recordKey(storageKey string) (string, bool) {
 // a record that is unreadable or no longer valid under this config's
 // rules (say token_env was narrowed), logging it once.
 func (a *App) fromRecord(key string, raw []byte, cur *Service) *Service {
+	if cur != nil && cur.Source == "runtime" && a.records[key] == string(raw) {
+		return cur // the very record cur was built from (BenchmarkSyncRuntime)
+	}
 	var rec storedService
 	if err := json.Unmarshal(raw, &rec); err != nil || rec.Key != key {
 		a.warnOnce(key, raw, "ignoring unreadable runtime service record", nil)

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -11,6 +12,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
@@ -162,5 +166,118 @@ func TestRecordKeyAndNormalize(t *testing.T) {
 	}
 	if svc.Config.Name != "k" || svc.Config.Auth != nil {
 		t.Fatalf("normalized %+v", svc.Config)
+	}
+}
+
+// TestAuthHeaderThatCannotCarryACredential: a credential header the HTTP
+// client drops or a hop consumes (Host, Content-Length, hop-by-hop) is
+// refused when the service is built, for runtime and config services.
+func TestAuthHeaderThatCannotCarryACredential(t *testing.T) {
+	t.Parallel()
+	app := &App{RuntimeServices: &RuntimeServicesConfig{TokenEnv: []string{"CUSTOM_*"}}}
+	for _, name := range []string{"Host", "host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+		"Proxy-Connection", "TE", "Trailer", "Upgrade", "Proxy-Authorization", "Proxy-Authenticate", "Expect"} {
+		cfg := ServiceConfig{BaseURL: "https://api.example.com/", Auth: &ServiceAuth{Type: "header", Name: name, Token: "{env.CUSTOM_TOKEN}"}}
+		_, err := app.ValidateRuntime("k", cfg)
+		fe, isField := err.(*FieldError)
+		if !isField || fe.Field != "auth.headerName" || !strings.Contains(fe.Msg, "cannot carry a credential") {
+			t.Errorf("runtime %s: %v", name, err)
+		}
+		if _, err := BuildService("k", cfg, "config", BuildOptions{}); err == nil {
+			t.Errorf("config %s: accepted", name)
+		}
+	}
+	for _, name := range []string{"X-Api-Key", "Authorization", "PRIVATE-TOKEN", "X-Auth-Token"} {
+		cfg := ServiceConfig{BaseURL: "https://api.example.com/", Auth: &ServiceAuth{Type: "header", Name: name, Token: "{env.CUSTOM_TOKEN}"}}
+		if _, err := app.ValidateRuntime("k", cfg); err != nil {
+			t.Errorf("%s refused: %v", name, err)
+		}
+	}
+}
+
+// TestSyncReusesUnchangedRecords: a sync keeps the live service of a record
+// that did not change (no decoding, its warm connection pool kept) and
+// rebuilds one another instance rewrote.
+func TestSyncReusesUnchangedRecords(t *testing.T) {
+	t.Parallel()
+	a := &App{
+		RuntimeServices: &RuntimeServicesConfig{AllowPrivateUpstreams: true},
+		logger:          zap.NewNop(),
+		storage:         &certmagic.FileStorage{Path: t.TempDir()},
+		configServices:  map[string]*Service{},
+	}
+	empty := map[string]*Service{}
+	a.services.Store(&empty)
+	ctx := context.Background()
+	for _, k := range []string{"a", "b"} {
+		if _, err := a.PutRuntime(ctx, k, ServiceConfig{BaseURL: "https://" + k + ".example.com/"}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := a.AllServices()
+	if err := a.syncRuntime(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := a.AllServices()
+	if after["a"] != before["a"] || after["b"] != before["b"] {
+		t.Fatal("unchanged records were rebuilt")
+	}
+	// Another instance replaces b in the shared storage.
+	rec, _ := json.Marshal(storedService{Key: "b", Config: NormalizeRuntime("b", ServiceConfig{BaseURL: "https://b2.example.com/"})})
+	if err := a.storage.Store(ctx, storageKey("b"), rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.syncRuntime(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := a.AllServices()
+	if now["a"] != before["a"] {
+		t.Error("a was rebuilt")
+	}
+	if now["b"] == before["b"] || now["b"].BaseURL.Host != "b2.example.com" {
+		t.Errorf("b not updated: %v", now["b"].BaseURL)
+	}
+	// Deleted by another instance: gone at the next sync.
+	if err := a.storage.Delete(ctx, storageKey("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.syncRuntime(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a.Service("a") != nil || len(a.records) != 1 {
+		t.Errorf("a still there: %v, records %d", a.Service("a"), len(a.records))
+	}
+}
+
+// TestMaxServices: the limit counts the stored runtime records, refuses
+// one more with ErrTooManyServices, and frees a place on delete.
+func TestMaxServices(t *testing.T) {
+	t.Parallel()
+	a := &App{
+		RuntimeServices: &RuntimeServicesConfig{AllowPrivateUpstreams: true, MaxServices: 2},
+		logger:          zap.NewNop(),
+		storage:         &certmagic.FileStorage{Path: t.TempDir()},
+		configServices:  map[string]*Service{},
+	}
+	empty := map[string]*Service{}
+	a.services.Store(&empty)
+	ctx := context.Background()
+	cfg := ServiceConfig{BaseURL: "https://api.example.com/"}
+	for _, k := range []string{"a", "b"} {
+		if _, err := a.PutRuntime(ctx, k, cfg, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.PutRuntime(ctx, "c", cfg, true); !errors.Is(err, ErrTooManyServices) {
+		t.Fatalf("third service: %v", err)
+	}
+	if _, err := a.PutRuntime(ctx, "b", ServiceConfig{BaseURL: "https://b.example.com/"}, false); err != nil {
+		t.Fatalf("replacing at the limit: %v", err)
+	}
+	if err := a.DeleteRuntime(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.PutRuntime(ctx, "c", cfg, true); err != nil {
+		t.Fatalf("after a delete: %v", err)
 	}
 }

@@ -281,6 +281,9 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 		if a.Type == "header" && !validHeaderName(a.Name) {
 			return fieldErr("auth.headerName", "invalid header name %q", a.Name)
 		}
+		if a.Type == "header" && cannotCarryCredential[http.CanonicalHeaderKey(a.Name)] {
+			return fieldErr("auth.headerName", "header %q cannot carry a credential: it is hop-by-hop or describes the message, and would be dropped or rewritten on the way upstream", a.Name)
+		}
 	default:
 		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header or query)", a.Type)
 	}
@@ -308,6 +311,18 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 	}
 	s.authValue = s.authHeader
 	return nil
+}
+
+// cannotCarryCredential are the headers that never reach the upstream as
+// written: Host, Content-Length, Transfer-Encoding and Trailer are set by
+// the HTTP client from the request itself (a value in the header map is
+// dropped), the hop-by-hop headers (RFC 9110 section 7.6.1, and those
+// httputil.ReverseProxy removes) are consumed by the next hop, and Expect
+// changes how the request is sent.
+var cannotCarryCredential = map[string]bool{
+	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true,
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Upgrade": true,
+	"Trailers": true, "Proxy-Authenticate": true, "Proxy-Authorization": true, "Expect": true,
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
@@ -400,6 +415,23 @@ func (s *Service) Info() ServiceInfo {
 		info.RateLimit = &LimitInfo{MaxRequests: rl.MaxRequests, WindowMs: time.Duration(rl.Window).Milliseconds()}
 	}
 	return info
+}
+
+// PublicListLimit bounds how many services the informational answers list
+// (/health, /status, /proxy/services, the 404 of an unknown service): past
+// it the list is cut and says so, so that an answer anyone may ask for
+// stays small however many runtime services exist. GET /manage/services
+// lists them all.
+const PublicListLimit = 100
+
+// ListedKeys returns the keys of a service map in order, at most
+// PublicListLimit of them, and whether some were left out.
+func ListedKeys(m map[string]*Service) (keys []string, truncated bool) {
+	keys = SortedKeys(m)
+	if len(keys) > PublicListLimit {
+		return keys[:PublicListLimit:PublicListLimit], true
+	}
+	return keys, false
 }
 
 // SortedKeys returns the keys of a service map in order.
