@@ -111,9 +111,9 @@ func StripQueryParam(rawQuery, name string) string {
 
 // QueryParam returns the first value of the parameter name (exactly: letter
 // case counts) in a raw query under the rule above, decoded, and whether
-// the parameter is present. It
-// allocates only when the value is percent-encoded. A value that does not
-// decode counts as present and empty.
+// the parameter is present. It allocates only when the value is
+// percent-encoded. A value that does not decode counts as present and
+// empty.
 func QueryParam(rawQuery, name string) (string, bool) {
 	if !mayHoldParam(rawQuery, name) {
 		return "", false
