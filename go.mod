@@ -3,6 +3,7 @@ module github.com/byteproxy/byteproxy
 go 1.26.8
 
 require (
+	code.dny.dev/ssrf v0.3.0
 	github.com/Masterminds/semver/v3 v3.5.0
 	github.com/caddyserver/caddy/v2 v2.11.9
 	github.com/caddyserver/certmagic v0.25.6

@@ -91,6 +91,8 @@ func TestAdaptErrors(t *testing.T) {
 		{"auth_failures bad window", "{\n byteproxy {\n  auth_failures 5 soon\n }\n}", "auth_failures: window must be a positive duration, got 'soon'", 3},
 		{"bad bool", "{\n byteproxy {\n  strict_tls maybe\n }\n}", "want on or off (true or false), got 'maybe'", 3},
 		{"bad size", "{\n byteproxy {\n  pressure {\n   max_heap lots\n  }\n }\n}", "want a size such as 512MiB, got 'lots'", 4},
+		{"zero max_services", "{\n byteproxy {\n  runtime_services {\n   max_services 0\n  }\n }\n}", "max_services must be at least 1", 4},
+		{"bad max_services", "{\n byteproxy {\n  runtime_services {\n   max_services many\n  }\n }\n}", "want a non-negative integer, got 'many'", 4},
 		{"auth directive scope", ":80 {\n byteproxy_auth everyone\n}", "unknown scope \"everyone\"", 2},
 		{"bare directive argument", ":80 {\n byteproxy_services github\n}", "byteproxy_services takes no arguments", 2},
 		{"bare directive block", ":80 {\n byteproxy_ratelimit {\n  rate 5\n }\n}", "unrecognized subdirective 'rate'", 3},

@@ -251,7 +251,7 @@ func parsePressure(d *caddyfile.Dispenser, app *gateway.App) error {
 	return nil
 }
 
-// runtime_services { token_env <glob>...; allow_private_upstreams [bool]; sync_interval <d> }
+// runtime_services { token_env <glob>...; allow_private_upstreams [bool]; sync_interval <d>; max_services <n> }
 func parseRuntimeServices(d *caddyfile.Dispenser, app *gateway.App) error {
 	rs := new(gateway.RuntimeServicesConfig)
 	app.RuntimeServices = rs
@@ -281,6 +281,15 @@ func parseRuntimeServices(d *caddyfile.Dispenser, app *gateway.App) error {
 				return err
 			}
 			rs.SyncInterval = dur
+		case "max_services":
+			n, err := oneInt(d)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return d.Errf("max_services must be at least 1")
+			}
+			rs.MaxServices = n
 		default:
 			return d.Errf("unrecognized runtime_services subdirective '%s'", d.Val())
 		}

@@ -101,6 +101,8 @@ func TestReadCredentials(t *testing.T) {
 		{"query first wins", nil, "api_key=one&api_key=two", true, credentials{query: "one"}},
 		{"query off", nil, "api_key=" + proxyKey, false, credentials{}},
 		{"query bad escape", nil, "api_key=%zz", true, credentials{}},
+		{"query after semicolon", nil, "x=1;api_key=" + proxyKey, true, credentials{query: proxyKey}},
+		{"query encoded after semicolon", nil, "x=1&y=2;%61pi_key=" + proxyKey, true, credentials{query: proxyKey}},
 		{"similar names", nil, "xapi_key=" + proxyKey + "&api_keys=" + proxyKey + "&API_KEY=" + proxyKey + "&apikey=" + proxyKey + "&api_key[]=" + proxyKey, true, credentials{}},
 		{"all three", map[string]string{"Authorization": "Bearer a", "X-API-Key": "b"}, "api_key=c", true, credentials{bearer: "a", header: "b", query: "c"}},
 	}
@@ -288,14 +290,14 @@ func assertStripped(t *testing.T, r *http.Request) {
 func TestStripKeepsTheRest(t *testing.T) {
 	t.Parallel()
 	h := newHandler("proxy", gateway.Scope{Keys: []string{proxyKey}, Required: true}, true)
-	r := httptest.NewRequest(http.MethodGet, "/proxy/svc/p%2Fq?a=1&b=%2F&flag&api_key="+proxyKey+"&y=2&y=3&API_KEY=keep", nil)
+	r := httptest.NewRequest(http.MethodGet, "/proxy/svc/p%2Fq?a=1&b=%2F&flag&api_key="+proxyKey+"&y=2;y=3&API_KEY=nokey", nil)
 	r.Header.Set("Authorization", "Bearer nope")
 	r.Header.Set("X-Other", "kept")
 	_, next, _ := serve(t, h, r)
 	if !next.called {
 		t.Fatal("refused")
 	}
-	const wantQuery = "a=1&b=%2F&flag&y=2&y=3&API_KEY=keep"
+	const wantQuery = "a=1&b=%2F&flag&y=2;y=3" // API_KEY is no key, and stripped all the same
 	if next.req.URL.RawQuery != wantQuery {
 		t.Errorf("query %q, want %q", next.req.URL.RawQuery, wantQuery)
 	}

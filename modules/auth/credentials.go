@@ -2,7 +2,6 @@ package auth
 
 import (
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
@@ -37,30 +36,13 @@ func readCredentials(r *http.Request, queryKey bool) credentials {
 	return c
 }
 
-// queryValue returns the first value of the parameter name in a raw query,
-// decoded, and whether the parameter is present. It allocates only when the
-// value is percent-encoded. A value that does not decode counts as present
-// and empty.
+// queryValue returns the first value of the parameter name in a raw query
+// and whether it is present, under the gateway's one rule for key
+// parameters (gateway.QueryParam: '&' and ';' both separate parameters,
+// the name is matched percent-decoded), the rule the parameter is stripped
+// by before anything goes upstream.
 func queryValue(rawQuery, name string) (string, bool) {
-	if !strings.Contains(rawQuery, name) && !strings.Contains(rawQuery, "%") {
-		return "", false
-	}
-	for rawQuery != "" {
-		var part string
-		part, rawQuery, _ = strings.Cut(rawQuery, "&")
-		k, v, _ := strings.Cut(part, "=")
-		if k != name {
-			if uk, err := url.QueryUnescape(k); err != nil || uk != name {
-				continue
-			}
-		}
-		uv, err := url.QueryUnescape(v)
-		if err != nil {
-			return "", true
-		}
-		return uv, true
-	}
-	return "", false
+	return gateway.QueryParam(rawQuery, name)
 }
 
 // strip removes every credential transport from the request before it goes

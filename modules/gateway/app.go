@@ -19,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
 func init() {
@@ -89,8 +91,13 @@ type App struct {
 	configServices map[string]*Service
 	services       atomic.Pointer[map[string]*Service]
 	writeMu        sync.Mutex // serializes registry writers
+	// records holds, per live runtime service, the stored record it was
+	// built from, so a sync skips decoding records that did not change.
+	// Guarded by writeMu.
+	records map[string]string
 
 	metrics *Metrics
+	guard   atomic.Pointer[netguard.Guard] // see addrGuard
 
 	statusMu sync.RWMutex
 	statuses map[string]any
@@ -163,13 +170,19 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.AuthFailures.Validate(); err != nil {
 		return fmt.Errorf("auth_failures: %v", err)
 	}
+	if a.RuntimeServices.MaxServices == 0 {
+		a.RuntimeServices.MaxServices = DefaultMaxServices
+	}
+	if a.RuntimeServices.MaxServices < 0 {
+		return fmt.Errorf("runtime_services max_services: must be positive, got %d", a.RuntimeServices.MaxServices)
+	}
 	if err := a.ClientRateLimit.Validate(); err != nil {
 		return ConfigError(err, "client_rate_limit")
 	}
 	a.opts = BuildOptions{Timeout: time.Duration(a.Timeout), Retries: *a.Retries, StrictTLS: a.StrictTLSOn(), Replacer: repl}
 	a.runtOpts = a.opts
 	if !a.RuntimeServices.AllowPrivateUpstreams {
-		a.runtOpts.Guard = RefusePrivate
+		a.runtOpts.Guard = dialGuard(a.addrGuard())
 	}
 
 	a.configServices = make(map[string]*Service, len(a.Services))

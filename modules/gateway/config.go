@@ -235,15 +235,27 @@ type RuntimeServicesConfig struct {
 	// the management API can never read a secret from the environment.
 	TokenEnv []string `json:"token_env,omitempty"`
 
-	// Allow upstreams on loopback, private, link-local, unspecified and
-	// metadata addresses. Default off; enforced at validation and at dial
-	// time.
+	// Allow upstreams on loopback, private, link-local, unspecified,
+	// metadata, documentation and other special-purpose addresses, and on
+	// the gateway host's own addresses. Default off: such an upstream is
+	// refused when the service is added (as are host names that spell an
+	// IPv4 address other than a.b.c.d, like 2130706433 or 127.1), and
+	// every connection is checked again when it is dialed.
 	AllowPrivateUpstreams bool `json:"allow_private_upstreams,omitempty"`
 
 	// How often storage is re-read so that changes made by other instances
 	// sharing it become visible. Default 10s.
 	SyncInterval caddy.Duration `json:"sync_interval,omitempty"`
+
+	// At most this many runtime services may be stored; adding one more
+	// is refused with 409 until one is deleted. Services of the Caddy
+	// config do not count. Records already stored beyond the limit (say
+	// after it was lowered) are still served. Default 1000.
+	MaxServices int `json:"max_services,omitempty"`
 }
+
+// DefaultMaxServices is runtime_services max_services when it is not set.
+const DefaultMaxServices = 1000
 
 // clone returns a deep copy, so presets and stored configs are never shared.
 func (c ServiceConfig) clone() ServiceConfig {

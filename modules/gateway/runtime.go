@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -17,6 +15,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
 // Runtime services are stored one record per key under this storage
@@ -33,6 +33,8 @@ var (
 	ErrExists        = errors.New("service already exists")
 	ErrNotFound      = errors.New("service not found")
 	ErrConfigDefined = errors.New("service is defined in the Caddy config")
+	// ErrTooManyServices: runtime_services max_services are stored already.
+	ErrTooManyServices = errors.New("too many runtime services")
 )
 
 // Limits on one runtime service, so the management API cannot be used to
@@ -81,8 +83,8 @@ func (a *App) BuildRuntime(ctx context.Context, key string, cfg ServiceConfig) (
 	}
 	if !a.allowPrivate() {
 		for _, host := range hostsOf(svc) {
-			if err := checkHostPublic(ctx, host); err != nil {
-				return nil, fieldErr(hostField(svc, host), "%v", err)
+			if err := a.addrGuard().CheckResolved(ctx, host); err != nil {
+				return nil, privateErr(svc, host, err)
 			}
 		}
 	}
@@ -115,8 +117,8 @@ func (a *App) ValidateRuntime(key string, cfg ServiceConfig) (*Service, error) {
 	}
 	if !a.allowPrivate() {
 		for _, host := range hostsOf(svc) {
-			if err := checkLiteralHost(host); err != nil {
-				return nil, fieldErr(hostField(svc, host), "%v", err)
+			if err := a.addrGuard().CheckHost(host); err != nil {
+				return nil, privateErr(svc, host, err)
 			}
 		}
 	}
@@ -184,6 +186,22 @@ func hostField(s *Service, host string) string {
 	return "versionedBaseUrls"
 }
 
+// privateErr is the validation error of a refused upstream host.
+func privateErr(svc *Service, host string, err error) error {
+	return fieldErr(hostField(svc, host), "%v; private upstreams are not allowed (runtime_services allow_private_upstreams)", err)
+}
+
+// addrGuard is the address guard of runtime services. Provision creates it
+// (reading the host's interface addresses); an app used without Provision
+// (unit tests, the fuzz target) creates it on first use.
+func (a *App) addrGuard() *netguard.Guard {
+	if g := a.guard.Load(); g != nil {
+		return g
+	}
+	a.guard.CompareAndSwap(nil, netguard.New())
+	return a.guard.Load()
+}
+
 func (a *App) allowPrivate() bool {
 	return a.RuntimeServices != nil && a.RuntimeServices.AllowPrivateUpstreams
 }
@@ -248,6 +266,11 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 		if !create && !exists {
 			return ErrNotFound
 		}
+		if create {
+			if err := a.roomForOneMore(ctx); err != nil {
+				return err
+			}
+		}
 		rec, err := json.Marshal(storedService{Key: key, Config: cfg, Updated: time.Now().UTC()})
 		if err != nil {
 			return err
@@ -259,8 +282,49 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 			return fmt.Errorf("storing service: %w", err)
 		}
 		a.swap(func(m map[string]*Service) { m[key] = svc })
+		a.setRecord(key, string(rec))
 		return nil
 	})
+}
+
+// setRecord remembers the record a live runtime service was built from.
+// Callers hold writeMu.
+func (a *App) setRecord(key, rec string) {
+	if a.records == nil {
+		a.records = map[string]string{}
+	}
+	a.records[key] = rec
+}
+
+// roomForOneMore refuses a new runtime service when max_services records
+// are stored. It counts the shared storage, not this instance's registry,
+// so a cluster enforces one limit; instances adding services at the same
+// moment may overshoot it by one each. Callers hold writeMu.
+func (a *App) roomForOneMore(ctx context.Context) error {
+	limit := a.MaxRuntimeServices()
+	keys, err := a.storage.List(ctx, storagePrefix, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("counting runtime services: %w", err)
+	}
+	n := 0
+	for _, sk := range keys {
+		if _, ok := recordKey(sk); ok {
+			n++
+		}
+	}
+	if n >= limit {
+		return fmt.Errorf("%w: %d are stored, runtime_services max_services is %d", ErrTooManyServices, n, limit)
+	}
+	return nil
+}
+
+// MaxRuntimeServices is the most runtime services that may be stored
+// (runtime_services max_services).
+func (a *App) MaxRuntimeServices() int {
+	if a.RuntimeServices == nil || a.RuntimeServices.MaxServices <= 0 {
+		return DefaultMaxServices
+	}
+	return a.RuntimeServices.MaxServices
 }
 
 // readable reports whether the stored record of key decodes.
@@ -295,6 +359,7 @@ func (a *App) deleteRecord(key string) error {
 	return a.locked(key, func(ctx context.Context) error {
 		if !a.storage.Exists(ctx, storageKey(key)) {
 			a.swap(func(m map[string]*Service) { delete(m, key) })
+			delete(a.records, key)
 			return ErrNotFound
 		}
 		if err := a.storage.Delete(ctx, storageKey(key)); err != nil {
@@ -304,6 +369,7 @@ func (a *App) deleteRecord(key string) error {
 			return fmt.Errorf("deleting service: %w", err)
 		}
 		a.swap(func(m map[string]*Service) { delete(m, key) })
+		delete(a.records, key)
 		return nil
 	})
 }
@@ -394,6 +460,7 @@ func (a *App) syncRuntime(ctx context.Context) error {
 	}
 	old := *a.services.Load()
 	next := make(map[string]*Service, len(a.configServices)+len(keys))
+	records := make(map[string]string, len(keys))
 	for k, v := range a.configServices {
 		next[k] = v
 	}
@@ -409,16 +476,28 @@ func (a *App) syncRuntime(ctx context.Context) error {
 		if err != nil {
 			if cur := old[key]; cur != nil && cur.Source == "runtime" && !errors.Is(err, fs.ErrNotExist) {
 				next[key] = cur // unreadable for now: keep what we had
+				records[key] = a.records[key]
 			}
 			continue
 		}
 		if svc := a.fromRecord(key, raw, old[key]); svc != nil {
 			next[key] = svc
+			records[key] = a.recordText(key, raw)
 		}
 	}
 	a.services.Store(&next)
+	a.records = records
 	closeReplaced(old, next)
 	return nil
+}
+
+// recordText is raw as a string, reusing the copy already held when the
+// record did not change. Callers hold writeMu.
+func (a *App) recordText(key string, raw []byte) string {
+	if prev, ok := a.records[key]; ok && prev == string(raw) {
+		return prev
+	}
+	return string(raw)
 }
 
 // refreshKey re-reads one runtime service from storage and publishes it (or
@@ -432,6 +511,7 @@ func (a *App) refreshKey(ctx context.Context, key string) error {
 	raw, err := a.storage.Load(ctx, storageKey(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		a.swap(func(m map[string]*Service) { delete(m, key) })
+		delete(a.records, key)
 		return nil
 	}
 	if err != nil {
@@ -445,6 +525,11 @@ func (a *App) refreshKey(ctx context.Context, key string) error {
 			m[key] = svc
 		}
 	})
+	if svc == nil {
+		delete(a.records, key)
+	} else {
+		a.setRecord(key, a.recordText(key, raw))
+	}
 	return nil
 }
 
@@ -464,6 +549,9 @@ func recordKey(storageKey string) (string, bool) {
 // a record that is unreadable or no longer valid under this config's
 // rules (say token_env was narrowed), logging it once.
 func (a *App) fromRecord(key string, raw []byte, cur *Service) *Service {
+	if cur != nil && cur.Source == "runtime" && a.records[key] == string(raw) {
+		return cur // the very record cur was built from (BenchmarkSyncRuntime)
+	}
 	var rec storedService
 	if err := json.Unmarshal(raw, &rec); err != nil || rec.Key != key {
 		a.warnOnce(key, raw, "ignoring unreadable runtime service record", nil)
@@ -549,103 +637,4 @@ func (a *App) notifyPeers(key string) {
 		}
 		cancel()
 	}
-}
-
-// RefusePrivate is the dial guard for runtime services: it refuses
-// loopback, private, link-local, unspecified, CGNAT, metadata and other
-// special-purpose addresses, so DNS rebinding cannot reach them after
-// validation.
-func RefusePrivate(ip net.IP) error {
-	addr, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return fmt.Errorf("refusing to dial unparsable address")
-	}
-	if IsPrivate(addr) {
-		return fmt.Errorf("refusing to dial private address %s (runtime_services allow_private_upstreams is off)", addr.Unmap())
-	}
-	return nil
-}
-
-// specialPrefixes are non-public ranges the net/netip predicates miss.
-var specialPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),       // "this network": 0.x reaches the local host on Linux
-	netip.MustParsePrefix("100.64.0.0/10"),   // CGNAT; also Alibaba's metadata 100.100.100.200
-	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments; Oracle's metadata 192.0.0.192
-	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
-	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and broadcast
-	netip.MustParsePrefix("fec0::/10"),       // deprecated site-local
-	netip.MustParsePrefix("fd00:ec2::/32"),   // AWS IPv6 metadata (also in fc00::/7)
-	netip.MustParsePrefix("::/128"),          // unspecified
-	netip.MustParsePrefix("100::/64"),        // discard-only
-	netip.MustParsePrefix("2001:db8::/32"),   // documentation
-	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64
-	netip.MustParsePrefix("::ffff:0:0:0/96"), // IPv4-translated (SIIT)
-}
-
-// Prefixes that embed an IPv4 address: the embedded address is checked too.
-var (
-	nat64     = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour = netip.MustParsePrefix("2002::/16")
-)
-
-// IsPrivate reports addresses a runtime service must not reach.
-func IsPrivate(addr netip.Addr) bool {
-	addr = addr.Unmap()
-	if !addr.IsValid() || addr.IsLoopback() || addr.IsPrivate() || addr.IsLinkLocalUnicast() ||
-		addr.IsLinkLocalMulticast() || addr.IsInterfaceLocalMulticast() || addr.IsUnspecified() ||
-		addr.IsMulticast() {
-		return true
-	}
-	for _, p := range specialPrefixes {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	if addr.Is6() {
-		b := addr.As16()
-		if nat64.Contains(addr) {
-			return IsPrivate(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
-		}
-		if sixToFour.Contains(addr) {
-			return IsPrivate(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}))
-		}
-	}
-	return false
-}
-
-// checkLiteralHost refuses a host that is, without resolving it, a private
-// address or a loopback name.
-func checkLiteralHost(host string) error {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return fmt.Errorf("upstream host %q is loopback; private upstreams are not allowed", host)
-	}
-	if addr, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil && IsPrivate(addr) {
-		return fmt.Errorf("upstream address %s is private; private upstreams are not allowed", addr.Unmap())
-	}
-	return nil
-}
-
-// checkHostPublic resolves host and refuses it if any address is private.
-func checkHostPublic(ctx context.Context, host string) error {
-	if err := checkLiteralHost(host); err != nil {
-		return err
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		// An unresolvable host is not refused here: the dial guard still
-		// applies when it does resolve.
-		return nil
-	}
-	for _, ad := range addrs {
-		if IsPrivate(ad) {
-			return fmt.Errorf("upstream host %q resolves to private address %s; private upstreams are not allowed", host, ad.Unmap())
-		}
-	}
-	return nil
 }

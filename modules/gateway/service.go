@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
 // Service is a provisioned service: its settings compiled for the hot path.
@@ -179,9 +181,22 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// DialGuard decides whether the gateway may connect to an address; nil
-// allows everything.
-type DialGuard func(ip net.IP) error
+// DialGuard decides whether the gateway may connect to an address: it is
+// a net.Dialer Control function, called with the resolved address just
+// before each connection. nil allows everything.
+type DialGuard func(network, address string, c syscall.RawConn) error
+
+// dialGuard is the DialGuard of runtime services: the address guard, with
+// the setting that lifts it named in the error (it reaches the log and the
+// 502 answer).
+func dialGuard(g *netguard.Guard) DialGuard {
+	return func(network, address string, c syscall.RawConn) error {
+		if err := g.Control(network, address, c); err != nil {
+			return fmt.Errorf("%w (runtime_services allow_private_upstreams is off)", err)
+		}
+		return nil
+	}
+}
 
 // BuildOptions are the gateway-wide defaults a service inherits.
 type BuildOptions struct {
@@ -266,6 +281,9 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 		if a.Type == "header" && !validHeaderName(a.Name) {
 			return fieldErr("auth.headerName", "invalid header name %q", a.Name)
 		}
+		if a.Type == "header" && cannotCarryCredential[http.CanonicalHeaderKey(a.Name)] {
+			return fieldErr("auth.headerName", "header %q cannot carry a credential: it is hop-by-hop or describes the message, and would be dropped or rewritten on the way upstream", a.Name)
+		}
 	default:
 		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header or query)", a.Type)
 	}
@@ -293,6 +311,18 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 	}
 	s.authValue = s.authHeader
 	return nil
+}
+
+// cannotCarryCredential are the headers that never reach the upstream as
+// written: Host, Content-Length, Transfer-Encoding and Trailer are set by
+// the HTTP client from the request itself (a value in the header map is
+// dropped), the hop-by-hop headers (RFC 9110 section 7.6.1, and those
+// httputil.ReverseProxy removes) are consumed by the next hop, and Expect
+// changes how the request is sent.
+var cannotCarryCredential = map[string]bool{
+	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true,
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Upgrade": true,
+	"Trailers": true, "Proxy-Authenticate": true, "Proxy-Authorization": true, "Expect": true,
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
@@ -341,15 +371,7 @@ func validHeaderName(name string) bool {
 // HTTP/2 to TLS upstreams, and an optional dial-time address guard.
 func newTransport(timeout time.Duration, insecure bool, guard DialGuard) *http.Transport {
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	if guard != nil {
-		dialer.Control = func(network, address string, _ syscall.RawConn) error {
-			host, _, err := net.SplitHostPort(address)
-			if err != nil {
-				return err
-			}
-			return guard(net.ParseIP(host))
-		}
-	}
+	dialer.Control = guard
 	t := &http.Transport{
 		Proxy:                  nil,
 		DialContext:            dialer.DialContext,
@@ -393,6 +415,23 @@ func (s *Service) Info() ServiceInfo {
 		info.RateLimit = &LimitInfo{MaxRequests: rl.MaxRequests, WindowMs: time.Duration(rl.Window).Milliseconds()}
 	}
 	return info
+}
+
+// PublicListLimit bounds how many services the informational answers list
+// (/health, /status, /proxy/services, the 404 of an unknown service): past
+// it the list is cut and says so, so that an answer anyone may ask for
+// stays small however many runtime services exist. GET /manage/services
+// lists them all.
+const PublicListLimit = 100
+
+// ListedKeys returns the keys of a service map in order, at most
+// PublicListLimit of them, and whether some were left out.
+func ListedKeys(m map[string]*Service) (keys []string, truncated bool) {
+	keys = SortedKeys(m)
+	if len(keys) > PublicListLimit {
+		return keys[:PublicListLimit:PublicListLimit], true
+	}
+	return keys, false
 }
 
 // SortedKeys returns the keys of a service map in order.

@@ -166,6 +166,8 @@ func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) err
 		return serviceNotFound(w, key)
 	case errors.Is(err, gateway.ErrConfigDefined):
 		return configDefined(w, key)
+	case errors.Is(err, gateway.ErrTooManyServices):
+		return h.tooManyServices(w, key)
 	}
 	h.logger.Error("changing a runtime service failed", zap.String("service", key), zap.Error(err))
 	return gateway.WriteJSON(w, http.StatusInternalServerError, map[string]any{
@@ -184,6 +186,16 @@ func exists(w http.ResponseWriter, key string) error {
 
 func serviceNotFound(w http.ResponseWriter, key string) error {
 	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{"error": fmt.Sprintf("Service '%s' not found", shortPath(key))})
+}
+
+// tooManyServices answers 409: the request is valid, the registry is full.
+func (h *Handler) tooManyServices(w http.ResponseWriter, key string) error {
+	limit := h.app.MaxRuntimeServices()
+	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+		"error":       fmt.Sprintf("Service '%s' not added: at most %d runtime services may exist (runtime_services max_services); delete one first", key, limit),
+		"field":       "key",
+		"maxServices": limit,
+	})
 }
 
 func configDefined(w http.ResponseWriter, key string) error {

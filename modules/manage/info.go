@@ -90,7 +90,11 @@ func uptimeSeconds() float64 {
 // or keys.
 func (h *Handler) health(*http.Request) (int, any) {
 	services := h.app.AllServices()
-	keys := gateway.SortedKeys(services)
+	keys, truncated := gateway.ListedKeys(services)
+	listed := map[string]any{"total": len(services), "available": keys}
+	if truncated {
+		listed["truncated"] = true
+	}
 	under, kind := pressure.UnderPressure()
 	status := "healthy"
 	pr := map[string]any{"underPressure": under}
@@ -103,7 +107,7 @@ func (h *Handler) health(*http.Request) (int, any) {
 		"timestamp": time.Now().UTC().Format(time.RFC3339Nano),
 		"uptime":    uptimeSeconds(),
 		"version":   gateway.Version,
-		"services":  map[string]any{"total": len(keys), "available": keys},
+		"services":  listed,
 		"pressure":  pr,
 	}
 }
@@ -115,8 +119,9 @@ func (h *Handler) status(*http.Request) (int, any) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	services := h.app.AllServices()
-	list := make([]map[string]any, 0, len(services))
-	for _, key := range gateway.SortedKeys(services) {
+	keys, truncated := gateway.ListedKeys(services)
+	list := make([]map[string]any, 0, len(keys))
+	for _, key := range keys {
 		s := services[key]
 		info := s.Info()
 		list = append(list, map[string]any{
@@ -137,6 +142,20 @@ func (h *Handler) status(*http.Request) (int, any) {
 		}
 	}
 	proxy, mgmt := h.app.ScopeFor(gateway.ScopeProxy), h.app.ScopeFor(gateway.ScopeManagement)
+	configuration := map[string]any{
+		"services":      list,
+		"servicesTotal": len(services),
+		"cors":          cors,
+		"strictTLS":     h.app.StrictTLSOn(),
+		"timeoutMs":     time.Duration(h.app.Timeout).Milliseconds(),
+		"auth": map[string]any{
+			"proxyAuthRequired":      proxy != nil && proxy.Required,
+			"managementAuthRequired": mgmt != nil && mgmt.Required,
+		},
+	}
+	if truncated {
+		configuration["servicesTruncated"] = true
+	}
 	return http.StatusOK, map[string]any{
 		"application": map[string]any{
 			"name":        "ByteProxy",
@@ -155,17 +174,8 @@ func (h *Handler) status(*http.Request) (int, any) {
 				"numGC":     ms.NumGC,
 			},
 		},
-		"configuration": map[string]any{
-			"services":  list,
-			"cors":      cors,
-			"strictTLS": h.app.StrictTLSOn(),
-			"timeoutMs": time.Duration(h.app.Timeout).Milliseconds(),
-			"auth": map[string]any{
-				"proxyAuthRequired":      proxy != nil && proxy.Required,
-				"managementAuthRequired": mgmt != nil && mgmt.Required,
-			},
-		},
-		"components": h.app.Statuses(),
+		"configuration": configuration,
+		"components":    h.app.Statuses(),
 	}
 }
 
@@ -186,12 +196,18 @@ func (h *Handler) version(*http.Request) (int, any) {
 	}
 }
 
-// proxyServices lists every service with its public description.
+// proxyServices lists the services with their public description, at most
+// gateway.PublicListLimit of them; count is the number of services.
 func (h *Handler) proxyServices(*http.Request) (int, any) {
 	services := h.app.AllServices()
-	list := make([]gateway.ServiceInfo, 0, len(services))
-	for _, key := range gateway.SortedKeys(services) {
+	keys, truncated := gateway.ListedKeys(services)
+	list := make([]gateway.ServiceInfo, 0, len(keys))
+	for _, key := range keys {
 		list = append(list, services[key].Info())
 	}
-	return http.StatusOK, map[string]any{"services": list, "count": len(list)}
+	body := map[string]any{"services": list, "count": len(services)}
+	if truncated {
+		body["truncated"] = true
+	}
+	return http.StatusOK, body
 }

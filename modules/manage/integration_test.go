@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -367,6 +369,15 @@ func TestManageValidation(t *testing.T) {
 		{"private", `{"key":"a","config":{"baseUrl":"http://10.0.0.5/"}}`, "", "baseUrl"},
 		{"cgnat", `{"key":"a","config":{"baseUrl":"http://100.64.1.1/"}}`, "", "baseUrl"},
 		{"v6 loopback", `{"key":"a","config":{"baseUrl":"http://[::1]:80/"}}`, "", "baseUrl"},
+		{"v4-compatible v6", `{"key":"a","config":{"baseUrl":"http://[::127.0.0.1]/"}}`, "", "baseUrl"},
+		{"decimal v4", `{"key":"a","config":{"baseUrl":"http://2130706433/"}}`, "", "baseUrl"},
+		{"hex v4", `{"key":"a","config":{"baseUrl":"http://0x7f000001/"}}`, "", "baseUrl"},
+		{"short v4", `{"key":"a","config":{"baseUrl":"http://127.1/"}}`, "", "baseUrl"},
+		{"octal v4", `{"key":"a","config":{"baseUrl":"http://0177.0.0.1/"}}`, "", "baseUrl"},
+		{"TEST-NET-1", `{"key":"a","config":{"baseUrl":"http://192.0.2.1/"}}`, "", "baseUrl"},
+		{"TEST-NET-2", `{"key":"a","config":{"baseUrl":"http://198.51.100.1/"}}`, "", "baseUrl"},
+		{"TEST-NET-3", `{"key":"a","config":{"baseUrl":"https://203.0.113.1/"}}`, "", "baseUrl"},
+		{"version on own host", `{"key":"a","config":{` + ok + `,"versionedBaseUrls":{"v1":"http://` + ownAddress(t) + `:3420/"}}}`, "", "versionedBaseUrls"},
 		{"secret env", `{"key":"a","config":{` + ok + `,"auth":{"type":"bearer","tokenEnvVar":"MANAGEMENT_API_KEY"}}}`, "", "auth.tokenEnvVar"},
 		{"github env", `{"key":"a","config":{` + ok + `,"auth":{"type":"bearer","tokenEnvVar":"GITHUB_TOKEN"}}}`, "", "auth.tokenEnvVar"},
 		{"zero", `{"key":"a","config":{` + ok + `,"rateLimit":{"maxRequests":0,"windowMs":1}}}`, "", "rateLimit.maxRequests"},
@@ -425,6 +436,24 @@ func TestManageValidation(t *testing.T) {
 	if st, m := api(t, in, "PUT", "/manage/services/nope", `{"baseUrl":"ftp://x/"}`); st != 400 || m["field"] != "baseUrl" {
 		t.Errorf("PUT invalid: %d %v", st, m)
 	}
+}
+
+// ownAddress is an IPv4 address of one of this host's interfaces other than
+// loopback: a runtime service must not reach the gateway's own host through
+// it.
+func ownAddress(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && !p.Addr().IsLoopback() {
+			return p.Addr().String()
+		}
+	}
+	t.Fatal("this host has no non-loopback IPv4 address")
+	return ""
 }
 
 func trim(m map[string]any) string {

@@ -114,18 +114,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return nil
 }
 
-// notConfigured answers 404 for a key no service has.
+// notConfigured answers 404 for a key no service has, listing at most
+// gateway.PublicListLimit of the services there are.
 func (h *Handler) notConfigured(w http.ResponseWriter, key string) error {
-	_ = gateway.WriteJSON(w, http.StatusNotFound, notConfiguredBody{
-		Error:             "Service '" + key + "' not configured",
-		AvailableServices: gateway.SortedKeys(h.app.AllServices()),
-	})
+	services := h.app.AllServices()
+	keys, truncated := gateway.ListedKeys(services)
+	body := notConfiguredBody{Error: "Service '" + key + "' not configured", AvailableServices: keys}
+	if truncated {
+		body.Truncated, body.ServicesTotal = true, len(services)
+	}
+	_ = gateway.WriteJSON(w, http.StatusNotFound, body)
 	return nil
 }
 
 type notConfiguredBody struct {
 	Error             string   `json:"error"`
 	AvailableServices []string `json:"availableServices"`
+	// Only when more services exist than availableServices lists.
+	Truncated     bool `json:"truncated,omitempty"`
+	ServicesTotal int  `json:"servicesTotal,omitempty"`
 }
 
 // check answers what the gateway refuses before contacting the upstream,
