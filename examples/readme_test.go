@@ -24,7 +24,9 @@ func readmeGlobalOptionBlocks(t *testing.T) []string {
 	if !ok {
 		t.Fatal("README.md has no section 'The `byteproxy` global option'")
 	}
-	if end := strings.Index(section, "\n### "); end >= 0 {
+	// The section ends at the next heading of any level (a subsection has
+	// snippets of its own).
+	if end := strings.Index(section, "\n#"); end >= 0 {
 		section = section[:end]
 	}
 	var blocks []string
