@@ -322,6 +322,12 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 		"Cookie", "session=abc",
 		"Accept-Encoding", "gzip, br",
 		"X-Real-IP", "10.1.1.1",
+		"True-Client-IP", "10.1.1.2",
+		"X-Client-IP", "10.1.1.3",
+		"CF-Connecting-IP", "10.1.1.4",
+		"X-Original-URL", "/admin",
+		"X-Rewrite-URL", "/admin",
+		"X_Real_IP", "10.1.1.5", // what CGI-style servers read as X-Real-IP
 		"Connection", "X-Hop",
 		"X-Hop", "hop-value",
 		"X-Custom", "custom",
@@ -338,7 +344,6 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 		"Authorization":   "Bearer " + tokens["T_BEARER"], // the credential wins over the client
 		"Cookie":          "session=abc",
 		"Accept-Encoding": "gzip, br",
-		"X-Real-Ip":       "10.1.1.1",
 		"X-Custom":        "custom",
 		"Content-Type":    "application/json",
 	}
@@ -347,8 +352,10 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 			t.Errorf("upstream %s = %q, want [%q]", k, got, v)
 		}
 	}
+	// Identity and routing claims never pass (issue 11.9), on either path.
 	for _, k := range []string{"Proxy-Authorization", "X-Api-Key", "X-Forwarded-For", "X-Forwarded-Host",
-		"X-Forwarded-Proto", "X-Forwarded-Port", "Forwarded", "X-Hop", "Via"} {
+		"X-Forwarded-Proto", "X-Forwarded-Port", "Forwarded", "X-Hop", "Via",
+		"X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "X-Original-Url", "X-Rewrite-Url", "X_real_ip"} {
 		if v, ok := s.Header[k]; ok {
 			t.Errorf("upstream received %s: %q", k, v)
 		}
