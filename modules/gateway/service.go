@@ -114,18 +114,6 @@ func (s *Service) Finished() {
 	}
 }
 
-// CloseIdleConnections closes the service's idle upstream connections:
-// its Transport's and those of its forwarder, if one was built and keeps
-// its own. Requests in flight finish normally.
-func (s *Service) CloseIdleConnections() {
-	s.Transport.CloseIdleConnections()
-	if p := s.proxy.Load(); p != nil {
-		if c, ok := (*p).(interface{ CloseIdleConnections() }); ok {
-			c.CloseIdleConnections()
-		}
-	}
-}
-
 // HasAuth reports whether the service is configured to send a credential.
 func (s *Service) HasAuth() bool { return s.Config.Auth != nil && s.Config.Auth.Type != "" }
 

@@ -108,14 +108,6 @@ func (f *forwarder) poolRoutes() {
 	}
 }
 
-// CloseIdleConnections closes the idle connections of the lean path's
-// pools (the service closes its Transport's).
-func (f *forwarder) CloseIdleConnections() {
-	for _, p := range f.pools {
-		p.CloseIdle()
-	}
-}
-
 // Close closes the lean path's pools: idle connections now, those in use
 // when their requests end (the service closes its Transport's; see
 // gateway.Service.Close).

@@ -222,28 +222,48 @@ type chunked struct{}
 
 func (chunked) Read([]byte) (int, error) { return 0, io.EOF }
 
-// A service leaving the registry (or its config unloading) closes the
-// lean path's idle connections along with its Transport's.
-func TestServiceClosesLeanConnections(t *testing.T) {
+// A service leaving the registry (or its config unloading) is closed: its
+// idle connections close at once, and a request that comes late still
+// works, on either path, but leaves no connection behind (issue 15.3).
+func TestServiceCloseLeavesNoConnections(t *testing.T) {
 	up := rawup.Start(t, func(n int, req *http.Request, w *bufio.Writer) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
 		answer(w, req, "ok")
 		return true
 	})
 	svc := testService(t, gateway.ServiceConfig{BaseURL: "http://" + up.Host() + "/"})
+	t.Cleanup(svc.Transport.CloseIdleConnections) // before the upstream stops, should the test fail
 	h := svc.Proxy(func(s *gateway.Service) http.Handler { return newForwarder(s, nil, zap.NewNop(), true) })
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/proxy/svc/x")
-	if err != nil {
-		t.Fatal(err)
+	send := func(method string) {
+		t.Helper()
+		var payload io.Reader
+		if method == "POST" {
+			payload = strings.NewReader("{}")
+		}
+		req, _ := http.NewRequest(method, srv.URL+"/proxy/svc/x", payload)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "ok" {
+			t.Fatalf("%s: body %q", method, body)
+		}
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(body) != "ok" {
-		t.Fatalf("body %q", body)
-	}
-	svc.CloseIdleConnections()
+	send("GET") // a lean-path connection, idle in its pool
+	svc.Close()
 	up.WaitGone(t)
+	for _, method := range []string{"GET", "POST"} { // the lean path, the Transport
+		before := up.Accepted.Load()
+		send(method)
+		up.WaitGone(t)
+		if n := up.Accepted.Load(); n != before+1 {
+			t.Errorf("%s after Close: %d new connections, want 1", method, n-before)
+		}
+	}
 }
 
 func answer(w *bufio.Writer, req *http.Request, body string) {
