@@ -62,6 +62,10 @@ func parseAppOption(d *caddyfile.Dispenser, app *gateway.App) error {
 		b, err := oneBool(d)
 		app.StrictTLS = &b
 		return err
+	case "lean_path":
+		b, err := oneBool(d)
+		app.LeanPath = &b
+		return err
 	case "cors":
 		return parseCORS(d, app)
 	case "pressure":

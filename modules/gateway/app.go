@@ -54,6 +54,13 @@ type App struct {
 	// Verify upstream TLS certificates. Default true.
 	StrictTLS *bool `json:"strict_tls,omitempty"`
 
+	// Send bodiless GET, HEAD and OPTIONS requests to plain-http
+	// upstreams through the gateway's lean HTTP/1.1 client (about half the
+	// CPU per request of Go's http.Transport; same guarantees, see
+	// docs/OPERATIONS.md, Upstream connections). Default true; false sends
+	// every request through Go's httputil.ReverseProxy and http.Transport.
+	LeanPath *bool `json:"lean_path,omitempty"`
+
 	// Cross-origin settings. Default: any origin, without credentials.
 	CORS *CORSConfig `json:"cors,omitempty"`
 
@@ -345,11 +352,12 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// Cleanup releases idle upstream connections of this config's services.
+// Cleanup releases the upstream connections of this config's services:
+// idle ones now, those of requests still in flight when they end.
 func (a *App) Cleanup() error {
 	if m := a.services.Load(); m != nil {
 		for _, s := range *m {
-			s.CloseIdleConnections()
+			s.Close()
 		}
 	}
 	return nil
@@ -370,6 +378,9 @@ func (a *App) ScopeFor(name string) *Scope { return a.scopes[name] }
 
 // QueryKeyOn reports whether ?api_key= is accepted.
 func (a *App) QueryKeyOn() bool { return a.QueryKey == nil || *a.QueryKey }
+
+// LeanPathOn reports whether the proxy's lean HTTP/1.1 path is on.
+func (a *App) LeanPathOn() bool { return a.LeanPath == nil || *a.LeanPath }
 
 // StrictTLSOn reports whether upstream certificates are verified.
 func (a *App) StrictTLSOn() bool { return a.StrictTLS == nil || *a.StrictTLS }

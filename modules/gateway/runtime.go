@@ -436,12 +436,12 @@ func (a *App) swap(change func(map[string]*Service)) {
 	closeReplaced(old, next)
 }
 
-// closeReplaced closes idle connections of services that left the registry;
-// requests in flight on them finish normally.
+// closeReplaced closes the connections of services that left the
+// registry; requests in flight on them finish normally.
 func closeReplaced(old, next map[string]*Service) {
 	for k, s := range old {
 		if next[k] != s {
-			s.CloseIdleConnections()
+			s.Close()
 		}
 	}
 }

@@ -59,6 +59,7 @@ type Service struct {
 
 	proxyMu sync.Mutex
 	proxy   atomic.Pointer[http.Handler]
+	closed  atomic.Bool // Close was called
 }
 
 // Proxy returns the handler that forwards requests to this service,
@@ -77,18 +78,41 @@ func (s *Service) Proxy(build func(*Service) http.Handler) http.Handler {
 	}
 	h := build(s)
 	s.proxy.Store(&h)
+	if s.closed.Load() {
+		closeProxy(h) // built for a late request after Close: see Close
+	}
 	return h
 }
 
-// CloseIdleConnections closes the service's idle upstream connections:
-// its Transport's and those of its forwarder, if one was built and keeps
-// its own. Requests in flight finish normally.
-func (s *Service) CloseIdleConnections() {
+// Close releases the service's upstream connections when it leaves the
+// registry or its config unloads: the idle ones at once, and those in use
+// as their requests end, instead of keeping them for 90 s in a pool no
+// request will use again. Requests in flight finish normally, and a late
+// request still works (on a connection of its own). The forwarder, if one
+// was built, closes its own pools (a Close method); connections of the
+// Transport are closed by Finished.
+func (s *Service) Close() {
+	s.closed.Store(true)
 	s.Transport.CloseIdleConnections()
 	if p := s.proxy.Load(); p != nil {
-		if c, ok := (*p).(interface{ CloseIdleConnections() }); ok {
-			c.CloseIdleConnections()
-		}
+		closeProxy(*p)
+	}
+}
+
+func closeProxy(h http.Handler) {
+	if c, ok := h.(interface{ Close() }); ok {
+		c.Close()
+	}
+}
+
+// Finished is called after each request sent through Transport, once its
+// response body is closed. On a closed service it closes the Transport's
+// idle connections: the one the request gave back, and (because the
+// Transport then closes what becomes idle until it is asked for a new
+// connection) one it gives back a moment later.
+func (s *Service) Finished() {
+	if s.closed.Load() {
+		s.Transport.CloseIdleConnections()
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,40 +19,42 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
+	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
 )
 
 // forwarder forwards requests to one service, with everything a request
-// needs computed once: bodiless GET/HEAD/OPTIONS/TRACE to a plain-http
-// route on the lean path (lean.go, lean_forward.go), everything else
-// through a ReverseProxy over the service's own Transport. There is one
-// per *gateway.Service (see Service.Proxy).
+// needs computed once: bodiless GET/HEAD/OPTIONS to a plain-http route on
+// the lean path (lean.go) unless the operator turned it off, everything
+// else through a ReverseProxy over the service's own Transport; both build
+// the outgoing request with outgoing (headers.go). There is one per
+// *gateway.Service (see Service.Proxy).
 type forwarder struct {
 	svc      *gateway.Service
 	key      string
-	keyVal   []string // X-Proxy-Service value; shared, never modified
-	keyVar   any      // the key boxed once for the request variable
-	github   bool     // the GitHub preset's /org/ hint applies
+	keyVar   any  // the key boxed once for the request variable
+	github   bool // the GitHub preset's /org/ hint applies
 	base     route
 	versions map[string]*route
 	defaults []headerValue
 	rp       *httputil.ReverseProxy
-	pools    []*connPool // the lean path's, one per plain-http host
+	pools    []*leanhttp.Pool // the lean path's, one per plain-http host; none when it is off
 	metrics  *gateway.Metrics
 	logger   *zap.Logger
 }
 
 // headerValue is a default request header; vals is shared by every
-// request and never modified.
+// outgoing request and never modified.
 type headerValue struct {
 	key  string
 	vals []string
 }
 
-func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *forwarder {
+// newForwarder builds the forwarder of service s; lean says whether the
+// lean path is on (the byteproxy app's lean_path).
+func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, lean bool) *forwarder {
 	f := &forwarder{
 		svc:     s,
 		key:     s.Key,
-		keyVal:  []string{s.Key},
 		keyVar:  s.Key,
 		github:  s.Config.Preset == "github",
 		base:    newRoute(s.BaseURL),
@@ -70,7 +71,9 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *f
 	for k, vals := range s.Headers {
 		f.defaults = append(f.defaults, headerValue{key: k, vals: vals[:len(vals):len(vals)]})
 	}
-	f.poolRoutes()
+	if lean {
+		f.poolRoutes()
+	}
 	var transport http.RoundTripper = s.Transport
 	if s.Retries > 0 {
 		transport = &retryTransport{next: transport, f: f}
@@ -88,13 +91,13 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger) *f
 // poolRoutes gives each plain-http route a connection pool for the lean
 // path, one per host.
 func (f *forwarder) poolRoutes() {
-	pools := make(map[string]*connPool)
+	pools := make(map[string]*leanhttp.Pool)
 	add := func(rt *route) {
 		if rt.scheme != "http" {
 			return
 		}
 		if pools[rt.host] == nil {
-			pools[rt.host] = newConnPool(rt.host, f.svc.Transport.DialContext)
+			pools[rt.host] = leanhttp.NewPool(rt.host, f.svc.Transport.DialContext)
 			f.pools = append(f.pools, pools[rt.host])
 		}
 		rt.pool = pools[rt.host]
@@ -105,11 +108,12 @@ func (f *forwarder) poolRoutes() {
 	}
 }
 
-// CloseIdleConnections closes the idle connections of the lean path's
-// pools (the service closes its Transport's).
-func (f *forwarder) CloseIdleConnections() {
+// Close closes the lean path's pools: idle connections now, those in use
+// when their requests end (the service closes its Transport's; see
+// gateway.Service.Close).
+func (f *forwarder) Close() {
 	for _, p := range f.pools {
-		p.closeIdle()
+		p.Close()
 	}
 }
 
@@ -124,8 +128,6 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string) {
 	pw := writers.Get().(*proxyWriter)
 	*pw = proxyWriter{ResponseWriter: w, f: f, start: time.Now()}
-	// Set here too for upgrades, whose 101 is written without WriteHeader.
-	w.Header()["X-Proxy-Service"] = f.keyVal
 	defer f.finish(pw, r)
 	if leanMethod(r) {
 		if rt, tail := f.route(rest); rt.pool != nil {
@@ -158,51 +160,34 @@ func (f *forwarder) finish(pw *proxyWriter, r *http.Request) {
 	}
 	*pw = proxyWriter{}
 	writers.Put(pw)
+	// On a service that left the registry, what this request gave back
+	// to the Transport's pool is closed rather than kept for 90 s.
+	f.svc.Finished()
 }
 
-// rewrite builds the outgoing request: target URL, query and headers.
+// rewrite builds ReverseProxy's outgoing request with outgoing, as the
+// lean path does. ReverseProxy has already applied most of these rules to
+// its copy of the client's headers; starting again from the client's keeps
+// one set of rules for both paths.
 func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	_, rest, _ := gateway.ProxyPath(in.URL.EscapedPath())
 	rt, tail := f.route(rest)
 
 	u := out.URL
-	u.Scheme, u.Host, u.Opaque, u.User = rt.scheme, rt.host, "", nil
+	u.Opaque, u.User = "", nil
 	u.Fragment, u.RawFragment, u.ForceQuery, u.OmitHost = "", "", false, false
-	rt.setPath(u, tail)
-	// The raw query of the client, not ReverseProxy's cleaned one: byte for
-	// byte, minus the gateway's own key.
-	u.RawQuery = gateway.StripQueryParam(in.URL.RawQuery, "api_key")
 	out.Host = "" // the upstream's host, from u
-
 	h := out.Header
-	for k := range h {
-		if clientOnly(k) {
-			delete(h, k)
-		}
+	clear(h)
+	f.outgoing(h, u, in, rt, tail)
+	if upgrading(in.Header) {
+		// A WebSocket upgrade (the only one the handler lets through):
+		// ReverseProxy asks the upstream for it with these, as it
+		// would have before Rewrite.
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = []string{in.Header.Get("Upgrade")}
 	}
-	f.addServiceHeaders(h, u)
-}
-
-// clientOnly reports whether the client's request header k stays at the
-// gateway: the client's own credentials and forwarding information.
-func clientOnly(k string) bool {
-	switch k {
-	case "Authorization", "Proxy-Authorization", "X-Api-Key", "Forwarded":
-		return true
-	}
-	return strings.HasPrefix(k, "X-Forwarded-")
-}
-
-// addServiceHeaders adds the service's default headers where the client
-// sent none, then its credential, which always wins.
-func (f *forwarder) addServiceHeaders(h http.Header, u *url.URL) {
-	for _, d := range f.defaults {
-		if _, ok := h[d.key]; !ok {
-			h[d.key] = d.vals
-		}
-	}
-	f.svc.ApplyCredential(h, u)
 }
 
 // route picks the base URL for the escaped path rest: a first segment that
@@ -249,8 +234,7 @@ func (w *proxyWriter) WriteHeader(code int) {
 		w.upstream = d
 	}
 	h := w.ResponseWriter.Header()
-	h["X-Proxy-Service"] = w.f.keyVal // replaces one the upstream sent
-	h["X-Proxy-Duration"] = durationHeader(d)
+	w.setProxyHeaders(h, d)
 	// Where the upstream sent a header the gateway had set too, the
 	// upstream's wins: Caddy's Server, and the rate-limit headers of a
 	// service with its own quota (GitHub's, Discord's), which client
@@ -263,6 +247,17 @@ func (w *proxyWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// setProxyHeaders sets X-Proxy-Service (replacing one the upstream sent)
+// and X-Proxy-Duration (d). The values are this response's own: Caddy's
+// `header` directive and other handlers edit response headers in place,
+// so a slice shared between responses would carry one's edits into all.
+func (w *proxyWriter) setProxyHeaders(h http.Header, d time.Duration) {
+	vals := make([]string, 2) // one allocation for both
+	vals[0], vals[1] = w.f.key, durationMS(d)
+	h["X-Proxy-Service"] = vals[0:1:1]
+	h["X-Proxy-Duration"] = vals[1:2:2]
+}
+
 func (w *proxyWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
@@ -273,6 +268,11 @@ func (w *proxyWriter) Write(p []byte) (int, error) {
 // Hijack is called for a protocol upgrade (WebSocket) once the upstream
 // answered 101.
 func (w *proxyWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.status == 0 {
+		// ReverseProxy writes the 101 itself, with these headers, after
+		// this returns: WriteHeader is not called.
+		w.setProxyHeaders(w.ResponseWriter.Header(), time.Since(w.start))
+	}
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err == nil && w.status == 0 {
 		w.status = http.StatusSwitchingProtocols
@@ -423,7 +423,7 @@ func (f *forwarder) retry(ctx context.Context, method string, err error, send fu
 // replayable: an idempotent method without a body to resend.
 func replayable(req *http.Request) bool {
 	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
 		return req.Body == nil || req.Body == http.NoBody
 	}
 	return false

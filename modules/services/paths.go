@@ -3,6 +3,8 @@ package services
 import (
 	"net/url"
 	"strings"
+
+	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
 )
 
 // The rules that keep a proxied path below its service's base URL. They
@@ -60,10 +62,10 @@ func dotSegment(s string) bool {
 // prepared for appending paths.
 type route struct {
 	scheme, host string
-	path         string    // decoded base path, ending in "/"
-	rawPath      string    // escaped base path, ending in "/"
-	encoded      bool      // the base path needs its escaped form kept
-	pool         *connPool // the lean path's connections; nil unless plain http
+	path         string         // decoded base path, ending in "/"
+	rawPath      string         // escaped base path, ending in "/"
+	encoded      bool           // the base path needs its escaped form kept
+	pool         *leanhttp.Pool // the lean path's connections; nil unless plain http and the lean path is on
 }
 
 func newRoute(u *url.URL) route {

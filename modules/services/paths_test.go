@@ -101,7 +101,7 @@ func TestRewrite(t *testing.T) {
 		Headers:  map[string]string{"user-agent": "svc", "X-Default": "d"},
 		Auth:     &gateway.ServiceAuth{Type: "query", Name: "key", Token: "t&k n"},
 	})
-	f := newForwarder(s, nil, zap.NewNop())
+	f := newForwarder(s, nil, zap.NewNop(), true)
 	for _, c := range []struct{ in, want string }{
 		{"/proxy/svc/x?y=2&y=3&flag&api_key=k&key=client", "https://api.example.com/base/x?y=2&y=3&flag&key=t%26k+n"},
 		{"/proxy/svc/v2/x/y", "https://v2.example.com/two/x/y?key=t%26k+n"},
@@ -126,7 +126,7 @@ func TestRewrite(t *testing.T) {
 func TestErrorClassification(t *testing.T) {
 	t.Parallel()
 	s := testService(t, gateway.ServiceConfig{BaseURL: "http://127.0.0.1:1/", Auth: &gateway.ServiceAuth{Type: "query", Name: "key", Token: "SECRETTOKEN"}})
-	f := newForwarder(s, nil, zap.NewNop())
+	f := newForwarder(s, nil, zap.NewNop(), true)
 	r, _ := http.NewRequest("GET", "http://127.0.0.1:1/x?key=SECRETTOKEN", nil)
 	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	for _, c := range []struct {

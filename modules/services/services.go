@@ -30,10 +30,18 @@ func init() {
 // version's base URL), the query without `api_key`, the body streamed as
 // it arrives, and the headers: the service's default headers, then the
 // client's (a client header wins), then the service's credential (always
-// the gateway's). The client's `Authorization`, `Proxy-Authorization`,
-// `X-API-Key`, `X-Forwarded-*`, `Forwarded` and hop-by-hop headers are
-// never forwarded, and none are added: the upstream does not learn the
-// client's address.
+// the gateway's). Never forwarded: hop-by-hop headers, the client's
+// credentials (`Authorization`, `Proxy-Authorization`, `X-API-Key`), and
+// headers that claim the client's identity or the request's route
+// (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `True-Client-IP`,
+// `X-Client-IP`, `CF-Connecting-IP`, `X-Original-URL`, `X-Rewrite-URL`;
+// also spelled with `_` for `-`). None are added: the upstream does not
+// learn the client's address.
+//
+// Refused by the gateway, never forwarded: `TRACE` and `CONNECT` (405,
+// with `Allow`: a TRACE echo would hand the service's credential to the
+// caller), and a protocol upgrade to anything but WebSocket (400: `h2c`
+// and the like would open a tunnel past the gateway's rules).
 //
 // What comes back: the upstream's status, headers and body as they are
 // (redirects are not followed, compressed bodies stay compressed, bodies
@@ -50,14 +58,15 @@ func init() {
 // not set, 400 for a refused path or the GitHub `/org/` mistake, 502 when
 // the upstream cannot be reached, 504 when it does not answer within the
 // service's timeout. Connection failures of idempotent requests without a
-// body are retried up to the service's `retries`; a GET, HEAD, OPTIONS or
-// TRACE that finds its kept-alive upstream connection closed by the
-// upstream before any answer is sent again on a new connection.
+// body are retried up to the service's `retries`; a GET, HEAD or OPTIONS
+// that finds its kept-alive upstream connection closed by the upstream
+// before any answer is sent again on a new connection.
 //
-// Connections: each service has its own pool. Bodiless GET, HEAD, OPTIONS
-// and TRACE requests to a plain-http upstream go through a lean HTTP/1.1
-// client (see lean.go); TLS upstreams (HTTP/2 when offered), request
-// bodies and upgrades go through the service's http.Transport.
+// Connections: each service has its own pool. Bodiless GET, HEAD and
+// OPTIONS requests to a plain-http upstream go through a lean HTTP/1.1
+// client (see lean.go; the byteproxy app's `lean_path off` turns it off);
+// TLS upstreams (HTTP/2 when offered), request bodies and upgrades go
+// through the service's http.Transport.
 //
 // The handler has no options: services are configured in the byteproxy
 // app (the `byteproxy` global option).
@@ -85,7 +94,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.app = app
 	h.metrics = app.Metrics()
 	h.logger = ctx.Logger()
-	h.build = func(s *gateway.Service) http.Handler { return newForwarder(s, h.metrics, h.logger) }
+	lean := app.LeanPathOn()
+	h.build = func(s *gateway.Service) http.Handler { return newForwarder(s, h.metrics, h.logger, lean) }
 	return nil
 }
 
@@ -104,7 +114,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	f := svc.Proxy(h.build).(*forwarder)
 	caddyhttp.SetVar(r.Context(), gateway.VarService, f.keyVar)
 	gateway.AddLogField(r, zap.String("service", key))
-	if status, body := f.check(rest); status != 0 {
+	if status, body := f.check(r, rest); status != 0 {
+		if status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", allowedMethods)
+		}
 		f.metrics.ProxyRequest(key, status, 0, 0)
 		f.logLocal(r, status)
 		_ = gateway.WriteJSON(w, status, body)
@@ -135,10 +148,30 @@ type notConfiguredBody struct {
 	ServicesTotal int  `json:"servicesTotal,omitempty"`
 }
 
-// check answers what the gateway refuses before contacting the upstream,
-// in the original's order: the GitHub /org/ hint before the token check.
-// It returns status 0 when the request may go upstream.
-func (f *forwarder) check(rest string) (int, any) {
+// allowedMethods is the Allow header of a 405: the methods of HTTP APIs
+// (other methods pass too, except TRACE and CONNECT).
+const allowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+// check answers what the gateway refuses before contacting the upstream:
+// methods and upgrades it never forwards, then, in the original's order,
+// the GitHub /org/ hint before the token check. It returns status 0 when
+// the request may go upstream.
+func (f *forwarder) check(r *http.Request, rest string) (int, any) {
+	switch r.Method {
+	case http.MethodTrace, http.MethodConnect:
+		return http.StatusMethodNotAllowed, upstreamErrorBody{
+			Error:   "Method Not Allowed",
+			Message: r.Method + " is not forwarded: the gateway answers it itself.",
+			Service: f.key,
+		}
+	}
+	if upgradeRefused(r.Header) {
+		return http.StatusBadRequest, upstreamErrorBody{
+			Error:   "Upgrade not allowed",
+			Message: "Only 'Upgrade: websocket' is forwarded.",
+			Service: f.key,
+		}
+	}
 	if f.github && (rest == "/org" || strings.HasPrefix(rest, "/org/")) {
 		return http.StatusBadRequest, githubHintBody{
 			Error: "Invalid GitHub API path. Did you mean '/orgs/:org' instead of '/org/:org'?",
@@ -190,24 +223,6 @@ func (f *forwarder) logLocal(r *http.Request, status int) {
 func durationMS(d time.Duration) string {
 	var buf [24]byte
 	return string(append(strconv.AppendInt(buf[:0], max(d.Milliseconds(), 0), 10), 'm', 's'))
-}
-
-// durationValues are the header values for 0ms..999ms, made once, so the
-// common case sets X-Proxy-Duration without allocating. Shared, never
-// modified.
-var durationValues = func() [][]string {
-	v := make([][]string, 1000)
-	for i := range v {
-		v[i] = []string{durationMS(time.Duration(i) * time.Millisecond)}
-	}
-	return v
-}()
-
-func durationHeader(d time.Duration) []string {
-	if ms := d.Milliseconds(); ms >= 0 && ms < int64(len(durationValues)) {
-		return durationValues[ms]
-	}
-	return []string{durationMS(d)}
 }
 
 // Interface guards

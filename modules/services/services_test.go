@@ -17,7 +17,9 @@ import (
 // one recording upstream (and "down" at a closed port).
 type gatewayUnderTest struct {
 	in     *testutil.Instance
+	lean   bool   // the lean path is on
 	bare   string // host:port of the site with byteproxy_services alone
+	edit   string // host:port of the site whose header directive edits the proxy's response headers
 	up     *upstream
 	canary *upstream // a second host no request may ever reach
 }
@@ -30,6 +32,7 @@ const mainCaddyfile = `{
 	byteproxy {
 		timeout 5s
 		retries 0
+		lean_path {{LEAN}}
 		service up {
 			name "Recording upstream"
 			base_url http://{{UP}}/base/
@@ -95,15 +98,30 @@ http://127.0.0.1:{{BARE}} {
 	}
 	byteproxy_services
 }
+
+# Caddy's header directive editing the proxy's response headers in place
+# (replace operations), after the proxy set them.
+http://127.0.0.1:{{EDIT}} {
+	header {
+		defer
+		X-Proxy-Service ^(.*)$ "${1}-x"
+		X-Proxy-Duration ms " ms"
+	}
+	byteproxy
+}
 `
 
-func startGateway(t *testing.T) *gatewayUnderTest {
+func startGateway(t *testing.T) *gatewayUnderTest { return startGatewayLean(t, true) }
+
+// startGatewayLean starts the gateway with the lean path on or off.
+func startGatewayLean(t *testing.T, lean bool) *gatewayUnderTest {
 	t.Helper()
-	g := &gatewayUnderTest{up: newUpstream(t), canary: newUpstream(t)}
-	bare := testutil.FreePort(t)
-	g.bare = fmt.Sprintf("127.0.0.1:%d", bare)
+	g := &gatewayUnderTest{up: newUpstream(t), canary: newUpstream(t), lean: lean}
+	bare, edit := testutil.FreePort(t), testutil.FreePort(t)
+	g.bare, g.edit = fmt.Sprintf("127.0.0.1:%d", bare), fmt.Sprintf("127.0.0.1:%d", edit)
+	onOff := map[bool]string{true: "on", false: "off"}[lean]
 	cf := strings.NewReplacer("{{UP}}", g.up.hostport(), "{{DOWN}}", fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
-		"{{BARE}}", fmt.Sprint(bare)).Replace(mainCaddyfile)
+		"{{BARE}}", fmt.Sprint(bare), "{{EDIT}}", fmt.Sprint(edit), "{{LEAN}}", onOff).Replace(mainCaddyfile)
 	g.in = testutil.Start(t, cf, testutil.Options{Env: tokenEnv()})
 	return g
 }
@@ -121,6 +139,9 @@ func TestProxy(t *testing.T) {
 	t.Run("Responses", func(t *testing.T) { testResponses(t, g) })
 	t.Run("PathEscapes", func(t *testing.T) { testPathEscapes(t, g) })
 	t.Run("NotAServiceCall", func(t *testing.T) { testNotServiceCall(t, g) })
+	t.Run("TraceConnect405", func(t *testing.T) { testTraceConnect(t, g) })
+	t.Run("UpgradesOnlyWebSocket", func(t *testing.T) { testUpgrades(t, g) })
+	t.Run("HeaderDirectiveEdits", func(t *testing.T) { testHeaderEdits(t, g) })
 	t.Run("Trailers", func(t *testing.T) { testTrailers(t, g) })
 	t.Run("WebSocket", func(t *testing.T) { testWebSocket(t, g) })
 	t.Run("Timeout504", func(t *testing.T) { testTimeout(t, g) })
@@ -143,6 +164,36 @@ func TestProxy(t *testing.T) {
 			}
 		}
 		assertNoSecrets(t, "gateway log", logs)
+	})
+}
+
+// TestProxyLeanPathOff runs the request-shaping behaviour with the lean
+// path turned off (`lean_path off`): every request goes through
+// ReverseProxy and http.Transport, with the same rules.
+func TestProxyLeanPathOff(t *testing.T) {
+	g := startGatewayLean(t, false)
+	t.Run("Versions", func(t *testing.T) { testVersions(t, g) })
+	t.Run("HeaderPrecedence", func(t *testing.T) { testHeaders(t, g) })
+	t.Run("AuthTypes", func(t *testing.T) { testAuthTypes(t, g) })
+	t.Run("Query", func(t *testing.T) { testQuery(t, g) })
+	t.Run("Responses", func(t *testing.T) { testResponses(t, g) })
+	t.Run("PathEscapes", func(t *testing.T) { testPathEscapes(t, g) })
+	t.Run("TraceConnect405", func(t *testing.T) { testTraceConnect(t, g) })
+	t.Run("UpgradesOnlyWebSocket", func(t *testing.T) { testUpgrades(t, g) })
+	t.Run("HeaderDirectiveEdits", func(t *testing.T) { testHeaderEdits(t, g) })
+	t.Run("Trailers", func(t *testing.T) { testTrailers(t, g) })
+	t.Run("WebSocket", func(t *testing.T) { testWebSocket(t, g) })
+	t.Run("NothingLean", func(t *testing.T) {
+		for _, m := range []string{"GET", "HEAD", "OPTIONS"} {
+			before := countLog(g, "proxied request", "open", `"method":"`+m+`"`, `"lean":false`)
+			if r := call(t, m, g.url("/proxy/open/x"), nil); r.status != http.StatusOK {
+				t.Fatalf("%s: %d", m, r.status)
+			}
+			waitLogWith(t, g, "proxied request", "open", before+1, `"method":"`+m+`"`, `"lean":false`)
+		}
+		if n := countLog(g, "proxied request", "", `"lean":true`); n != 0 {
+			t.Errorf("%d requests took the lean path with lean_path off", n)
+		}
 	})
 }
 
@@ -304,7 +355,7 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 		body = strings.NewReader(`{"a":1.0}`)
 	}
 	// Through Caddy, a GET takes the lean path and a POST does not.
-	logged := []string{`"method":"` + method + `"`, `"lean":` + strconv.FormatBool(method == "GET")}
+	logged := []string{`"method":"` + method + `"`, `"lean":` + strconv.FormatBool(method == "GET" && g.lean)}
 	before := countLog(g, "proxied request", "up", logged...)
 	r := call(t, method, g.url("/proxy/up/things"), body,
 		"X-Test-Id", id,
@@ -322,6 +373,12 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 		"Cookie", "session=abc",
 		"Accept-Encoding", "gzip, br",
 		"X-Real-IP", "10.1.1.1",
+		"True-Client-IP", "10.1.1.2",
+		"X-Client-IP", "10.1.1.3",
+		"CF-Connecting-IP", "10.1.1.4",
+		"X-Original-URL", "/admin",
+		"X-Rewrite-URL", "/admin",
+		"X_Real_IP", "10.1.1.5", // what CGI-style servers read as X-Real-IP
 		"Connection", "X-Hop",
 		"X-Hop", "hop-value",
 		"X-Custom", "custom",
@@ -338,7 +395,6 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 		"Authorization":   "Bearer " + tokens["T_BEARER"], // the credential wins over the client
 		"Cookie":          "session=abc",
 		"Accept-Encoding": "gzip, br",
-		"X-Real-Ip":       "10.1.1.1",
 		"X-Custom":        "custom",
 		"Content-Type":    "application/json",
 	}
@@ -347,8 +403,10 @@ func testHeadersOn(t *testing.T, g *gatewayUnderTest, method string) {
 			t.Errorf("upstream %s = %q, want [%q]", k, got, v)
 		}
 	}
+	// Identity and routing claims never pass (issue 11.9), on either path.
 	for _, k := range []string{"Proxy-Authorization", "X-Api-Key", "X-Forwarded-For", "X-Forwarded-Host",
-		"X-Forwarded-Proto", "X-Forwarded-Port", "Forwarded", "X-Hop", "Via"} {
+		"X-Forwarded-Proto", "X-Forwarded-Port", "Forwarded", "X-Hop", "Via",
+		"X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "X-Original-Url", "X-Rewrite-Url", "X_real_ip"} {
 		if v, ok := s.Header[k]; ok {
 			t.Errorf("upstream received %s: %q", k, v)
 		}

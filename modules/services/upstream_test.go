@@ -281,9 +281,15 @@ func call(t testing.TB, method, url string, body io.Reader, headers ...string) r
 	return result{status: resp.StatusCode, header: resp.Header, body: b, took: time.Since(start)}
 }
 
-// raw sends a request line exactly as given (no client-side cleaning or
-// escaping) and returns the response.
+// raw sends a GET request line exactly as given (no client-side cleaning
+// or escaping) and returns the response.
 func raw(t testing.TB, addr, target string, headers ...string) result {
+	t.Helper()
+	return rawMethod(t, addr, "GET", target, headers...)
+}
+
+// rawMethod is raw with another method.
+func rawMethod(t testing.TB, addr, method, target string, headers ...string) result {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -292,7 +298,7 @@ func raw(t testing.TB, addr, target string, headers ...string) result {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 	var b strings.Builder
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", target, addr)
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, target, addr)
 	for i := 0; i+1 < len(headers); i += 2 {
 		fmt.Fprintf(&b, "%s: %s\r\n", headers[i], headers[i+1])
 	}
@@ -302,7 +308,7 @@ func raw(t testing.TB, addr, target string, headers ...string) result {
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
-		t.Fatalf("GET %s: %v", target, err)
+		t.Fatalf("%s %s: %v", method, target, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)

@@ -1,0 +1,304 @@
+package services
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
+)
+
+// The differential test of issue 11.3: the same misbehaving upstreams,
+// driven through the gateway's lean path and through its other path
+// (ReverseProxy over http.Transport), with two clients taking turns. Each
+// request carries its own id, which the upstream echoes; what a misbehaving
+// upstream leaves on a connection is a forged response with another id.
+// The lean path must never deliver a response to a request other than its
+// own, and never do worse than the Transport.
+
+// misRounds is the number of requests per behaviour and path.
+const misRounds = 1000
+
+// A behaviour is what the upstream does with a request. tail, when the
+// behaviour has one, is what the upstream leaves after the response: a
+// forged response, sent with the response or, in deferred rounds, once
+// the client has its answer (then it arrives on an idle connection).
+var misBehaviours = []struct {
+	name     string
+	method   string
+	deferred func(round int) bool // whether the tail comes later
+}{
+	{"control", "GET", nil},
+	{"misframed-length", "GET", alternate},
+	{"body-after-head", "HEAD", alternate},
+	{"body-after-204", "GET", alternate},
+	{"body-after-304", "GET", alternate},
+	{"extra-after-chunked", "GET", alternate},
+	{"late-bytes-idle", "GET", func(int) bool { return true }},
+	{"close-mid-body", "GET", nil},
+}
+
+func alternate(round int) bool { return round%2 == 1 }
+
+// forged is the response a misbehaving upstream plants on a connection.
+const forgedBody = `{"id":"forged"}`
+
+var forged = fmt.Sprintf("HTTP/1.1 200 OK\r\nX-Echo-Id: forged\r\nContent-Length: %d\r\n\r\n%s", len(forgedBody), forgedBody)
+
+// hostile is the misbehaving upstream: it answers /b/<behaviour> as the
+// behaviour says, echoing the request's X-Request-Id in X-Echo-Id and in
+// the body. A tail for later goes to tails, for the driver to send.
+type hostile struct {
+	ln    net.Listener
+	tails chan tail
+}
+
+type tail struct {
+	conn net.Conn
+	data string
+}
+
+func startHostile(t *testing.T) *hostile {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hostile{ln: ln, tails: make(chan tail, 1)}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil || !h.answer(c, req) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return h
+}
+
+// answer writes the response to req; false closes the connection.
+func (h *hostile) answer(c net.Conn, req *http.Request) bool {
+	id := req.Header.Get("X-Request-Id")
+	behaviour, _ := strings.CutPrefix(req.URL.Path, "/b/")
+	later := req.Header.Get("X-Tail") == "later"
+	body := "id=" + id + ";"
+	head := func(status string, extra string) string {
+		return "HTTP/1.1 " + status + "\r\nX-Echo-Id: " + id + "\r\n" + extra + "\r\n"
+	}
+	var resp, rest string
+	switch behaviour {
+	case "control", "late-bytes-idle":
+		resp = head("200 OK", fmt.Sprintf("Content-Length: %d\r\n", len(body))) + body
+		if behaviour == "late-bytes-idle" {
+			rest = forged
+		}
+	case "misframed-length":
+		// More bytes than the Content-Length says (as an upstream that
+		// counts characters, not bytes, sends).
+		resp = head("200 OK", fmt.Sprintf("Content-Length: %d\r\n", len(body))) + body
+		rest = forged
+	case "body-after-head":
+		resp = head("200 OK", fmt.Sprintf("Content-Length: %d\r\n", len(forged)))
+		rest = forged
+	case "body-after-204":
+		resp = head("204 No Content", "")
+		rest = forged
+	case "body-after-304":
+		resp = head("304 Not Modified", `ETag: "x"`+"\r\n")
+		rest = forged
+	case "extra-after-chunked":
+		resp = head("200 OK", "Transfer-Encoding: chunked\r\n") + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body)
+		rest = forged
+	case "close-mid-body":
+		_, _ = io.WriteString(c, head("200 OK", "Content-Length: 100\r\n")+body)
+		return false
+	default:
+		_, _ = io.WriteString(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+		return true
+	}
+	if rest == "" || !later {
+		_, err := io.WriteString(c, resp+rest)
+		return err == nil
+	}
+	if _, err := io.WriteString(c, resp); err != nil {
+		return false
+	}
+	h.tails <- tail{c, rest}
+	return true
+}
+
+// misCounts is one path's result for one behaviour.
+type misCounts struct {
+	ok, errors   int
+	misdelivered int // answered with a response that was not its own
+	forged       int // of which the planted one
+}
+
+// recordingDial dials as the service would and remembers the gateway's
+// side of each connection by its local address, so that the driver can
+// tell when a tail has reached the gateway.
+type recordingDial struct {
+	mu    sync.Mutex
+	conns map[string]*net.TCPConn
+}
+
+func (d *recordingDial) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.conns[c.LocalAddr().String()] = c.(*net.TCPConn)
+	d.mu.Unlock()
+	return c, nil
+}
+
+func (d *recordingDial) peer(upstreamSide net.Conn) *net.TCPConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conns[upstreamSide.RemoteAddr().String()]
+}
+
+// misGateway serves a forwarder for a service on the hostile upstream,
+// with the lean path on or off, behind a real HTTP server.
+func misGateway(t *testing.T, up *hostile, lean bool) (url string, dial *recordingDial) {
+	svc := testService(t, gateway.ServiceConfig{
+		BaseURL: "http://" + up.ln.Addr().String() + "/",
+		Auth:    &gateway.ServiceAuth{Type: "bearer", Token: "tok-SECRET-misdelivery"},
+	})
+	dial = &recordingDial{conns: map[string]*net.TCPConn{}}
+	svc.Transport.DialContext = dial.DialContext
+	f := newForwarder(svc, nil, zap.NewNop(), lean)
+	t.Cleanup(svc.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
+		if status, body := f.check(r, rest); status != 0 {
+			_ = gateway.WriteJSON(w, status, body)
+			return
+		}
+		f.forward(w, r, rest)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, dial
+}
+
+// drive sends misRounds requests for one behaviour through gw, the two
+// clients taking turns, and counts what each got.
+func drive(t *testing.T, gw string, up *hostile, dial *recordingDial, b int) misCounts {
+	beh := misBehaviours[b]
+	tr := &http.Transport{MaxIdleConnsPerHost: 4}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var n misCounts
+	for round := range misRounds {
+		client := [2]string{"victim", "attacker"}[round%2]
+		id := fmt.Sprintf("%s-%s-%d", client, beh.name, round)
+		later := beh.deferred != nil && beh.deferred(round)
+		req, _ := http.NewRequest(beh.method, gw+"/proxy/svc/b/"+beh.name, nil)
+		req.Header.Set("X-Request-Id", id)
+		req.Header.Set("X-Client", client)
+		if later {
+			req.Header.Set("X-Tail", "later")
+		}
+		resp, err := cl.Do(req)
+		var body []byte
+		if err == nil {
+			body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		switch {
+		case err != nil || resp.StatusCode >= 500:
+			n.errors++
+		case resp.Header.Get("X-Echo-Id") != id || beh.method == "GET" && resp.StatusCode == 200 && string(body) != "id="+id+";":
+			n.misdelivered++
+			if resp.Header.Get("X-Echo-Id") == "forged" {
+				n.forged++
+			}
+			if n.misdelivered <= 3 {
+				t.Logf("%s round %d (%s): got %s %q for %s", beh.name, round, client, resp.Header.Get("X-Echo-Id"), body, id)
+			}
+		default:
+			n.ok++
+		}
+		if later {
+			sendTail(t, up, dial)
+		}
+	}
+	return n
+}
+
+// sendTail sends the tail the upstream left for later, now that the client
+// has its answer, and waits until it has reached the gateway's side of the
+// connection (or that side is closed): only then is the next request sent,
+// so that the tail has arrived on an idle connection.
+func sendTail(t *testing.T, up *hostile, dial *recordingDial) {
+	var tl tail
+	select {
+	case tl = <-up.tails:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream left no tail")
+	}
+	if _, err := io.WriteString(tl.conn, tl.data); err != nil {
+		return // the gateway closed the connection already
+	}
+	gc := dial.peer(tl.conn)
+	if gc == nil {
+		t.Fatal("no gateway connection for the upstream's")
+	}
+	if err := waitArrived(gc, tl.conn, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLeanPathNeverMisdelivers(t *testing.T) {
+	up := startHostile(t)
+	results := map[bool][]misCounts{}
+	for _, lean := range []bool{true, false} {
+		gw, dial := misGateway(t, up, lean)
+		for b := range misBehaviours {
+			results[lean] = append(results[lean], drive(t, gw, up, dial, b))
+		}
+	}
+	for b, beh := range misBehaviours {
+		l, tr := results[true][b], results[false][b]
+		t.Logf("%-20s lean: %4d ok %4d errors %4d misdelivered | transport: %4d ok %4d errors %4d misdelivered",
+			beh.name, l.ok, l.errors, l.misdelivered, tr.ok, tr.errors, tr.misdelivered)
+		if l.misdelivered != 0 {
+			t.Errorf("%s: the lean path delivered %d responses to requests not their own (%d forged)", beh.name, l.misdelivered, l.forged)
+		}
+		if l.misdelivered > tr.misdelivered {
+			t.Errorf("%s: the lean path misdelivered more than the Transport (%d > %d)", beh.name, l.misdelivered, tr.misdelivered)
+		}
+		if beh.name == "control" && (l.ok != misRounds || tr.ok != misRounds) {
+			t.Errorf("control: %d and %d of %d answered well", l.ok, tr.ok, misRounds)
+		}
+	}
+}
+
+var errNotArrived = errors.New("the tail did not reach the gateway within the deadline")
