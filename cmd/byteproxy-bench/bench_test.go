@@ -12,11 +12,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -718,5 +720,36 @@ func TestSmokeModes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPreflight checks the answer check, and that a target given a proxy
+// key must refuse the request without it (else the "full pipeline" would
+// be measured without its key check).
+func TestPreflight(t *testing.T) {
+	var checksKey atomic.Bool
+	checksKey.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if checksKey.Load() && r.Header.Get(proxyKeyHeader) != "k" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		_, _ = io.WriteString(w, upstreamBody)
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	withKey := endpoint{URL: srv.URL + "/p", Headers: []string{proxyKeyHeader + ": k"}}
+	if err := preflight(ctx, withKey); err != nil {
+		t.Errorf("key checked and sent: %v", err)
+	}
+	if err := preflight(ctx, endpoint{URL: srv.URL}); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("key checked, not sent: %v, want the 401 reported", err)
+	}
+	checksKey.Store(false)
+	if err := preflight(ctx, withKey); err == nil || !strings.Contains(err.Error(), "not checked") {
+		t.Errorf("key not checked: %v, want an error", err)
+	}
+	if err := preflight(ctx, endpoint{URL: srv.URL}); err != nil {
+		t.Errorf("no key, none checked: %v", err)
 	}
 }
