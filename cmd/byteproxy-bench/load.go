@@ -38,10 +38,27 @@ type loadResult struct {
 	GenCPU time.Duration
 }
 
-// generator drives load at one URL for a duration.
+// endpoint is what a generator requests: a URL and the request headers
+// to send with it ("Name: value" lines, e.g. the gateway's proxy key).
+type endpoint struct {
+	URL     string
+	Headers []string
+}
+
+// header returns ep's headers as an http.Header (for the Go clients).
+func (ep endpoint) header() http.Header {
+	h := make(http.Header, len(ep.Headers))
+	for _, line := range ep.Headers {
+		k, v, _ := strings.Cut(line, ":")
+		h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	return h
+}
+
+// generator drives load at one endpoint for a duration.
 type generator interface {
 	Name() string
-	Run(ctx context.Context, url string, d time.Duration) (loadResult, error)
+	Run(ctx context.Context, ep endpoint, d time.Duration) (loadResult, error)
 }
 
 // wrkGen runs wrk and parses its output.
@@ -54,16 +71,18 @@ func (g wrkGen) Name() string {
 	return fmt.Sprintf("wrk -t%d -c%d --latency", g.threads, g.conns)
 }
 
-func (g wrkGen) Run(ctx context.Context, url string, d time.Duration) (loadResult, error) {
+func (g wrkGen) Run(ctx context.Context, ep endpoint, d time.Duration) (loadResult, error) {
 	secs := int(math.Ceil(d.Seconds())) // wrk counts whole seconds
 	if secs < 1 {
 		secs = 1
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, g.path,
-		"-t"+strconv.Itoa(g.threads), "-c"+strconv.Itoa(g.conns), "-d"+strconv.Itoa(secs)+"s",
-		"--latency", url)
+	args := []string{"-t" + strconv.Itoa(g.threads), "-c" + strconv.Itoa(g.conns), "-d" + strconv.Itoa(secs) + "s", "--latency"}
+	for _, h := range ep.Headers {
+		args = append(args, "-H", h)
+	}
+	cmd := exec.CommandContext(ctx, g.path, append(args, ep.URL)...)
 	setDeathSignal(cmd)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -162,7 +181,7 @@ func (g goGen) Name() string { return fmt.Sprintf("built-in Go generator, %d con
 // (requests are still counted).
 const maxSamplesPerWorker = 1 << 20
 
-func (g goGen) Run(ctx context.Context, url string, d time.Duration) (loadResult, error) {
+func (g goGen) Run(ctx context.Context, ep endpoint, d time.Duration) (loadResult, error) {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
@@ -192,7 +211,7 @@ func (g goGen) Run(ctx context.Context, url string, d time.Duration) (loadResult
 			w.lat = make([]time.Duration, 0, 4096)
 			for ctx.Err() == nil {
 				t0 := time.Now()
-				status, body, err := getOnce(ctx, client, url)
+				status, body, err := getOnce(ctx, client, ep)
 				if err != nil {
 					if ctx.Err() != nil {
 						return // the run ended mid-request: not an error
@@ -240,11 +259,12 @@ func (g goGen) Run(ctx context.Context, url string, d time.Duration) (loadResult
 
 // getOnce GETs url and returns the status and up to 4 KiB of the body
 // (the rest is discarded, so the connection stays reusable).
-func getOnce(ctx context.Context, client *http.Client, url string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+func getOnce(ctx context.Context, client *http.Client, ep endpoint) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.URL, nil)
 	if err != nil {
 		return 0, nil, err
 	}
+	req.Header = ep.header() // a fresh map per request: the client may add to it
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
@@ -272,26 +292,49 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 // preflight sends one GET and checks that the answer is the upstream's, so
 // that a gateway answering 404 or a stub is reported before the numbers.
-func preflight(ctx context.Context, url string) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// When ep carries headers (the pipeline's proxy key), it also checks that
+// the same GET without them is refused with 401, so that a gateway which
+// does not check the key is not measured as "the full pipeline".
+func preflight(ctx context.Context, ep endpoint) error {
+	status, body, ctype, err := getForPreflight(ctx, ep)
 	if err != nil {
 		return err
 	}
+	if status != http.StatusOK || string(body) != upstreamBody {
+		return fmt.Errorf("GET %s answered %d (Content-Type %q) with body %q, not the upstream's 200 and body",
+			ep.URL, status, ctype, firstLine(string(body)))
+	}
+	if len(ep.Headers) == 0 {
+		return nil
+	}
+	status, body, _, err = getForPreflight(ctx, endpoint{URL: ep.URL})
+	if err != nil {
+		return err
+	}
+	if status != http.StatusUnauthorized {
+		return fmt.Errorf("GET %s without the proxy key answered %d %q, want 401: the key is not checked",
+			ep.URL, status, firstLine(string(body)))
+	}
+	return nil
+}
+
+func getForPreflight(ctx context.Context, ep endpoint) (status int, body []byte, ctype string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.URL, nil)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	req.Header = ep.header()
 	tr := &http.Transport{Proxy: nil, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return err
+		return 0, nil, "", err
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
-	if resp.StatusCode != http.StatusOK || string(body) != upstreamBody {
-		return fmt.Errorf("GET %s answered %d (Content-Type %q) with body %q, not the upstream's 200 and body",
-			url, resp.StatusCode, resp.Header.Get("Content-Type"), firstLine(string(body)))
-	}
-	return nil
+	body, _ = io.ReadAll(io.LimitReader(resp.Body, 2048))
+	return resp.StatusCode, body, resp.Header.Get("Content-Type"), nil
 }
 
 func firstLine(s string) string {

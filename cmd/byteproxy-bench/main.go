@@ -1,19 +1,24 @@
 // Command byteproxy-bench is ByteProxy's load benchmark. It builds (or
-// takes, -bin) the byteproxy binary, starts a tiny local upstream in its
-// own process, a plain Caddy `reverse_proxy` and the ByteProxy gateway
-// (both the same binary, each in its own process on loopback), drives the
-// same load at each in turn (wrk when installed, else a built-in Go
-// generator) and prints req/s, p50, p99 and CPU time per request for each,
-// and the ratio gateway / plain Caddy.
+// takes, -bin) the byteproxy binary, starts tiny local upstreams in their
+// own processes — plain HTTP and HTTPS (self-signed, HTTP/2 and HTTP/1.1
+// offered) — and for each a plain Caddy `reverse_proxy` and the ByteProxy
+// gateway (both the same binary, each in its own process on loopback),
+// drives the same load at each in turn (wrk when installed, else a
+// built-in Go generator) and prints, per upstream kind, req/s, p50, p99
+// and CPU time per request for each target, and the ratios gateway /
+// plain Caddy measured in the same run.
 //
-//	go run ./cmd/byteproxy-bench -runs 3 -d 10s
-//	go run ./cmd/byteproxy-bench -limits      # service and client rate limits on
-//	go run ./cmd/byteproxy-bench -metrics     # Caddy metrics on (both targets)
-//	go run ./cmd/byteproxy-bench -profile gw.pprof   # also CPU and allocation profiles of the gateway
+//	go run ./cmd/byteproxy-bench -runs 3 -d 10s              # both upstream kinds
+//	go run ./cmd/byteproxy-bench -upstream https             # HTTPS upstream only
+//	go run ./cmd/byteproxy-bench -upstream-proto h1          # HTTPS upstream offers HTTP/1.1 only
+//	go run ./cmd/byteproxy-bench -pipeline                   # also the full pipeline, ratio to the bare gateway
+//	go run ./cmd/byteproxy-bench -limits                     # service and client rate limits on
+//	go run ./cmd/byteproxy-bench -metrics                    # Caddy metrics on (every target)
+//	go run ./cmd/byteproxy-bench -profile gw.pprof           # also CPU and allocation profiles of the gateway
 //
 // CPU per request is the target process's utime+stime (from
 // /proc/<pid>/stat) over the measured run divided by the requests it served;
-// warmup is excluded. The upstream and the load generator run in other
+// warmup is excluded. The upstreams and the load generator run in other
 // processes, so their CPU is not counted. The run fails (exit status 1) when
 // more than -max-errors of the responses are errors or not 2xx, so a broken
 // gateway never produces numbers that look valid.
@@ -21,6 +26,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -31,6 +38,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,14 +55,28 @@ type config struct {
 	Runs       int
 	Limits     bool
 	Metrics    bool
+	Pipeline   bool
 	JSON       bool
 	Gen        string // auto, wrk or go
 	Path       string
 	MaxErrors  float64
 	Profile    string
 	ProfileSec int
-	Extra      string   // extra lines for the byteproxy global option
-	Env        []string // extra environment (K=V) for both targets
+	Upstream   string // http, https or both
+	// UpstreamProto is what the HTTPS upstream offers by ALPN: h1, h2 or both.
+	UpstreamProto string
+	Extra         string   // extra lines for the byteproxy global option
+	ServiceExtra  string   // extra lines for the gateway's service block
+	CaddyExtra    string   // extra lines for plain Caddy's `transport http` block
+	Env           []string // extra environment (K=V) for every target
+}
+
+// kinds lists the upstream kinds to measure, in the order of the report.
+func (c config) kinds() []string {
+	if c.Upstream == protoBoth || c.Upstream == "" {
+		return []string{kindHTTP, kindHTTPS}
+	}
+	return []string{c.Upstream}
 }
 
 // envFlag collects repeated -env K=V flags.
@@ -84,17 +106,22 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Threads, "t", 2, "wrk threads")
 	fs.DurationVar(&c.Duration, "d", 10*time.Second, "measured duration per target and run (wrk rounds up to whole seconds)")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured warmup before each measured run (0 for none)")
-	fs.IntVar(&c.Runs, "runs", 1, "runs per target, alternating the order; the median is reported")
+	fs.IntVar(&c.Runs, "runs", 1, "rounds over every target, alternating the order; the median is reported")
+	fs.StringVar(&c.Upstream, "upstream", protoBoth, "upstream kind: http, https (self-signed; both proxies skip verification) or both (one table each)")
+	fs.StringVar(&c.UpstreamProto, "upstream-proto", protoBoth, "what the HTTPS upstream offers by ALPN: h1 (HTTP/1.1 only), h2 (HTTP/2 only; other connections are refused) or both")
 	fs.BoolVar(&c.Limits, "limits", false, "turn on a service rate_limit and a client_rate_limit high enough never to trigger")
-	fs.BoolVar(&c.Metrics, "metrics", false, "turn on Caddy's metrics (global `metrics` option) on both targets")
+	fs.BoolVar(&c.Metrics, "metrics", false, "turn on Caddy's metrics (global `metrics` option) on every target")
+	fs.BoolVar(&c.Pipeline, "pipeline", false, "also measure the gateway with the full pipeline (proxy key required and sent, client and service rate limits, metrics) and report its ratio to the bare gateway")
 	fs.BoolVar(&c.JSON, "json", false, "print machine-readable results on stdout")
 	fs.StringVar(&c.Gen, "gen", "auto", "load generator: auto (wrk if installed), wrk or go")
-	fs.StringVar(&c.Path, "path", "/proxy/bench/ping", "request path (the same on both targets)")
+	fs.StringVar(&c.Path, "path", "/proxy/bench/ping", "request path (the same on every target)")
 	fs.Float64Var(&c.MaxErrors, "max-errors", 0.01, "fail when more than this fraction of responses are errors or not 2xx")
-	fs.StringVar(&c.Profile, "profile", "", "after the measured runs, write a CPU profile of the gateway under the same load to this file (and its allocations to FILE.allocs)")
-	fs.IntVar(&c.ProfileSec, "profile-seconds", 5, "length of the -profile CPU profile in seconds")
+	fs.StringVar(&c.Profile, "profile", "", "after the measured runs, write a CPU profile of each gateway target under the same load, one per upstream kind: FILE gw.pprof gives gw-http.pprof, gw-https.pprof (and gw-https-pipeline.pprof with -pipeline), allocations in each file's .allocs")
+	fs.IntVar(&c.ProfileSec, "profile-seconds", 5, "length of each -profile CPU profile in seconds")
 	fs.StringVar(&c.Extra, "gateway-options", "", "extra lines for the gateway's byteproxy global option, e.g. \"pressure off\" or \"cors off\"")
-	fs.Var(envFlag{&c.Env}, "env", "extra environment K=V for both targets, e.g. GOGC=400 (repeatable)")
+	fs.StringVar(&c.ServiceExtra, "service-options", "", "extra lines for the gateway's benchmark service block (every upstream kind), e.g. a per-service upstream protocol setting")
+	fs.StringVar(&c.CaddyExtra, "caddy-transport", "", "extra lines for plain Caddy's `transport http` block (every upstream kind), e.g. \"versions 1.1\"")
+	fs.Var(envFlag{&c.Env}, "env", "extra environment K=V for every target, e.g. GOGC=400 (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -118,6 +145,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("-path must start with /")
 	case c.ProfileSec < 1 || c.ProfileSec > 600:
 		return c, errors.New("-profile-seconds must be between 1 and 600")
+	case c.Upstream != kindHTTP && c.Upstream != kindHTTPS && c.Upstream != protoBoth:
+		return c, errors.New("-upstream must be http, https or both")
+	case c.UpstreamProto != protoH1 && c.UpstreamProto != protoH2 && c.UpstreamProto != protoBoth:
+		return c, errors.New("-upstream-proto must be h1, h2 or both")
+	case c.Upstream == kindHTTP && c.UpstreamProto != protoBoth:
+		return c, errors.New("-upstream-proto applies to the HTTPS upstream: use it with -upstream https or both")
 	}
 	return c, nil
 }
@@ -159,24 +192,41 @@ func main() {
 // target is one server under test.
 type target struct {
 	Name      string
-	URL       string
+	ep        endpoint
+	up        *upstream // the upstream it proxies to
 	admin     int
 	proc      *child
+	gateway   bool   // profiled with -profile
 	preflight string // why the first request did not get the upstream's answer
 	samples   []sample
+	conns     connCounts // upstream connections it opened (preflight, warmups, measured runs)
 }
 
 const (
-	nameCaddy   = "caddy-reverse"
-	nameGateway = "byteproxy"
+	nameCaddy    = "caddy-reverse"
+	nameGateway  = "byteproxy"
+	namePipeline = "byteproxy-pipeline"
 )
+
+// proxyKeyHeader carries the pipeline's proxy key.
+const proxyKeyHeader = "X-API-Key"
 
 // run performs the whole benchmark. Progress goes to log; the report is
 // returned (also alongside an error when figures exist but are invalid).
 func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
+	kinds := cfg.kinds()
+	perKind := 2
+	if cfg.Pipeline {
+		perKind = 3
+	}
+	profiles := 0
+	if cfg.Profile != "" {
+		profiles = len(kinds) * (perKind - 1)
+	}
 	// Every loop below is bounded; this deadline bounds the whole run too.
 	per := cfg.Warmup + cfg.Duration + 35*time.Second
-	budget := 5*time.Minute + time.Duration(2*cfg.Runs+1)*per + time.Duration(cfg.ProfileSec)*time.Second
+	budget := 5*time.Minute + time.Duration(cfg.Runs*len(kinds)*perKind)*per +
+		time.Duration(profiles)*(per+time.Duration(cfg.ProfileSec)*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 
@@ -207,66 +257,87 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 		return nil, err
 	}
 
-	up, upAddr, err := startUpstream(ctx, &cs)
-	if err != nil {
-		return nil, err
-	}
-	targets, err := startTargets(ctx, &cs, cfg, bin, tmp, upAddr)
-	if err != nil {
-		return nil, err
+	var targets []*target // by upstream kind, then caddy, gateway, pipeline
+	for _, kind := range kinds {
+		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto)
+		if err != nil {
+			return nil, err
+		}
+		ts, err := startTargets(ctx, &cs, cfg, bin, tmp, up)
+		if err != nil {
+			return nil, err
+		}
+		targets = append(targets, ts...)
 	}
 	for _, t := range targets {
-		if err := preflight(ctx, t.URL); err != nil {
+		c0 := t.up.conns()
+		if err := preflight(ctx, t.ep); err != nil {
 			// Measure anyway (the figures say what a broken target costs)
 			// but the report will be marked invalid.
 			t.preflight = err.Error()
-			fmt.Fprintf(log, "WARNING: %s: %v\n", t.Name, err)
+			fmt.Fprintf(log, "WARNING: %s/%s: %v\n", t.up.kind, t.Name, err)
 		}
+		t.conns = t.conns.add(t.up.conns().sub(c0))
 	}
 
 	rep := &report{
 		Env: cfg.Env, Generator: gen.Name(), Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
-		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics,
-		GatewayOptions: cfg.Extra, Path: cfg.Path, Binary: bin,
+		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline,
+		GatewayOptions: cfg.Extra, ServiceOptions: cfg.ServiceExtra, CaddyTransport: cfg.CaddyExtra,
+		Path: cfg.Path, Binary: bin,
 		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others,
 	}
-	fmt.Fprintf(log, "%s, %s per target, %d run(s), load average %.2f on %d CPUs\n",
-		gen.Name(), cfg.Duration, cfg.Runs, rep.LoadBefore, rep.CPUs)
-	upBefore, _ := readCPU(up.cmd.Process.Pid)
-	var upRequests int64
+	fmt.Fprintf(log, "%s, %s per target, %d run(s) over %d targets, load average %.2f on %d CPUs\n",
+		gen.Name(), cfg.Duration, cfg.Runs, len(targets), rep.LoadBefore, rep.CPUs)
 	for r := 0; r < cfg.Runs; r++ {
 		order := targets
 		if r%2 == 1 { // alternate to cancel out drift (thermal, neighbours)
-			order = []*target{targets[1], targets[0]}
+			order = slices.Clone(targets)
+			slices.Reverse(order)
 		}
 		for _, t := range order {
 			s, err := measure(ctx, gen, t, cfg)
 			if err != nil {
-				return nil, fmt.Errorf("%s run %d: %w", t.Name, r+1, err)
+				return nil, fmt.Errorf("%s/%s run %d: %w", t.up.kind, t.Name, r+1, err)
 			}
 			t.samples = append(t.samples, s)
-			upRequests += s.Requests
-			fmt.Fprintf(log, "run %d/%d %-14s %s\n", r+1, cfg.Runs, t.Name, s.line())
+			fmt.Fprintf(log, "run %d/%d %-5s %-18s %s\n", r+1, cfg.Runs, t.up.kind, t.Name, s.line())
 		}
 	}
-	upAfter, _ := readCPU(up.cmd.Process.Pid)
-	rep.UpstreamCPUPerReqUs = us(cpuPerRequest(upBefore, upAfter, upRequests))
 	rep.LoadAfter = loadAvg()
 	rep.summarize(targets)
 
 	if cfg.Profile != "" {
-		if err := profileGateway(ctx, gen, targets[1], cfg, log); err != nil {
-			return rep, fmt.Errorf("profile: %w", err)
+		for _, t := range targets {
+			if !t.gateway {
+				continue
+			}
+			path := profilePath(cfg.Profile, t.up.kind, t.Name)
+			if err := profileGateway(ctx, gen, t, cfg, path, log); err != nil {
+				return rep, fmt.Errorf("profile %s/%s: %w", t.up.kind, t.Name, err)
+			}
+			fmt.Fprintf(log, "CPU profile of %s/%s written to %s, allocations to %s.allocs; inspect with:\n  go tool pprof -top %s %s\n",
+				t.up.kind, t.Name, path, path, bin, path)
 		}
-		fmt.Fprintf(log, "CPU profile written to %s, allocations to %s.allocs; inspect with:\n  go tool pprof -top %s %s\n",
-			cfg.Profile, cfg.Profile, bin, cfg.Profile)
 	}
 	for _, t := range targets {
 		if t.proc.exited() {
-			return rep, fmt.Errorf("%s exited during the benchmark:\n%s", t.Name, t.proc.tail(4000))
+			return rep, fmt.Errorf("%s/%s exited during the benchmark:\n%s", t.up.kind, t.Name, t.proc.tail(4000))
 		}
 	}
 	return rep, rep.validate(cfg.MaxErrors)
+}
+
+// profilePath names the profile of one gateway target: base gw.pprof gives
+// gw-https.pprof for the gateway to the HTTPS upstream and
+// gw-https-pipeline.pprof for its full pipeline.
+func profilePath(base, kind, name string) string {
+	suffix := "-" + kind
+	if name == namePipeline {
+		suffix += "-pipeline"
+	}
+	ext := filepath.Ext(base)
+	return strings.TrimSuffix(base, ext) + suffix + ext
 }
 
 func pickGenerator(cfg config) (generator, error) {
@@ -282,10 +353,15 @@ func pickGenerator(cfg config) (generator, error) {
 	return goGen{conns: cfg.Conns}, nil
 }
 
-// startTargets starts plain Caddy and the gateway, in that order.
-func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp, upAddr string) ([]*target, error) {
+// startTargets starts plain Caddy, the gateway and (-pipeline) the
+// gateway with its full pipeline, in that order, all proxying to up.
+func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string, up *upstream) ([]*target, error) {
+	names := []string{nameCaddy, nameGateway}
+	if cfg.Pipeline {
+		names = append(names, namePipeline)
+	}
 	var targets []*target
-	for _, name := range []string{nameCaddy, nameGateway} {
+	for _, name := range names {
 		port, err := freePort()
 		if err != nil {
 			return nil, err
@@ -294,76 +370,132 @@ func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp, upAdd
 		if err != nil {
 			return nil, err
 		}
+		t := &target{Name: name, up: up, admin: admin, gateway: name != nameCaddy,
+			ep: endpoint{URL: "http://127.0.0.1:" + strconv.Itoa(port) + cfg.Path}}
 		var cf string
-		if name == nameCaddy {
-			cf = caddyfileReverse(port, admin, upAddr, cfg)
-		} else {
-			cf = caddyfileGateway(port, admin, upAddr, cfg)
+		switch name {
+		case nameCaddy:
+			cf = caddyfileReverse(port, admin, up.baseURL(), cfg)
+		case nameGateway:
+			cf = caddyfileGateway(port, admin, up.baseURL(), cfg, "")
+		case namePipeline:
+			key, err := randomKey()
+			if err != nil {
+				return nil, err
+			}
+			cf = caddyfileGateway(port, admin, up.baseURL(), cfg, key)
+			t.ep.Headers = []string{proxyKeyHeader + ": " + key}
 		}
-		p, err := startCaddy(ctx, cs, name, bin, filepath.Join(tmp, name), cf, port, cfg.Env)
-		if err != nil {
+		dir := filepath.Join(tmp, up.kind+"-"+name)
+		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, cf, port, cfg.Env); err != nil {
 			return nil, err
 		}
-		targets = append(targets, &target{
-			Name: name, URL: "http://127.0.0.1:" + strconv.Itoa(port) + cfg.Path, admin: admin, proc: p,
-		})
+		targets = append(targets, t)
 	}
 	return targets, nil
 }
 
-// globalOptions are shared by both targets so that they differ only in
+// randomKey is a fresh proxy key for the pipeline target.
+func randomKey() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// globalOptions are shared by every target so that they differ only in
 // the handler: own admin port (for pprof; never the default 2019 another
 // process may hold), no HTTPS, optionally metrics.
-func globalOptions(admin int, cfg config) string {
+func globalOptions(admin int, metrics bool) string {
 	s := fmt.Sprintf("\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", admin)
-	if cfg.Metrics {
+	if metrics {
 		s += "\tmetrics\n"
 	}
 	return s
 }
 
-func caddyfileReverse(port, admin int, upAddr string, cfg config) string {
-	return fmt.Sprintf("{\n%s}\n\n:%d {\n\treverse_proxy %s\n}\n", globalOptions(admin, cfg), port, upAddr)
-}
-
-func caddyfileGateway(port, admin int, upAddr string, cfg config) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "{\n%s\tbyteproxy {\n", globalOptions(admin, cfg))
-	b.WriteString("\t\tauth proxy {\n\t\t\trequired false\n\t\t}\n")
-	if cfg.Limits {
-		b.WriteString("\t\tclient_rate_limit 100000000 1m\n")
-	}
-	for _, l := range strings.Split(cfg.Extra, "\n") {
+// extraLines indents each non-empty line of s (a flag's value) by tabs.
+func extraLines(b *strings.Builder, s, tabs string) {
+	for _, l := range strings.Split(s, "\n") {
 		if strings.TrimSpace(l) != "" {
-			b.WriteString("\t\t" + strings.TrimSpace(l) + "\n")
+			b.WriteString(tabs + strings.TrimSpace(l) + "\n")
 		}
 	}
-	fmt.Fprintf(&b, "\t\tservice bench {\n\t\t\tbase_url http://%s/\n", upAddr)
-	if cfg.Limits {
+}
+
+// caddyfileReverse is plain Caddy proxying to upURL; it skips TLS
+// verification of an HTTPS upstream (self-signed).
+func caddyfileReverse(port, admin int, upURL string, cfg config) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n%s}\n\n:%d {\n\treverse_proxy %s", globalOptions(admin, cfg.Metrics), port, upURL)
+	https := strings.HasPrefix(upURL, "https://")
+	if https || strings.TrimSpace(cfg.CaddyExtra) != "" {
+		b.WriteString(" {\n\t\ttransport http {\n")
+		if https {
+			b.WriteString("\t\t\ttls_insecure_skip_verify\n")
+		}
+		extraLines(&b, cfg.CaddyExtra, "\t\t\t")
+		b.WriteString("\t\t}\n\t}")
+	}
+	fmt.Fprintf(&b, "\n}\n")
+	return b.String()
+}
+
+// caddyfileGateway is the gateway with one service, bench, at upURL (TLS
+// verification skipped for that service alone). With key it is the full
+// pipeline: the proxy key required, client and service rate limits and
+// Caddy's metrics on, whatever -limits and -metrics say; without, the bare
+// services path (plus -limits, -metrics).
+func caddyfileGateway(port, admin int, upURL string, cfg config, key string) string {
+	pipeline := key != ""
+	limits := cfg.Limits || pipeline
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n%s\tbyteproxy {\n", globalOptions(admin, cfg.Metrics || pipeline))
+	if pipeline {
+		fmt.Fprintf(&b, "\t\tauth proxy {\n\t\t\tkey %s\n\t\t\trequired true\n\t\t}\n", key)
+	} else {
+		b.WriteString("\t\tauth proxy {\n\t\t\trequired false\n\t\t}\n")
+	}
+	if limits {
+		b.WriteString("\t\tclient_rate_limit 100000000 1m\n")
+	}
+	extraLines(&b, cfg.Extra, "\t\t")
+	fmt.Fprintf(&b, "\t\tservice bench {\n\t\t\tbase_url %s/\n", upURL)
+	if strings.HasPrefix(upURL, "https://") {
+		b.WriteString("\t\t\ttls_insecure_skip_verify\n")
+	}
+	if limits {
 		b.WriteString("\t\t\trate_limit 100000000 1m\n")
 	}
+	extraLines(&b, cfg.ServiceExtra, "\t\t\t")
 	fmt.Fprintf(&b, "\t\t}\n\t}\n}\n\n:%d {\n\tbyteproxy\n}\n", port)
 	return b.String()
 }
 
 // measure runs the warmup, then the measured load with CPU readings of the
-// target process taken just around it.
+// target and its upstream taken just around it. Upstream connections opened
+// meanwhile (warmup included) are added to the target's.
 func measure(ctx context.Context, gen generator, t *target, cfg config) (sample, error) {
+	c0 := t.up.conns()
+	defer func() { t.conns = t.conns.add(t.up.conns().sub(c0)) }()
 	if cfg.Warmup > 0 {
-		if _, err := gen.Run(ctx, t.URL, cfg.Warmup); err != nil {
+		if _, err := gen.Run(ctx, t.ep, cfg.Warmup); err != nil {
 			return sample{}, fmt.Errorf("warmup: %w", err)
 		}
 	}
-	pid := t.proc.cmd.Process.Pid
+	pid, upPid := t.proc.cmd.Process.Pid, t.up.proc.cmd.Process.Pid
 	m0, mErr := readMachineCPU()
 	before, cpuErr := readCPU(pid)
-	res, err := gen.Run(ctx, t.URL, cfg.Duration)
+	upBefore, upErr := readCPU(upPid)
+	res, err := gen.Run(ctx, t.ep, cfg.Duration)
 	if err != nil {
 		return sample{}, err
 	}
+	upAfter, upErr2 := readCPU(upPid)
 	after, cpuErr2 := readCPU(pid)
 	m1, mErr2 := readMachineCPU()
-	s := sample{loadResult: res, CPUPerReq: -1, Busy: -1}
+	s := sample{loadResult: res, CPUPerReq: -1, Busy: -1, UpstreamCPU: -1}
 	if mErr == nil && mErr2 == nil {
 		s.Busy = busyFraction(m0, m1)
 	}
@@ -371,26 +503,30 @@ func measure(ctx context.Context, gen generator, t *target, cfg config) (sample,
 		s.CPUPerReq = cpuPerRequest(before, after, res.Requests)
 		s.CPU = after.total() - before.total()
 	}
+	if upErr == nil && upErr2 == nil {
+		s.UpstreamCPU = upAfter.total() - upBefore.total()
+	}
 	return s, nil
 }
 
-// profileGateway runs one more (unreported) load run at the gateway and
-// fetches a CPU profile from its admin endpoint meanwhile.
-func profileGateway(ctx context.Context, gen generator, t *target, cfg config, log io.Writer) error {
+// profileGateway runs one more (unreported) load run at a gateway target
+// and fetches a CPU profile from its admin endpoint meanwhile, then its
+// allocations so far into path.allocs.
+func profileGateway(ctx context.Context, gen generator, t *target, cfg config, path string, log io.Writer) error {
 	d := time.Duration(cfg.ProfileSec)*time.Second + 3*time.Second
-	fmt.Fprintf(log, "profiling %s for %ds under load ...\n", t.Name, cfg.ProfileSec)
+	fmt.Fprintf(log, "profiling %s/%s for %ds under load ...\n", t.up.kind, t.Name, cfg.ProfileSec)
 	if cfg.Warmup > 0 {
-		if _, err := gen.Run(ctx, t.URL, cfg.Warmup); err != nil {
+		if _, err := gen.Run(ctx, t.ep, cfg.Warmup); err != nil {
 			return err
 		}
 	}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := gen.Run(ctx, t.URL, d)
+		_, err := gen.Run(ctx, t.ep, d)
 		errc <- err
 	}()
 	url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", t.admin, cfg.ProfileSec)
-	perr := fetchToFile(ctx, url, cfg.Profile, time.Duration(cfg.ProfileSec)*time.Second+30*time.Second)
+	perr := fetchToFile(ctx, url, path, time.Duration(cfg.ProfileSec)*time.Second+30*time.Second)
 	if err := <-errc; err != nil {
 		return err
 	}
@@ -399,5 +535,5 @@ func profileGateway(ctx context.Context, gen generator, t *target, cfg config, l
 	}
 	// Allocations since start (go tool pprof -sample_index=alloc_space).
 	url = fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/allocs", t.admin)
-	return fetchToFile(ctx, url, cfg.Profile+".allocs", 30*time.Second)
+	return fetchToFile(ctx, url, path+".allocs", 30*time.Second)
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -85,48 +86,107 @@ func (c *child) tail(n int) string {
 	return s
 }
 
-// startUpstream re-executes this binary as the upstream and returns it with
+// upstream is a running upstream process and what it reported.
+type upstream struct {
+	kind  string // kindHTTP or kindHTTPS
+	proto string // what the HTTPS upstream offers: protoH1, protoH2 or protoBoth
+	addr  string
+	proc  *child
+	// Connections accepted so far, from the upstream's "conn" lines.
+	h1, h2, resumed atomic.Int64
+}
+
+// baseURL is the upstream's URL for the proxies' configurations.
+func (u *upstream) baseURL() string { return u.kind + "://" + u.addr }
+
+// connCounts is how many upstream connections were opened, by protocol,
+// and how many of them resumed a TLS session.
+type connCounts struct {
+	H1      int64 `json:"h1"`
+	H2      int64 `json:"h2"`
+	Resumed int64 `json:"tlsResumed"`
+}
+
+func (u *upstream) conns() connCounts {
+	return connCounts{H1: u.h1.Load(), H2: u.h2.Load(), Resumed: u.resumed.Load()}
+}
+
+func (c connCounts) sub(o connCounts) connCounts {
+	return connCounts{H1: c.H1 - o.H1, H2: c.H2 - o.H2, Resumed: c.Resumed - o.Resumed}
+}
+
+func (c connCounts) add(o connCounts) connCounts {
+	return connCounts{H1: c.H1 + o.H1, H2: c.H2 + o.H2, Resumed: c.Resumed + o.Resumed}
+}
+
+// count records one "conn <proto> <resumed>" line of the upstream.
+func (u *upstream) count(line string) {
+	f := strings.Fields(line)
+	if len(f) != 3 || f[0] != "conn" {
+		return
+	}
+	switch f[1] {
+	case protoH1:
+		u.h1.Add(1)
+	case protoH2:
+		u.h2.Add(1)
+	}
+	if f[2] == "true" {
+		u.resumed.Add(1)
+	}
+}
+
+// startUpstream re-executes this binary as an upstream of the given kind
+// (proto: what an HTTPS upstream offers) and returns it once it reported
 // its address.
-func startUpstream(ctx context.Context, cs *children) (*child, string, error) {
+func startUpstream(ctx context.Context, cs *children, kind, proto string) (*upstream, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), roleEnv+"=upstream")
+	cmd.Env = append(os.Environ(), roleEnv+"=upstream", upstreamKindEnv+"="+kind, upstreamProtoEnv+"="+proto)
 	stdin, err := cmd.StdinPipe() // closed when we exit: the upstream follows
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	_ = stdin // kept open for the lifetime of the process
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	c, err := cs.start("upstream", cmd)
+	c, err := cs.start("upstream-"+kind, cmd)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	lines := make(chan string, 1)
+	u := &upstream{kind: kind, proto: proto, proc: c}
+	first := make(chan string, 1)
 	go func() {
+		// The first line is the address; every later one a connection.
+		// Reading until EOF also keeps the upstream from blocking on a
+		// full pipe.
 		sc := bufio.NewScanner(stdout)
 		if sc.Scan() {
-			lines <- sc.Text()
+			first <- sc.Text()
 		}
-		close(lines)
+		close(first)
+		for sc.Scan() {
+			u.count(sc.Text())
+		}
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
 	select {
-	case line, ok := <-lines:
+	case line, ok := <-first:
 		addr, found := strings.CutPrefix(line, "listening ")
 		if !ok || !found {
-			return nil, "", fmt.Errorf("upstream did not start: %q %s", line, c.tail(2000))
+			return nil, fmt.Errorf("%s upstream did not start: %q %s", kind, line, c.tail(2000))
 		}
-		return c, addr, nil
+		u.addr = addr
+		return u, nil
 	case <-time.After(15 * time.Second):
-		return nil, "", errors.New("upstream did not report its address within 15s")
+		return nil, fmt.Errorf("%s upstream did not report its address within 15s", kind)
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 
@@ -244,7 +304,11 @@ func parseProcStat(s string) (cpuTimes, error) {
 // cpuPerRequest is the CPU time spent between two readings divided by the
 // number of requests served in between; zero when unknown.
 func cpuPerRequest(before, after cpuTimes, requests int64) time.Duration {
-	d := after.total() - before.total()
+	return perRequest(after.total()-before.total(), requests)
+}
+
+// perRequest is d divided by requests; zero when either is not positive.
+func perRequest(d time.Duration, requests int64) time.Duration {
 	if requests <= 0 || d < 0 {
 		return 0
 	}

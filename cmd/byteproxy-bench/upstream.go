@@ -25,13 +25,54 @@ var upstreamResponse = []byte("HTTP/1.1 200 OK\r\n" +
 	"Content-Length: " + strconv.Itoa(len(upstreamBody)) + "\r\n" +
 	"\r\n" + upstreamBody)
 
+// The upstream process's settings, from its environment.
+const (
+	upstreamKindEnv  = "BYTEPROXY_BENCH_UPSTREAM"       // http or https
+	upstreamProtoEnv = "BYTEPROXY_BENCH_UPSTREAM_PROTO" // https only: h1, h2 or both
+)
+
+// Upstream kinds (-upstream) and the protocols the HTTPS upstream offers
+// (-upstream-proto).
+const (
+	kindHTTP  = "http"
+	kindHTTPS = "https"
+	protoH1   = "h1"
+	protoH2   = "h2"
+	protoBoth = "both"
+)
+
 // runUpstream is the upstream process: it listens on a loopback port,
-// prints "listening <addr>" on stdout and serves until its stdin closes
-// (the benchmark exited or died) or the process is killed.
+// prints "listening <addr>" on stdout, then one line "conn <h1|h2>
+// <resumed>" for every connection it accepts (so the benchmark can tell
+// which protocol each target spoke and how often it connected), and serves
+// until its stdin closes (the benchmark exited or died) or the process is
+// killed.
 func runUpstream() {
+	kind, proto := os.Getenv(upstreamKindEnv), os.Getenv(upstreamProtoEnv)
+	if kind == "" {
+		kind = kindHTTP
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "upstream:", err)
+		os.Exit(1)
+	}
+	var serve func(net.Conn)
+	switch kind {
+	case kindHTTP:
+		serve = func(c net.Conn) {
+			announceConn(protoH1, false)
+			serveUpstreamConn(c)
+		}
+	case kindHTTPS:
+		u, err := newTLSUpstream(ln.Addr(), proto, announceConn)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "upstream:", err)
+			os.Exit(1)
+		}
+		serve = u.serve
+	default:
+		fmt.Fprintf(os.Stderr, "upstream: unknown kind %q\n", kind)
 		os.Exit(1)
 	}
 	fmt.Printf("listening %s\n", ln.Addr())
@@ -45,8 +86,15 @@ func runUpstream() {
 			fmt.Fprintln(os.Stderr, "upstream:", err)
 			os.Exit(1)
 		}
-		go serveUpstreamConn(c)
+		go serve(c)
 	}
+}
+
+// announceConn tells the benchmark (on stdout, one write per line) that a
+// connection speaking proto was accepted, and whether its TLS session was
+// resumed.
+func announceConn(proto string, resumed bool) {
+	fmt.Printf("conn %s %t\n", proto, resumed)
 }
 
 // serveUpstreamConn answers every request on a keep-alive connection with
