@@ -154,6 +154,7 @@ func TestRewriteClientOrigin(t *testing.T) {
 		{"trusted, last line and first element", clientRequest("http://gw.test/proxy/svc/a", "http://gw.test/proxy/svc/a", true, "X-Forwarded-Proto", "http", "X-Forwarded-Proto", "https, http"), "https://gw.test/proxy/svc/x"},
 		{"trusted, nonsense ignored", clientRequest("http://gw.test/proxy/svc/a", "http://gw.test/proxy/svc/a", true, "X-Forwarded-Proto", "javascript"), "http://gw.test/proxy/svc/x"},
 		{"mount prefix", clientRequest("http://gw.test/proxy/svc/a/b", "http://gw.test/edge/api/proxy/svc/a/b", false), "http://gw.test/edge/api/proxy/svc/x"},
+		{"mount prefix, escaping changed by the rewrite", clientRequest("http://gw.test/proxy/svc/~a", "http://gw.test/my%20api/proxy/svc/%7Ea", false), "http://gw.test/my%20api/proxy/svc/x"},
 		{"other rewrite: no prefix", clientRequest("http://gw.test/proxy/svc/a", "http://gw.test/gh/a", false), "http://gw.test/proxy/svc/x"},
 	} {
 		h := rewritten(f, c.r, http.Header{"Location": {loc}})
