@@ -156,6 +156,44 @@ func TestPresetsAndOverrides(t *testing.T) {
 	}
 }
 
+// Overriding a preset's base URL moves the preset's versions under it
+// with it; a version set in the block wins; the preset is not modified.
+func TestPresetBaseURLMovesVersions(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  ServiceConfig
+		want map[string]string
+	}{
+		{"no override", ServiceConfig{Preset: "discord"},
+			map[string]string{"v9": "https://discord.com/api/v9/", "v10": "https://discord.com/api/v10/"}},
+		{"moved", ServiceConfig{Preset: "discord", BaseURL: "http://mock/api/"},
+			map[string]string{"v9": "http://mock/api/v9/", "v10": "http://mock/api/v10/"}},
+		{"moved, base without a final slash", ServiceConfig{Preset: "discord", BaseURL: "http://mock:8080/discord"},
+			map[string]string{"v9": "http://mock:8080/discord/v9/", "v10": "http://mock:8080/discord/v10/"}},
+		{"an explicit version wins", ServiceConfig{Preset: "discord", BaseURL: "http://mock/api/",
+			Versions: map[string]string{"v10": "http://other/ten/", "v11": "http://mock/api/v11/"}},
+			map[string]string{"v9": "http://mock/api/v9/", "v10": "http://other/ten/", "v11": "http://mock/api/v11/"}},
+	} {
+		svc, err := BuildService("discord", c.cfg, "config", BuildOptions{})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got := map[string]string{}
+		for v, u := range svc.Versions {
+			got[v] = u.String()
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c.want) || fmt.Sprint(svc.Config.Versions) != fmt.Sprint(c.want) {
+			t.Errorf("%s: versions %v, config %v, want %v", c.name, got, svc.Config.Versions, c.want)
+		}
+		if info := svc.Info(); fmt.Sprint(info.VersionedBaseUrls) != fmt.Sprint(c.want) {
+			t.Errorf("%s: Info versions %v", c.name, info.VersionedBaseUrls)
+		}
+	}
+	if Presets["discord"].Versions["v10"] != "https://discord.com/api/v10/" {
+		t.Error("building a service modified the preset")
+	}
+}
+
 func TestApplyCredential(t *testing.T) {
 	cases := []struct {
 		auth   ServiceAuth

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -54,6 +55,7 @@ func mergePreset(cfg ServiceConfig) ServiceConfig {
 		out.Name = cfg.Name
 	}
 	if cfg.BaseURL != "" {
+		out.Versions = movedVersions(p, cfg.BaseURL)
 		out.BaseURL = cfg.BaseURL
 	}
 	for k, v := range cfg.Versions {
@@ -83,5 +85,29 @@ func mergePreset(cfg ServiceConfig) ServiceConfig {
 		out.Retries = cfg.Retries
 	}
 	out.TLSInsecureSkipVerify = out.TLSInsecureSkipVerify || cfg.TLSInsecureSkipVerify
+	return out
+}
+
+// movedVersions returns the version URLs of preset p for a service that
+// overrides its base URL with base: a version under the preset's base URL
+// keeps its place below the new one (discord's
+// https://discord.com/api/v10/ becomes http://mock/api/v10/ for base
+// http://mock/api/), so that overriding base_url never leaves part of the
+// service, and its credential, on the real host. A version elsewhere stays
+// as it is. Versions the service sets itself are merged afterwards and win.
+func movedVersions(p ServiceConfig, base string) map[string]string {
+	if len(p.Versions) == 0 {
+		return nil
+	}
+	if !strings.HasSuffix(base, "/") {
+		base += "/" // as parseBaseURL reads it
+	}
+	out := make(map[string]string, len(p.Versions))
+	for v, u := range p.Versions {
+		if below, ok := strings.CutPrefix(u, p.BaseURL); ok {
+			u = base + below
+		}
+		out[v] = u
+	}
 	return out
 }

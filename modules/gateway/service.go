@@ -155,6 +155,11 @@ func (s *Service) ApplyCredential(h http.Header, u *url.URL) bool {
 	return true
 }
 
+// QueryCredentialName is the query parameter the service's credential
+// goes in upstream (auth type query), or "". The proxy keeps it out of
+// the URLs it hands back to clients.
+func (s *Service) QueryCredentialName() string { return s.queryName }
+
 // RedactURL returns u as text with the service's query credential hidden,
 // for messages that name the upstream.
 func (s *Service) RedactURL(u *url.URL) string {
@@ -424,6 +429,9 @@ type ServiceInfo struct {
 	BaseURL   string     `json:"baseUrl"`
 	HasAuth   bool       `json:"hasAuth"`
 	RateLimit *LimitInfo `json:"rateLimit"`
+	// The effective version URLs (a preset's moved with an overridden
+	// base URL); omitted when the service has none.
+	VersionedBaseUrls map[string]string `json:"versionedBaseUrls,omitempty"`
 }
 
 // LimitInfo is a rate limit in the original's field names.
@@ -435,6 +443,12 @@ type LimitInfo struct {
 // Info describes the service for listings; it holds no secret.
 func (s *Service) Info() ServiceInfo {
 	info := ServiceInfo{Key: s.Key, Name: s.Config.Name, BaseURL: s.BaseURL.String(), HasAuth: s.HasAuth()}
+	if len(s.Versions) > 0 {
+		info.VersionedBaseUrls = make(map[string]string, len(s.Versions))
+		for v, u := range s.Versions {
+			info.VersionedBaseUrls[v] = u.String()
+		}
+	}
 	if rl := s.Config.RateLimit; rl != nil {
 		info.RateLimit = &LimitInfo{MaxRequests: rl.MaxRequests, WindowMs: time.Duration(rl.Window).Milliseconds()}
 	}

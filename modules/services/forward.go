@@ -35,6 +35,7 @@ type forwarder struct {
 	github   bool // the GitHub preset's /org/ hint applies
 	base     route
 	versions map[string]*route
+	links    []linkBase // the URLs response headers are rewritten from (links.go)
 	defaults []headerValue
 	rp       *httputil.ReverseProxy
 	pools    []*leanhttp.Pool // the lean path's, one per plain-http host; none when it is off
@@ -58,6 +59,7 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		keyVar:  s.Key,
 		github:  s.Config.Preset == "github",
 		base:    newRoute(s.BaseURL),
+		links:   newLinkBases(s),
 		metrics: m,
 		logger:  logger.With(zap.String("service", s.Key)),
 	}
@@ -127,7 +129,7 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // is the escaped path below the service key.
 func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string) {
 	pw := writers.Get().(*proxyWriter)
-	*pw = proxyWriter{ResponseWriter: w, f: f, start: time.Now()}
+	*pw = proxyWriter{ResponseWriter: w, f: f, r: r, rest: rest, start: time.Now()}
 	defer f.finish(pw, r)
 	if leanMethod(r) {
 		if rt, tail := f.route(rest); rt.pool != nil {
@@ -210,6 +212,8 @@ func (f *forwarder) route(rest string) (*route, string) {
 type proxyWriter struct {
 	http.ResponseWriter
 	f        *forwarder
+	r        *http.Request // the client's request
+	rest     string        // its escaped path below the service key
 	start    time.Time
 	status   int
 	upstream time.Duration // until the upstream's response headers
@@ -224,7 +228,13 @@ var upstreamWins = [...]string{"Server", "X-Ratelimit-Limit", "X-Ratelimit-Remai
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 
 func (w *proxyWriter) WriteHeader(code int) {
-	if code < 200 || w.status != 0 { // 1xx, or a superfluous call
+	if w.status != 0 { // a superfluous call
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	h := w.ResponseWriter.Header()
+	w.rewriteLocations(h) // also of a 1xx: 103 Early Hints carry Link
+	if code < 200 {
 		w.ResponseWriter.WriteHeader(code)
 		return
 	}
@@ -233,7 +243,6 @@ func (w *proxyWriter) WriteHeader(code int) {
 	if !w.failed {
 		w.upstream = d
 	}
-	h := w.ResponseWriter.Header()
 	w.setProxyHeaders(h, d)
 	// Where the upstream sent a header the gateway had set too, the
 	// upstream's wins: Caddy's Server, and the rate-limit headers of a

@@ -47,7 +47,11 @@ func init() {
 // (redirects are not followed, compressed bodies stay compressed, bodies
 // and trailers stream, WebSocket upgrades pass through), plus
 // `X-Proxy-Service: <key>` and `X-Proxy-Duration: <ms>ms` (time until the
-// upstream's response headers).
+// upstream's response headers). URLs in `Link`, `Location` and
+// `Content-Location` that point under the service's base or version URLs
+// are rewritten to the gateway's URL for the service as the client
+// reached it (links.go), so that pagination and redirects stay on the
+// gateway; bodies are never rewritten.
 //
 // A path can never leave the base URL: the upstream host is always the
 // service's, a leading `//` is collapsed, and a `.` or `..` segment (also
