@@ -6,7 +6,6 @@ package services
 import (
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -128,42 +127,12 @@ type notConfiguredBody struct {
 	AvailableServices []string `json:"availableServices"`
 }
 
-// check answers what the gateway refuses before contacting the upstream,
-// in the original's order: the GitHub /org/ hint before the token check.
-// It returns status 0 when the request may go upstream.
+// check answers what the gateway refuses before contacting the upstream
+// (gateway.Service.LocalRefusal, which byteproxy_ratelimit asks too, so
+// that such a request spends no limit). It returns status 0 when the
+// request may go upstream.
 func (f *forwarder) check(rest string) (int, any) {
-	if f.github && (rest == "/org" || strings.HasPrefix(rest, "/org/")) {
-		return http.StatusBadRequest, githubHintBody{
-			Error: "Invalid GitHub API path. Did you mean '/orgs/:org' instead of '/org/:org'?",
-			Hint:  "GitHub's organization endpoints live under /orgs/, e.g. /proxy/" + f.key + "/orgs/{org}/repos",
-		}
-	}
-	if reason := unsafePath(rest); reason != "" {
-		return http.StatusBadRequest, upstreamErrorBody{Error: "Invalid path", Message: reason, Service: f.key}
-	}
-	if f.svc.HasAuth() && !f.svc.TokenConfigured() {
-		hint := "Set the token of the service's auth setting in the byteproxy configuration"
-		if f.svc.TokenEnv != "" {
-			hint = "Set the environment variable: " + f.svc.TokenEnv
-		}
-		return http.StatusUnauthorized, tokenMissingBody{
-			Error:    "Authentication token missing for " + f.key,
-			Hint:     hint,
-			AuthType: f.svc.AuthType(),
-		}
-	}
-	return 0, nil
-}
-
-type githubHintBody struct {
-	Error string `json:"error"`
-	Hint  string `json:"hint"`
-}
-
-type tokenMissingBody struct {
-	Error    string `json:"error"`
-	Hint     string `json:"hint"`
-	AuthType string `json:"authType"`
+	return f.svc.LocalRefusal(rest)
 }
 
 type upstreamErrorBody struct {
