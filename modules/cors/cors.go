@@ -30,9 +30,14 @@ var (
 	defaultHeaders = []string{"Authorization", "X-API-Key", "Content-Type", "X-Requested-With"}
 	defaultMethods = []string{"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 	// Response headers browsers may read: the rate-limit and proxy
-	// headers are not CORS-safelisted.
-	exposeHeaders = []string{"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
-		"Retry-After", "X-Proxy-Service", "X-Proxy-Duration"}
+	// headers are not CORS-safelisted. RateLimit and RateLimit-Policy are
+	// the gateway's own limits; X-RateLimit-* are the upstream's, and
+	// those a Discord or GitHub client library reads on a refusal the
+	// gateway writes in that upstream's shape.
+	exposeHeaders = []string{"RateLimit", "RateLimit-Policy", "Retry-After",
+		"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-RateLimit-Reset-After",
+		"X-RateLimit-Used", "X-RateLimit-Resource", "X-RateLimit-Scope", "X-RateLimit-Global", "X-RateLimit-Bucket",
+		"X-Proxy-Service", "X-Proxy-Duration"}
 )
 
 const defaultMaxAge = 24 * time.Hour
@@ -71,7 +76,8 @@ const (
 // for in Access-Control-Request-Headers (If-None-Match,
 // X-GitHub-Api-Version, ...: the upstream decides what it accepts);
 // configured `headers` are exactly the allowed ones. Responses expose the
-// rate-limit, Retry-After and X-Proxy-* headers to scripts. When a later
+// rate-limit (RateLimit, RateLimit-Policy, X-RateLimit-*), Retry-After and
+// X-Proxy-* headers to scripts. When a later
 // handler (a proxy) adds its own CORS headers, the gateway's values win,
 // so a browser never sees two.
 //

@@ -63,7 +63,7 @@ func hasVaryOrigin(h http.Header) bool {
 	return false
 }
 
-const exposed = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, X-Proxy-Service, X-Proxy-Duration"
+const exposed = "RateLimit, RateLimit-Policy, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-RateLimit-Reset-After, X-RateLimit-Used, X-RateLimit-Resource, X-RateLimit-Scope, X-RateLimit-Global, X-RateLimit-Bucket, X-Proxy-Service, X-Proxy-Duration"
 
 // routes composes cors with auth, fixed error answers and pressure, so
 // that the tests do not depend on the other modules' bodies.

@@ -33,7 +33,8 @@ type ServiceConfig struct {
 	Auth *ServiceAuth `json:"auth,omitempty"`
 
 	// At most this many requests per window for the whole service (a fixed
-	// window opened by the first request).
+	// window opened by the first request). The presets set the quota of an
+	// authenticated client: discord 50 per 1s, github 5000 per 1h.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 
 	// Upstream timeout for this service: dialing, and waiting for the

@@ -134,8 +134,10 @@ func TestPresetsAndOverrides(t *testing.T) {
 	if svc.Retries != 3 || svc.Timeout != time.Second {
 		t.Errorf("retries %d timeout %s", svc.Retries, svc.Timeout)
 	}
-	if svc.Config.RateLimit == nil || svc.Config.RateLimit.MaxRequests != 60 {
-		t.Errorf("preset rate limit lost: %+v", svc.Config.RateLimit)
+	// An authenticated client's quota (5,000 per hour), not the 60 of an
+	// unauthenticated one (issue 13.5).
+	if rl := svc.Config.RateLimit; rl == nil || rl.MaxRequests != 5000 || time.Duration(rl.Window) != time.Hour {
+		t.Errorf("github preset rate limit %+v, want 5000 per hour", svc.Config.RateLimit)
 	}
 	if !svc.TokenConfigured() || svc.TokenEnv != "GITHUB_TOKEN" {
 		t.Errorf("token from {env.GITHUB_TOKEN}: configured=%v env=%q", svc.TokenConfigured(), svc.TokenEnv)
@@ -153,6 +155,10 @@ func TestPresetsAndOverrides(t *testing.T) {
 	}
 	if discord.Versions["v10"].String() != "https://discord.com/api/v10/" {
 		t.Errorf("discord v10 = %v", discord.Versions["v10"])
+	}
+	// Discord's global limit of a bot: 50 per second, not per minute.
+	if rl := discord.Config.RateLimit; rl == nil || rl.MaxRequests != 50 || time.Duration(rl.Window) != time.Second {
+		t.Errorf("discord preset rate limit %+v, want 50 per second", discord.Config.RateLimit)
 	}
 }
 

@@ -307,13 +307,13 @@ func TestAccessLogFields(t *testing.T) {
 	// gateway's duration and the remaining quota are logged response
 	// headers.
 	rh, _ := ok["resp_headers"].(map[string]any)
-	for _, h := range []string{"X-Proxy-Duration", "X-Ratelimit-Remaining", "X-Proxy-Service"} {
+	for _, h := range []string{"X-Proxy-Duration", "Ratelimit", "X-Proxy-Service"} {
 		if v, _ := rh[h].([]any); len(v) != 1 {
 			t.Errorf("resp_headers[%s] = %v", h, rh[h])
 		}
 	}
-	if rem, _ := rh["X-Ratelimit-Remaining"].([]any); len(rem) == 1 && rem[0] != "2" {
-		t.Errorf("X-RateLimit-Remaining = %v, want 2 after the first of 3", rem[0])
+	if rem, _ := rh["Ratelimit"].([]any); len(rem) == 1 && !strings.HasPrefix(fmt.Sprint(rem[0]), `"service";r=2;`) {
+		t.Errorf("RateLimit = %v, want service r=2 after the first of 3", rem[0])
 	}
 	if ok["upstream_status"] != float64(200) || ok["rate_limit_remaining"] != float64(2) {
 		t.Errorf("upstream_status %v, rate_limit_remaining %v in %v", ok["upstream_status"], ok["rate_limit_remaining"], ok)

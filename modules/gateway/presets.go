@@ -26,8 +26,9 @@ var Presets = map[string]ServiceConfig{
 		Headers: map[string]string{
 			"User-Agent": "DiscordBot (" + ProjectURL + ", " + Version + ")",
 		},
-		Auth:      &ServiceAuth{Type: "bot", Token: "{env.DISCORD_BOT_TOKEN}"},
-		RateLimit: &RateLimit{MaxRequests: 50, Window: caddy.Duration(time.Minute)},
+		Auth: &ServiceAuth{Type: "bot", Token: "{env.DISCORD_BOT_TOKEN}"},
+		// Discord's global limit of a bot token: 50 requests per second.
+		RateLimit: &RateLimit{MaxRequests: 50, Window: caddy.Duration(time.Second)},
 	},
 	"github": {
 		Name:    "GitHub API",
@@ -37,8 +38,10 @@ var Presets = map[string]ServiceConfig{
 			"X-GitHub-Api-Version": "2022-11-28",
 			"User-Agent":           "ByteProxy/" + Version,
 		},
-		Auth:      &ServiceAuth{Type: "bearer", Token: "{env.GITHUB_TOKEN}"},
-		RateLimit: &RateLimit{MaxRequests: 60, Window: caddy.Duration(time.Hour)},
+		Auth: &ServiceAuth{Type: "bearer", Token: "{env.GITHUB_TOKEN}"},
+		// GitHub's primary limit of an authenticated user: 5,000 requests
+		// per hour (60 is the quota without a token).
+		RateLimit: &RateLimit{MaxRequests: 5000, Window: caddy.Duration(time.Hour)},
 	},
 }
 

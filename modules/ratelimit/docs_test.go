@@ -12,9 +12,9 @@ import (
 // TestDocumentationLinkResolves: the 429 body's documentation link points
 // at the project page (README.md) and its #fragment is a README heading.
 func TestDocumentationLinkResolves(t *testing.T) {
-	base, fragment, ok := strings.Cut(documentation, "#")
+	base, fragment, ok := strings.Cut(gateway.RateLimitDocs, "#")
 	if !ok || base != gateway.ProjectURL {
-		t.Fatalf("documentation %q: want %s#<README heading>", documentation, gateway.ProjectURL)
+		t.Fatalf("documentation %q: want %s#<README heading>", gateway.RateLimitDocs, gateway.ProjectURL)
 	}
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {

@@ -150,15 +150,16 @@ func TestServiceLimitExactUnderConcurrency(t *testing.T) {
 
 	seen := map[int]bool{}
 	for _, r := range rs {
-		if headerInt(t, r.header, "X-RateLimit-Limit") != 100 {
-			t.Fatalf("X-RateLimit-Limit %q", r.header.Get("X-RateLimit-Limit"))
+		noXRateLimit(t, r.header)
+		if q, w := limitPolicy(t, r.header, "service"); q != 100 || w != 60 {
+			t.Fatalf("RateLimit-Policy %q, want q=100;w=60", r.header.Get("RateLimit-Policy"))
 		}
-		reset := headerInt(t, r.header, "X-RateLimit-Reset")
+		remaining, reset := limitState(t, r.header, "service")
 		if reset < 1 || reset > 60 {
-			t.Fatalf("X-RateLimit-Reset %d, want 1..60", reset)
+			t.Fatalf("RateLimit %q, want t in 1..60", r.header.Get("RateLimit"))
 		}
 		if r.status == 200 {
-			seen[headerInt(t, r.header, "X-RateLimit-Remaining")] = true
+			seen[remaining] = true
 			if r.header.Get("Retry-After") != "" {
 				t.Fatal("Retry-After on a success")
 			}
@@ -174,8 +175,8 @@ func TestServiceLimitExactUnderConcurrency(t *testing.T) {
 
 	// Only known services are limited.
 	for _, p := range []string{"/proxy/nope/x", "/proxy/x"} {
-		if r := get(t, in.URL(p)); r.status != 200 || r.header.Get("X-RateLimit-Limit") != "" {
-			t.Fatalf("%s: status %d, X-RateLimit-Limit %q; want passed through unlimited", p, r.status, r.header.Get("X-RateLimit-Limit"))
+		if r := get(t, in.URL(p)); r.status != 200 || r.header.Get("RateLimit-Policy") != "" {
+			t.Fatalf("%s: status %d, RateLimit-Policy %q; want passed through unlimited", p, r.status, r.header.Get("RateLimit-Policy"))
 		}
 	}
 }
@@ -184,8 +185,8 @@ var resetIn = regexp.MustCompile(`^Rate limit exceeded for (\S+)\. Reset in (\d+
 
 func checkServiceRefusal(t *testing.T, r result, service, path string, window int) {
 	t.Helper()
-	if headerInt(t, r.header, "X-RateLimit-Remaining") != 0 {
-		t.Fatalf("429 with X-RateLimit-Remaining %q", r.header.Get("X-RateLimit-Remaining"))
+	if remaining, _ := limitState(t, r.header, "service"); remaining != 0 {
+		t.Fatalf("429 with RateLimit %q, want r=0", r.header.Get("RateLimit"))
 	}
 	retry := headerInt(t, r.header, "Retry-After")
 	if retry < 1 || retry > window {
@@ -255,7 +256,7 @@ func TestRateLimitEndpoint(t *testing.T) {
 	if v, present := m["limit"]; r.status != 200 || !present || v != nil || m["service"] != "y" || m["message"] == nil {
 		t.Fatalf("service without a limit: %d %s", r.status, r.body)
 	}
-	if r := get(t, in.URL("/proxy/y/a")); r.status != 200 || r.header.Get("X-RateLimit-Limit") != "" {
+	if r := get(t, in.URL("/proxy/y/a")); r.status != 200 || r.header.Get("RateLimit-Policy") != "" || r.header.Get("RateLimit") != "" {
 		t.Fatalf("a service without a limit was limited: %d %v", r.status, r.header)
 	}
 }
@@ -285,16 +286,25 @@ func TestClientLimit(t *testing.T) {
 	if !strings.HasPrefix(fmt.Sprint(m["error"]), "Client rate limit exceeded") || m["limitType"] != "client" || m["service"] != "x" || m["path"] != "/a" {
 		t.Fatalf("client 429 body: %s", r.body)
 	}
-	if retry < 1 || retry > 20 || headerInt(t, r.header, "X-RateLimit-Limit") != 3 || headerInt(t, r.header, "X-RateLimit-Remaining") != 0 {
+	if q, _ := limitPolicy(t, r.header, "client"); retry < 1 || retry > 20 || q != 3 {
 		t.Fatalf("client 429 headers: %v", r.header)
 	}
+	if remaining, _ := limitState(t, r.header, "client"); remaining != 0 {
+		t.Fatalf("client 429: RateLimit %q, want r=0", r.header.Get("RateLimit"))
+	}
+	if _, ok := ietfMember(t, r.header, "RateLimit", "service"); ok {
+		t.Fatalf("client 429: RateLimit %q names the service window, which it did not read", r.header.Get("RateLimit"))
+	}
+	noXRateLimit(t, r.header)
 	// Across services: alice is out of tokens for the unlimited service too.
 	if r := get(t, in.URL("/proxy/free/a"), "X-Client", "alice"); r.status != 429 {
 		t.Fatalf("alice on another service: %d, want 429", r.status)
 	}
 	// Only the client limit applies there, so its figures are the headers.
-	if r := get(t, in.URL("/proxy/free/a"), "X-Client", "bob"); r.status != 200 || headerInt(t, r.header, "X-RateLimit-Limit") != 3 || headerInt(t, r.header, "X-RateLimit-Remaining") != 2 {
+	if r := get(t, in.URL("/proxy/free/a"), "X-Client", "bob"); r.status != 200 || r.header.Get("RateLimit-Policy") != `"client";q=3;w=60` {
 		t.Fatalf("bob: %d %v", r.status, r.header)
+	} else if remaining, _ := limitState(t, r.header, "client"); remaining != 2 {
+		t.Fatalf("bob: RateLimit %q, want r=2", r.header.Get("RateLimit"))
 	}
 	if r := get(t, in.URL("/proxy/x/a"), "X-Client", "bob"); r.status != 200 {
 		t.Fatalf("bob on x: %d", r.status)
@@ -359,12 +369,13 @@ func TestReloadKeepsCounters(t *testing.T) {
 		t.Fatalf("after a reload: %v, want remaining 90 and the same resetTime %v", m, resetBefore)
 	}
 	r := get(t, in.URL("/proxy/x/a"))
-	if headerInt(t, r.header, "X-RateLimit-Remaining") != 89 {
-		t.Fatalf("first request after the reload: remaining %q, want 89", r.header.Get("X-RateLimit-Remaining"))
+	if remaining, _ := limitState(t, r.header, "service"); remaining != 89 {
+		t.Fatalf("first request after the reload: RateLimit %q, want service r=89", r.header.Get("RateLimit"))
 	}
 	// The client bucket survived too: 11 of 1000 spent.
-	if r := get(t, in.URL("/proxy/x/a")); r.header.Get("X-RateLimit-Remaining") != "88" {
-		t.Fatalf("remaining %q", r.header.Get("X-RateLimit-Remaining"))
+	r = get(t, in.URL("/proxy/x/a"))
+	if remaining, _ := limitState(t, r.header, "service"); remaining != 88 {
+		t.Fatalf("RateLimit %q, want service r=88", r.header.Get("RateLimit"))
 	}
 
 	// A changed limit starts afresh.

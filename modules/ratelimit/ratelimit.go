@@ -39,10 +39,20 @@ func init() {
 // with N per W. The client limit is checked first; a request refused by
 // one limit spends nothing of the other.
 //
-// Limited responses carry X-RateLimit-Limit, X-RateLimit-Remaining and
-// X-RateLimit-Reset (seconds); a refusal is a 429 with Retry-After and a
-// JSON body. GET /proxy/services/{service}/rate-limit reports a service's
-// window without counting.
+// A request the gateway will refuse itself (gateway.Service.LocalRefusal:
+// a missing token, a refused path, the GitHub /org/ hint) is not counted:
+// it passes on to byteproxy_services, which answers it.
+//
+// Limited responses describe the limits in the IETF draft's fields
+// (draft-ietf-httpapi-ratelimit-headers): RateLimit-Policy, one policy per
+// limit (`"service";q=100;w=60, "client";q=600;w=60`), and RateLimit, the
+// state of each (`"service";r=42;t=17`: remaining, seconds until reset).
+// X-RateLimit-* are left to the upstream. A refusal is a 429 with
+// Retry-After, written by gateway.WriteRefusal: in the original's JSON
+// body, and for a service built from the discord or github preset also in
+// that upstream's shape, so that its client libraries wait and retry once.
+// GET /proxy/services/{service}/rate-limit reports a service's window
+// without counting.
 //
 // Counters live in memory and survive config reloads (an unchanged limit
 // keeps its state; a changed one starts afresh). With `redis <url>` in the
@@ -67,6 +77,7 @@ type Handler struct {
 
 	clientMax     int
 	clientWindow  time.Duration
+	clientPolicy  string // the client limit's RateLimit-Policy member
 	clients       *bucketStore
 	clientsKey    string
 	clientsPrefix string // Redis key prefix of the client buckets
@@ -82,6 +93,7 @@ type serviceLimit struct {
 	poolKey  string // empty for a window outside the pool
 	win      *window
 	redisKey string
+	policy   string // RateLimit-Policy value: this limit's, then the client limit's
 }
 
 // limiters keeps windows, client buckets and Redis connections across
@@ -106,14 +118,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.app = app
 	h.logger = ctx.Logger()
 	h.windows.Store(&map[string]*serviceLimit{})
-	for key, svc := range app.AllServices() {
-		if rl := svc.Config.RateLimit; rl != nil {
-			h.serviceLimitFor(key, rl)
-		}
-	}
+	// The client limit first: each service limit's policy header names it.
 	if rl := app.ClientRateLimit; rl != nil {
 		if err := h.provisionClients(rl); err != nil {
 			return err
+		}
+	}
+	for key, svc := range app.AllServices() {
+		if rl := svc.Config.RateLimit; rl != nil {
+			h.serviceLimitFor(key, rl)
 		}
 	}
 	return h.provisionRedis()
@@ -124,6 +137,7 @@ func (h *Handler) provisionClients(rl *gateway.RateLimit) error {
 		return fmt.Errorf("client_rate_limit: %v", err)
 	}
 	h.clientMax, h.clientWindow = rl.MaxRequests, time.Duration(rl.Window)
+	h.clientPolicy = policyMember(gateway.LimitClient, h.clientMax, h.clientWindow)
 	h.clientsKey = fmt.Sprintf("clients|%d|%d", h.clientMax, h.clientWindow)
 	h.clientsPrefix = redisClientPrefix(h.clientMax, h.clientWindow)
 	v, _, err := limiters.LoadOrNew(h.clientsKey, func() (caddy.Destructor, error) {
@@ -184,7 +198,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if key, ok := infoPath(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return h.serveInfo(w, r, key)
 	}
-	key, rest, ok := gateway.ProxyPath(r.URL.Path)
+	// The escaped path, as byteproxy_services reads it.
+	key, rest, ok := gateway.ProxyPath(r.URL.EscapedPath())
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -192,16 +207,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if svc == nil || (svc.Config.RateLimit == nil && h.clients == nil) {
 		return next.ServeHTTP(w, r)
 	}
+	if status, _ := svc.LocalRefusal(r, rest); status != 0 {
+		return next.ServeHTTP(w, r) // refused by byteproxy_services; spends nothing
+	}
 	var sl *serviceLimit
 	if rl := svc.Config.RateLimit; rl != nil {
 		sl = h.serviceLimitFor(key, rl)
 	}
 	now := time.Now()
 	v := h.decide(r, now, sl)
-	remaining := v.setHeaders(w.Header(), now)
-	gateway.AddLogField(r, zap.Int64("rate_limit_remaining", remaining))
+	h.setHeaders(w.Header(), &v, now)
+	gateway.AddLogField(r, zap.Int64("rate_limit_remaining", v.remaining()))
 	if v.refused != "" {
-		return h.refuse(w, r, key, rest, &v, now)
+		return h.refuse(w, r, svc, &v, now)
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -356,80 +374,98 @@ func (h *Handler) carryBack(ctx context.Context) (int64, error) {
 	return carried, nil
 }
 
-// figures are the limit, remaining and reset of the X-RateLimit headers:
-// the limit that refused the request, else the service limit, else the
-// client limit.
-func (v *verdict) figures(now time.Time) (limit, remaining int64, reset, retry time.Duration) {
+// remaining is what is left of the limit that refused the request, else
+// of the service limit, else of the client limit: the access log's
+// rate_limit_remaining.
+func (v *verdict) remaining() int64 {
 	if v.refused == gateway.LimitClient || v.service == nil {
-		return int64(v.clientMax), v.bucket.remaining, v.bucket.full, v.bucket.retry
+		return v.bucket.remaining
 	}
-	// A window another request opened after this one read the clock ends
-	// more than a window after now; what is left of it never is.
-	reset = min(v.window.end.Sub(now), time.Duration(v.service.limit.Window))
-	return int64(v.service.limit.MaxRequests), v.window.remaining, reset, reset
+	return v.window.remaining
 }
 
-// setHeaders sets the X-RateLimit-* headers (and Retry-After on a refusal)
-// and returns the remaining figure, which the access log records too.
-func (v *verdict) setHeaders(hdr http.Header, now time.Time) int64 {
-	limit, remaining, reset, retry := v.figures(now)
-	// One backing array for the values; the keys are already canonical.
-	vals := make([]string, 4)
-	vals[0] = strconv.FormatInt(limit, 10)
-	vals[1] = strconv.FormatInt(remaining, 10)
-	vals[2] = strconv.FormatInt(ceilSeconds(reset), 10)
-	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
-	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
-	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
-	if v.refused != "" {
-		vals[3] = strconv.FormatInt(max(ceilSeconds(retry), 1), 10)
-		hdr["Retry-After"] = vals[3:4:4]
+// serviceReset is the time until the service window ends. A window
+// another request opened after this one read the clock ends more than a
+// window after now; what is left of it never is.
+func (v *verdict) serviceReset(now time.Time) time.Duration {
+	return max(min(v.window.end.Sub(now), time.Duration(v.service.limit.Window)), 0)
+}
+
+// setHeaders describes the limits that apply to the request in the IETF
+// draft's fields: RateLimit-Policy, each limit's quota and window, and
+// RateLimit, each limit's state (remaining, seconds until reset). A
+// request the client limit refused did not read the service window, so
+// its RateLimit names the client limit alone.
+func (h *Handler) setHeaders(hdr http.Header, v *verdict, now time.Time) {
+	var buf [96]byte
+	b := buf[:0]
+	policy := h.clientPolicy
+	if v.service != nil {
+		policy = v.service.policy
+		if v.refused != gateway.LimitClient {
+			b = appendState(b, gateway.LimitService, v.window.remaining, v.serviceReset(now))
+		}
 	}
-	return remaining
+	if v.hasClient {
+		if len(b) > 0 {
+			b = append(b, ", "...)
+		}
+		b = appendState(b, gateway.LimitClient, v.bucket.remaining, v.bucket.full)
+	}
+	// A slice of this request's own (Caddy's header directive edits
+	// values in place); the keys are already canonical.
+	vals := []string{policy, string(b)}
+	hdr["Ratelimit-Policy"] = vals[0:1:1]
+	hdr["Ratelimit"] = vals[1:2:2]
 }
 
-// refusedBody is the 429 body; its fields are the original ByteProxy's.
-type refusedBody struct {
-	Error           string          `json:"error"`
-	Service         string          `json:"service"`
-	Path            string          `json:"path"`
-	LimitType       string          `json:"limitType,omitempty"`
-	Troubleshooting troubleshooting `json:"troubleshooting"`
+// policyMember is one member of RateLimit-Policy: `"name";q=100;w=60`.
+// The window is in whole seconds, rounded up.
+func policyMember(name string, quota int, window time.Duration) string {
+	b := strconv.AppendQuote(nil, name)
+	b = append(b, ";q="...)
+	b = strconv.AppendInt(b, int64(quota), 10)
+	b = append(b, ";w="...)
+	b = strconv.AppendInt(b, max(ceilSeconds(window), 1), 10)
+	return string(b)
 }
 
-type troubleshooting struct {
-	Hint          string `json:"hint"`
-	Documentation string `json:"documentation"`
+// appendState appends one member of RateLimit: `"name";r=42;t=17`.
+func appendState(b []byte, name string, remaining int64, reset time.Duration) []byte {
+	b = append(b, '"')
+	b = append(b, name...)
+	b = append(b, `";r=`...)
+	b = strconv.AppendInt(b, max(remaining, 0), 10)
+	b = append(b, ";t="...)
+	return strconv.AppendInt(b, ceilSeconds(reset), 10)
 }
 
-// documentation is where users read about the limits.
-const documentation = gateway.ProjectURL + "#rate-limits"
-
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, key, rest string, v *verdict, now time.Time) error {
+// refuse answers 429 through gateway.WriteRefusal, in the service's shape.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, svc *gateway.Service, v *verdict, now time.Time) error {
+	key := svc.Key
 	h.app.Metrics().RateLimited(key, v.refused)
 	gateway.AddLogField(r, zap.String("rate_limited", v.refused))
-	_, _, _, retry := v.figures(now)
-	secs := max(ceilSeconds(retry), 1)
-	body := refusedBody{Service: key, Path: rest}
+	_, path, _ := gateway.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
+	rf := gateway.Refusal{Service: svc, Path: path}
 	if v.refused == gateway.LimitClient {
-		body.Error = fmt.Sprintf("Client rate limit exceeded. Reset in %d seconds.", secs)
-		body.LimitType = gateway.LimitClient
-		body.Troubleshooting = troubleshooting{
-			Hint: fmt.Sprintf("Each client (its API key, else its IP address) may make %d requests per %s through this gateway, across all services. Wait %d seconds before retrying.",
-				v.clientMax, humanDuration(v.clientSize), secs),
-			Documentation: documentation,
-		}
+		rf.RetryAfter, rf.Limit = v.bucket.retry, int64(v.clientMax)
+		secs := max(ceilSeconds(rf.RetryAfter), 1)
+		rf.Error = fmt.Sprintf("Client rate limit exceeded. Reset in %d seconds.", secs)
+		rf.LimitType = gateway.LimitClient
+		rf.Hint = fmt.Sprintf("Each client (its API key, else its IP address) may make %d requests per %s through this gateway, across all services. Wait %d seconds before retrying.",
+			v.clientMax, humanDuration(v.clientSize), secs)
+		rf.Scope, rf.Resource = "user", "byteproxy_client" // this consumer's own limit
 	} else {
 		rl := v.service.limit
-		body.Error = fmt.Sprintf("Rate limit exceeded for %s. Reset in %d seconds.", key, secs)
-		body.Troubleshooting = troubleshooting{
-			Hint: fmt.Sprintf("The service '%s' allows %d requests per %s through this gateway, shared by all clients. Wait for the window to reset, or raise the service's rate_limit.",
-				key, rl.MaxRequests, humanDuration(time.Duration(rl.Window))),
-			Documentation: documentation,
-		}
+		rf.RetryAfter, rf.Limit = v.serviceReset(now), int64(rl.MaxRequests)
+		secs := max(ceilSeconds(rf.RetryAfter), 1)
+		rf.Error = fmt.Sprintf("Rate limit exceeded for %s. Reset in %d seconds.", key, secs)
+		rf.Hint = fmt.Sprintf("The service '%s' allows %d requests per %s through this gateway, shared by all clients. Wait for the window to reset, or raise the service's rate_limit.",
+			key, rl.MaxRequests, humanDuration(time.Duration(rl.Window)))
+		rf.Scope, rf.Resource = "shared", "byteproxy_service" // shared by every client of the service
 	}
-	h.logger.Debug("rate limited", zap.String("service", key), zap.String("limit", v.refused), zap.Int64("retry_after", secs))
-	return gateway.WriteJSON(w, http.StatusTooManyRequests, body)
+	h.logger.Debug("rate limited", zap.String("service", key), zap.String("limit", v.refused), zap.Duration("retry_after", rf.RetryAfter))
+	return gateway.WriteRefusal(w, rf)
 }
 
 // serviceLimitFor returns the state of the service's current limit,
@@ -452,7 +488,10 @@ func (h *Handler) acquireWindow(key string, rl gateway.RateLimit) *serviceLimit 
 	if sl := old[key]; sl != nil && sl.limit == rl {
 		return sl
 	}
-	sl := &serviceLimit{limit: rl, redisKey: redisServiceKey(key, rl.MaxRequests, size)}
+	sl := &serviceLimit{limit: rl, redisKey: redisServiceKey(key, rl.MaxRequests, size), policy: policyMember(gateway.LimitService, rl.MaxRequests, size)}
+	if h.clientPolicy != "" {
+		sl.policy += ", " + h.clientPolicy
+	}
 	if h.closed { // a request still in flight after Cleanup: do not leak a pool entry
 		sl.win = newWindow(rl.MaxRequests, size)
 		return sl

@@ -101,14 +101,21 @@ func BenchmarkWindowTake(b *testing.B) {
 	})
 }
 
-// Writing the X-RateLimit headers of an admitted request.
+// Writing the RateLimit and RateLimit-Policy headers of an admitted
+// request (service and client limit).
 func BenchmarkHeaders(b *testing.B) {
 	now := time.Now()
-	v := verdict{service: &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100}}, window: windowState{ok: true, remaining: 42, end: now.Add(time.Minute)}}
+	h := &Handler{clientPolicy: policyMember(gateway.LimitClient, 600, time.Minute)}
+	v := verdict{
+		service:   &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}, policy: `"service";q=100;w=60, ` + h.clientPolicy},
+		window:    windowState{ok: true, remaining: 42, end: now.Add(time.Minute)},
+		hasClient: true,
+		bucket:    bucketState{ok: true, remaining: 599, full: time.Second},
+	}
 	hdr := http.Header{}
 	b.ReportAllocs()
 	for b.Loop() {
-		v.setHeaders(hdr, now)
+		h.setHeaders(hdr, &v, now)
 	}
 }
 

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,18 +72,58 @@ func TestRedisKeys(t *testing.T) {
 // the window (TestServiceLimitExactUnderConcurrency once saw 61 of 60).
 func TestResetNeverExceedsWindow(t *testing.T) {
 	now := time.Now()
+	h := &Handler{}
 	v := verdict{
-		service: &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}},
+		service: &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}, policy: `"service";q=100;w=60`},
 		window:  windowState{ok: true, remaining: 5, end: now.Add(time.Minute + 3*time.Millisecond)},
 	}
-	h := http.Header{}
-	v.setHeaders(h, now)
-	if got := h.Get("X-Ratelimit-Reset"); got != "60" {
-		t.Errorf("X-RateLimit-Reset %q, want 60", got)
+	hdr := http.Header{}
+	h.setHeaders(hdr, &v, now)
+	if got := hdr.Get("RateLimit"); got != `"service";r=5;t=60` {
+		t.Errorf("RateLimit %q, want t=60", got)
 	}
-	v.refused = gateway.LimitService
-	v.setHeaders(h, now)
-	if got := h.Get("Retry-After"); got != "60" {
-		t.Errorf("Retry-After %q, want 60", got)
+	if got := v.serviceReset(now); got != time.Minute {
+		t.Errorf("retry after %v, want 1m", got)
+	}
+}
+
+// The IETF fields name each limit that applies; a request refused by the
+// client limit did not read the service window, so only the client's
+// state is given. No X-RateLimit-* is ever set by the gateway's limits.
+func TestIETFHeaders(t *testing.T) {
+	now := time.Now()
+	h := &Handler{clientPolicy: policyMember(gateway.LimitClient, 600, time.Minute)}
+	if h.clientPolicy != `"client";q=600;w=60` {
+		t.Fatalf("client policy %q", h.clientPolicy)
+	}
+	if got := policyMember(gateway.LimitService, 5, 1500*time.Millisecond); got != `"service";q=5;w=2` {
+		t.Fatalf("policy with a fractional window %q, want w rounded up", got)
+	}
+	sl := &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}, policy: `"service";q=100;w=60, "client";q=600;w=60`}
+	for _, c := range []struct {
+		name       string
+		v          verdict
+		policy, rl string
+	}{
+		{"both admitted", verdict{service: sl, window: windowState{ok: true, remaining: 42, end: now.Add(17 * time.Second)}, hasClient: true, bucket: bucketState{ok: true, remaining: 599, full: 100 * time.Millisecond}},
+			sl.policy, `"service";r=42;t=17, "client";r=599;t=1`},
+		{"client refused", verdict{refused: gateway.LimitClient, service: sl, hasClient: true, bucket: bucketState{remaining: 0, full: time.Minute, retry: 100 * time.Millisecond}},
+			sl.policy, `"client";r=0;t=60`},
+		{"client only", verdict{hasClient: true, bucket: bucketState{ok: true, remaining: 3, full: 2 * time.Second}},
+			h.clientPolicy, `"client";r=3;t=2`},
+	} {
+		hdr := http.Header{}
+		h.setHeaders(hdr, &c.v, now)
+		if got := hdr.Get("RateLimit-Policy"); got != c.policy {
+			t.Errorf("%s: RateLimit-Policy %q, want %q", c.name, got, c.policy)
+		}
+		if got := hdr.Get("RateLimit"); got != c.rl {
+			t.Errorf("%s: RateLimit %q, want %q", c.name, got, c.rl)
+		}
+		for k := range hdr {
+			if strings.HasPrefix(k, "X-Ratelimit") || k == "Retry-After" {
+				t.Errorf("%s: the limits set %s", c.name, k)
+			}
+		}
 	}
 }

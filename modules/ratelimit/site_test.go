@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
@@ -58,7 +59,7 @@ func TestSiteDirectiveRuntimeServices(t *testing.T) {
 		t.Fatalf("adding a runtime service: %d %s", resp.StatusCode, body)
 	}
 	for i := range 2 {
-		if r := get(t, in.URL("/proxy/rt/a"), two...); r.status == 429 || r.header.Get("X-RateLimit-Limit") != "2" {
+		if r := get(t, in.URL("/proxy/rt/a"), two...); r.status == 429 || !strings.HasPrefix(r.header.Get("RateLimit-Policy"), `"service";q=2;w=60`) {
 			t.Fatalf("runtime service request %d: %d %v", i+1, r.status, r.header)
 		}
 	}
@@ -75,8 +76,9 @@ func TestSiteDirectiveRuntimeServices(t *testing.T) {
 		}
 	}
 	for i := range 4 {
-		if r := get(t, in.URL("/proxy/free/a"), one...); r.status != 200 || r.header.Get("X-RateLimit-Remaining") != fmt.Sprint(3-i) {
-			t.Fatalf("key one on an unlimited service, request %d: %d remaining %q", i+1, r.status, r.header.Get("X-RateLimit-Remaining"))
+		r := get(t, in.URL("/proxy/free/a"), one...)
+		if remaining, _ := limitState(t, r.header, "client"); r.status != 200 || remaining != 3-i {
+			t.Fatalf("key one on an unlimited service, request %d: %d RateLimit %q", i+1, r.status, r.header.Get("RateLimit"))
 		}
 	}
 	if r := get(t, in.URL("/proxy/free/a"), one...); r.status != 429 || decode(t, r.body)["limitType"] != "client" {

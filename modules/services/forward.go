@@ -31,8 +31,7 @@ import (
 type forwarder struct {
 	svc      *gateway.Service
 	key      string
-	keyVar   any  // the key boxed once for the request variable
-	github   bool // the GitHub preset's /org/ hint applies
+	keyVar   any // the key boxed once for the request variable
 	base     route
 	versions map[string]*route
 	links    []linkBase // the URLs response headers are rewritten from (links.go)
@@ -57,7 +56,6 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		svc:     s,
 		key:     s.Key,
 		keyVar:  s.Key,
-		github:  s.Config.Preset == "github",
 		base:    newRoute(s.BaseURL),
 		links:   newLinkBases(s),
 		metrics: m,
@@ -221,10 +219,6 @@ type proxyWriter struct {
 	lean     bool          // sent on the lean path (see lean.go)
 }
 
-// upstreamWins lists the headers the upstream's value replaces the
-// gateway's in, rather than both being sent.
-var upstreamWins = [...]string{"Server", "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "Retry-After"}
-
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 
 func (w *proxyWriter) WriteHeader(code int) {
@@ -244,14 +238,12 @@ func (w *proxyWriter) WriteHeader(code int) {
 		w.upstream = d
 	}
 	w.setProxyHeaders(h, d)
-	// Where the upstream sent a header the gateway had set too, the
-	// upstream's wins: Caddy's Server, and the rate-limit headers of a
-	// service with its own quota (GitHub's, Discord's), which client
-	// libraries parse and which must not come twice.
-	for _, k := range upstreamWins {
-		if s := h[k]; len(s) > 1 {
-			h[k] = s[len(s)-1:]
-		}
+	// Caddy set its own Server header before the gateway ran; where the
+	// upstream sent one, the upstream's wins rather than both being sent.
+	// (The gateway sets no X-RateLimit-* or Retry-After on forwarded
+	// responses: the upstream's pass untouched.)
+	if s := h["Server"]; len(s) > 1 {
+		h["Server"] = s[len(s)-1:]
 	}
 	w.ResponseWriter.WriteHeader(code)
 }

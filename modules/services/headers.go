@@ -100,18 +100,6 @@ func clientOnly(k string) bool {
 	return strings.HasPrefix(k, "X-Forwarded-")
 }
 
-// upgradeRefused reports whether the client asks for a protocol upgrade
-// other than WebSocket: only `Upgrade: websocket` (one token, any case)
-// passes; an upgrade to anything else (h2c, say) would open a tunnel the
-// gateway cannot see into.
-func upgradeRefused(h http.Header) bool {
-	up, ok := h["Upgrade"]
-	if !ok {
-		return false
-	}
-	return len(up) != 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket")
-}
-
 // upgrading reports whether the client's request is a protocol upgrade,
 // as ReverseProxy decides it: a Connection header with the token
 // "upgrade" and an Upgrade header.

@@ -3,6 +3,8 @@ package services
 import (
 	"net/http"
 	"testing"
+
+	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 // The list of headers that stay at the gateway, as the README documents it
@@ -44,7 +46,7 @@ func TestUpgradeRefused(t *testing.T) {
 		if c.values != nil {
 			h["Upgrade"] = c.values
 		}
-		if got := upgradeRefused(h); got != c.refused {
+		if got := gateway.UpgradeRefused(h); got != c.refused {
 			t.Errorf("Upgrade %q: refused %v, want %v", c.values, got, c.refused)
 		}
 	}

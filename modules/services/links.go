@@ -269,7 +269,7 @@ func (f *forwarder) matchBase(p absURL) (*linkBase, string, bool) {
 		default:
 			continue
 		}
-		if unsafePath("/"+tail) != "" {
+		if gateway.UnsafePath("/"+tail) != "" {
 			return nil, "", false
 		}
 		return b, tail, true

@@ -18,46 +18,6 @@ import (
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
-func TestUnsafePath(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		rest   string
-		refuse bool
-	}{
-		{"/", false},
-		{"/users/@me", false},
-		{"/a/file.json", false},
-		{"/...", false},
-		{"/a..b/.hidden/..c", false},
-		{"/a%2Fb", false},
-		{"/a%2e", false},
-		{"/%5C%5Chost/x", false},
-		{"//host/x", false},
-		{"/..", true},
-		{"/.", true},
-		{"/a/../b", true},
-		{"/a/./b", true},
-		{"/%2e%2e/x", true},
-		{"/%2E%2E/x", true},
-		{"/.%2e/x", true},
-		{"/%2e/x", true},
-		{"/..%2fx", true},
-		{"/x%2F..%2Fy", true},
-		{"/a%2F.%2Fb", true},
-		{"/..%5cx", true},
-		{"/a%5C..%5Cb", true},
-		{`/..\x`, true},
-		{"/..;/x", true},
-		{"/.;jsessionid=1/x", true},
-		{"/%2e%2e;a=b/x", true},
-		{"/a%zzb", true}, // not validly encoded
-	} {
-		if got := unsafePath(c.rest) != ""; got != c.refuse {
-			t.Errorf("unsafePath(%q) refuses = %v, want %v", c.rest, got, c.refuse)
-		}
-	}
-}
-
 func TestRouteSetPath(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {

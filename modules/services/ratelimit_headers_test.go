@@ -11,8 +11,8 @@ import (
 
 // TestUpstreamRateLimitHeadersWin checks that a service with a quota of its
 // own (GitHub's, Discord's X-RateLimit-*) reaches the client with exactly
-// the upstream's headers, not the gateway's next to them, while a response
-// without them carries the gateway's.
+// the upstream's headers, while the gateway describes its own limit in the
+// IETF fields (RateLimit, RateLimit-Policy) and never invents X-RateLimit-*.
 func TestUpstreamRateLimitHeadersWin(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/own") {
@@ -49,11 +49,17 @@ func TestUpstreamRateLimitHeadersWin(t *testing.T) {
 		}
 	}
 
-	resp, _ = testutil.Do(t, "GET", in.URL("/proxy/quota/plain"), nil)
-	if got := resp.Header.Values("X-Ratelimit-Limit"); len(got) != 1 || got[0] != "10" {
-		t.Errorf("X-RateLimit-Limit = %q, want the gateway's 10", got)
+	if got := resp.Header.Values("Ratelimit-Policy"); len(got) != 1 || got[0] != `"service";q=10;w=60` {
+		t.Errorf("RateLimit-Policy = %q, want the gateway's one policy", got)
 	}
-	if got := resp.Header.Values("X-Ratelimit-Remaining"); len(got) != 1 || got[0] != "8" {
-		t.Errorf("X-RateLimit-Remaining = %q, want 8 after two requests", got)
+
+	resp, _ = testutil.Do(t, "GET", in.URL("/proxy/quota/plain"), nil)
+	for k := range resp.Header {
+		if strings.HasPrefix(k, "X-Ratelimit") {
+			t.Errorf("the gateway invented %s: %q", k, resp.Header.Values(k))
+		}
+	}
+	if got := resp.Header.Values("Ratelimit"); len(got) != 1 || !strings.HasPrefix(got[0], `"service";r=8;t=`) {
+		t.Errorf("RateLimit = %q, want the gateway's r=8 after two requests", got)
 	}
 }

@@ -6,7 +6,6 @@ package services
 import (
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -120,7 +119,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	gateway.AddLogField(r, zap.String("service", key))
 	if status, body := f.check(r, rest); status != 0 {
 		if status == http.StatusMethodNotAllowed {
-			w.Header().Set("Allow", allowedMethods)
+			w.Header().Set("Allow", gateway.AllowedMethods)
 		}
 		f.metrics.ProxyRequest(key, status, 0, 0)
 		f.logLocal(r, status)
@@ -152,62 +151,12 @@ type notConfiguredBody struct {
 	ServicesTotal int  `json:"servicesTotal,omitempty"`
 }
 
-// allowedMethods is the Allow header of a 405: the methods of HTTP APIs
-// (other methods pass too, except TRACE and CONNECT).
-const allowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-
-// check answers what the gateway refuses before contacting the upstream:
-// methods and upgrades it never forwards, then, in the original's order,
-// the GitHub /org/ hint before the token check. It returns status 0 when
-// the request may go upstream.
+// check answers what the gateway refuses before contacting the upstream
+// (gateway.Service.LocalRefusal, which byteproxy_ratelimit asks too, so
+// that such a request spends no limit). It returns status 0 when the
+// request may go upstream.
 func (f *forwarder) check(r *http.Request, rest string) (int, any) {
-	switch r.Method {
-	case http.MethodTrace, http.MethodConnect:
-		return http.StatusMethodNotAllowed, upstreamErrorBody{
-			Error:   "Method Not Allowed",
-			Message: r.Method + " is not forwarded: the gateway answers it itself.",
-			Service: f.key,
-		}
-	}
-	if upgradeRefused(r.Header) {
-		return http.StatusBadRequest, upstreamErrorBody{
-			Error:   "Upgrade not allowed",
-			Message: "Only 'Upgrade: websocket' is forwarded.",
-			Service: f.key,
-		}
-	}
-	if f.github && (rest == "/org" || strings.HasPrefix(rest, "/org/")) {
-		return http.StatusBadRequest, githubHintBody{
-			Error: "Invalid GitHub API path. Did you mean '/orgs/:org' instead of '/org/:org'?",
-			Hint:  "GitHub's organization endpoints live under /orgs/, e.g. /proxy/" + f.key + "/orgs/{org}/repos",
-		}
-	}
-	if reason := unsafePath(rest); reason != "" {
-		return http.StatusBadRequest, upstreamErrorBody{Error: "Invalid path", Message: reason, Service: f.key}
-	}
-	if f.svc.HasAuth() && !f.svc.TokenConfigured() {
-		hint := "Set the token of the service's auth setting in the byteproxy configuration"
-		if f.svc.TokenEnv != "" {
-			hint = "Set the environment variable: " + f.svc.TokenEnv
-		}
-		return http.StatusUnauthorized, tokenMissingBody{
-			Error:    "Authentication token missing for " + f.key,
-			Hint:     hint,
-			AuthType: f.svc.AuthType(),
-		}
-	}
-	return 0, nil
-}
-
-type githubHintBody struct {
-	Error string `json:"error"`
-	Hint  string `json:"hint"`
-}
-
-type tokenMissingBody struct {
-	Error    string `json:"error"`
-	Hint     string `json:"hint"`
-	AuthType string `json:"authType"`
+	return f.svc.LocalRefusal(r, rest)
 }
 
 type upstreamErrorBody struct {
