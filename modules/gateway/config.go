@@ -130,10 +130,16 @@ type PressureConfig struct {
 	Disabled bool `json:"disabled,omitempty"`
 
 	// Shed when the Go heap in use exceeds this many bytes. Default 512 MiB.
+	// The heap in use counts garbage not yet collected, so a reading over
+	// the limit is taken again after a garbage collection (at most one per
+	// interval) before it counts: garbage left by a burst never keeps the
+	// gateway shedding once the burst is over.
 	MaxHeap int64 `json:"max_heap,omitempty"`
 
 	// Shed when the process's resident set exceeds this many bytes.
-	// Default 1 GiB.
+	// Default 1 GiB. A reading over the limit is taken again after a
+	// garbage collection that returns freed memory to the operating system
+	// (at most one per interval).
 	MaxRSS int64 `json:"max_rss,omitempty"`
 
 	// Shed when the p99 Go scheduler latency over the last interval exceeds

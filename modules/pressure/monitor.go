@@ -277,7 +277,7 @@ func (m *monitor) run(sm *sampler, stop, done chan struct{}) {
 		case <-stop:
 			return
 		case <-tick.C:
-			judge(sm.take())
+			judge(sm.takeCollected(s))
 		case <-probeTick:
 			startProbe()
 		case res := <-results:
