@@ -87,6 +87,7 @@ func TestAdaptErrors(t *testing.T) {
 		{"bad scope", "{\n byteproxy {\n  auth admin {\n   key k\n  }\n }\n}", "unknown auth scope 'admin'", 3},
 		{"bad bool", "{\n byteproxy {\n  strict_tls maybe\n }\n}", "want on or off (true or false), got 'maybe'", 3},
 		{"bad size", "{\n byteproxy {\n  pressure {\n   max_heap lots\n  }\n }\n}", "want a size such as 512MiB, got 'lots'", 4},
+		{"bad max_in_flight", "{\n byteproxy {\n  pressure {\n   max_in_flight -1\n  }\n }\n}", "max_in_flight: want a number of requests or off, got '-1'", 4},
 		{"auth directive scope", ":80 {\n byteproxy_auth everyone\n}", "unknown scope \"everyone\"", 2},
 		{"bare directive argument", ":80 {\n byteproxy_services github\n}", "byteproxy_services takes no arguments", 2},
 		{"bare directive block", ":80 {\n byteproxy_ratelimit {\n  rate 5\n }\n}", "unrecognized subdirective 'rate'", 3},

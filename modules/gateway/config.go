@@ -123,8 +123,12 @@ type CORSConfig struct {
 }
 
 // PressureConfig configures load shedding. A threshold left at zero takes
-// its default; set it very high to make it irrelevant. Only max_in_flight
-// is off at zero.
+// its default; set it very high to make it irrelevant.
+//
+// Request bodies that the management API reads whole are admitted while
+// what they hold at once (about three times their size, plus 16 KiB each)
+// fits in an eighth of the smaller of max_heap and max_rss (64 MiB at the
+// defaults); more get 503 with Retry-After: 1 (type "requestBodies").
 type PressureConfig struct {
 	// Disable shedding; readings are still reported at /up.
 	Disabled bool `json:"disabled,omitempty"`
@@ -150,7 +154,14 @@ type PressureConfig struct {
 	// Default 0.98.
 	MaxCPU float64 `json:"max_cpu,omitempty"`
 
-	// At most this many proxied requests in flight; 0 is no limit.
+	// At most this many proxied requests in flight; more are shed with 503
+	// (type "inFlight"). Management requests are not counted. Default (0):
+	// max_heap / 128 KiB, 4096 at the default max_heap of 512 MiB. 128 KiB
+	// is what one proxied request holds at most in the usual case
+	// (goroutine stacks, the client and upstream connections' buffers, a
+	// 32 KiB copy buffer, headers), so the default cap keeps what requests
+	// in flight hold within max_heap. A WebSocket counts for as long as it
+	// is open. -1 (Caddyfile: off) is no limit.
 	MaxInFlight int64 `json:"max_in_flight,omitempty"`
 
 	// How often the monitor samples. Default 1s.

@@ -392,7 +392,8 @@ func TestSheddingStopsAfterBurst(t *testing.T) {
 }
 `, testutil.Options{Env: []string{"GOGC=off"}})
 			before := memStats(t, in)
-			decoded, shed := burst(t, in, 3*interval)
+			began := time.Now()
+			decoded, shed := burst(t, in, tc.limit+64<<20)
 			ended := time.Now()
 			after := memStats(t, in)
 			if garbage := after.TotalAlloc - before.TotalAlloc; garbage < tc.limit {
@@ -414,7 +415,7 @@ func TestSheddingStopsAfterBurst(t *testing.T) {
 			took := time.Since(ended)
 			forced := memStats(t, in).NumForcedGC - before.NumForcedGC
 			t.Logf("%s: burst of %s: %d 1 MB bodies decoded, %d shed, %d MiB allocated; shedding stopped %s after it (interval %s); %d forced collections; /up now heap %.0f MiB, RSS %.0f MiB",
-				tc.name, 3*interval, decoded, shed, (after.TotalAlloc-before.TotalAlloc)>>20, took.Round(time.Millisecond), interval, forced,
+				tc.name, ended.Sub(began).Round(time.Millisecond), decoded, shed, (after.TotalAlloc-before.TotalAlloc)>>20, took.Round(time.Millisecond), interval, forced,
 				last.body["heapUsed"].(float64)/(1<<20), last.body["rssBytes"].(float64)/(1<<20))
 			if took > 2*interval {
 				t.Errorf("shedding stopped %s after the burst, want within 2 intervals (%s)", took, 2*interval)
@@ -429,21 +430,30 @@ func TestSheddingStopsAfterBurst(t *testing.T) {
 	}
 }
 
-// burst POSTs 1 MB service bodies from 4 clients for d. Each body that is
-// admitted is decoded in full and refused for lacking a baseUrl (400).
-// It returns how many bodies were decoded and how many were shed (503, or
-// the connection closed before the body was sent).
-func burst(t *testing.T, in *testutil.Instance, d time.Duration) (decoded, shed int64) {
+// burst POSTs 1 MB service bodies from 4 clients until the gateway has
+// allocated at least garbage bytes (at most for 60 s). Each body that is
+// admitted is decoded in full and refused for lacking a baseUrl (400). It
+// returns how many bodies were decoded and how many were shed (503, or the
+// connection closed before the body was sent).
+func burst(t *testing.T, in *testutil.Instance, garbage uint64) (decoded, shed int64) {
 	t.Helper()
 	prefix, suffix := `{"key":"burst","config":{"name":"`, `"}}`
 	body := []byte(prefix + strings.Repeat("x", 1<<20-len(prefix)-len(suffix)) + suffix)
 	var nDecoded, nShed atomic.Int64
 	var failed atomic.Value
-	stop := time.Now().Add(d)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer cancel()
+		start := memStats(t, in).TotalAlloc
+		for ctx.Err() == nil && memStats(t, in).TotalAlloc-start < garbage {
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 	for range 4 {
 		wg.Go(func() {
-			for time.Now().Before(stop) {
+			for ctx.Err() == nil {
 				req, _ := http.NewRequest(http.MethodPost, in.URL("/manage/services"), bytes.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
 				resp, err := client.Do(req)
@@ -462,6 +472,7 @@ func burst(t *testing.T, in *testutil.Instance, d time.Duration) (decoded, shed 
 					nShed.Add(1)
 				default:
 					failed.Store(fmt.Sprintf("status %d", resp.StatusCode))
+					cancel()
 					return
 				}
 			}

@@ -19,6 +19,9 @@ const (
 	TypeCPU         = "cpu"
 	TypeInFlight    = "inFlight"
 	TypeHealthCheck = "healthCheck"
+	// Request bodies being decoded hold all the memory admission allows
+	// (Reserve); not a reading of the monitor.
+	TypeReserved = "requestBodies"
 )
 
 // reading is one sample of the process. Fields a platform cannot measure

@@ -79,7 +79,7 @@ func TestResolve(t *testing.T) {
 	s := mustResolve(t, nil)
 	if s.maxHeap != 512<<20 || s.maxRSS != 1<<30 || s.maxSched != 250*time.Millisecond ||
 		s.maxCPU != 0.98 || s.interval != time.Second || s.retryAfter != 10 || s.retryAfterHdr != "10" ||
-		s.maxInFlight != 0 || s.healthInterval != 10*time.Second || s.disabled {
+		s.maxInFlight != 4096 || s.healthInterval != 10*time.Second || s.disabled {
 		t.Fatalf("defaults: %+v", s)
 	}
 	if s := mustResolve(t, &gateway.PressureConfig{RetryAfter: caddy.Duration(1500 * time.Millisecond)}); s.retryAfterHdr != "2" {
@@ -88,7 +88,7 @@ func TestResolve(t *testing.T) {
 	for name, c := range map[string]*gateway.PressureConfig{
 		"max_heap":      {MaxHeap: -1},
 		"max_cpu":       {MaxCPU: math.NaN()},
-		"max_in_flight": {MaxInFlight: -1},
+		"max_in_flight": {MaxInFlight: -2},
 		"health_check":  {HealthCheckURL: "ftp://x/"},
 		"interval":      {Interval: -1},
 	} {
@@ -222,5 +222,28 @@ func TestTakeCollected(t *testing.T) {
 				t.Errorf("over max_rss: %d collections, heap %d; want 1 collection and the garbage gone", sm.collections-n, r.heap)
 			}
 		})
+	}
+}
+
+// TestMaxInFlightDefault: max_in_flight 0 is derived from max_heap; -1 is
+// no limit (issue 15.2).
+func TestMaxInFlightDefault(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		c    gateway.PressureConfig
+		want int64
+	}{
+		{gateway.PressureConfig{}, 4096}, // 512 MiB / 128 KiB
+		{gateway.PressureConfig{MaxHeap: 64 << 20}, 512},
+		{gateway.PressureConfig{MaxHeap: 1}, 1},
+		{gateway.PressureConfig{MaxInFlight: 7}, 7},
+		{gateway.PressureConfig{MaxInFlight: -1}, 0},
+	} {
+		if s := mustResolve(t, &tc.c); s.maxInFlight != tc.want {
+			t.Errorf("%+v: max_in_flight %d, want %d", tc.c, s.maxInFlight, tc.want)
+		}
+	}
+	if s := mustResolve(t, &gateway.PressureConfig{MaxHeap: 1 << 30, MaxRSS: 256 << 20}); s.reservable != 32<<20 {
+		t.Errorf("reservable %d, want an eighth of the smaller memory limit (32 MiB)", s.reservable)
 	}
 }
