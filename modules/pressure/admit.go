@@ -90,8 +90,10 @@ func Refuse(w http.ResponseWriter, r *http.Request, limit int64) error {
 	return err
 }
 
-// discardTime bounds how long a refused body is discarded.
-const discardTime = 2 * time.Second
+// discardTime bounds how long a refused body is discarded: long enough for
+// a client on a slow link to send a whole refused body (at most 1 MiB for
+// management writes), so that it reads the answer instead of a reset.
+const discardTime = 10 * time.Second
 
 // startDuplex prepares to read a refused request's body after its answer
 // is sent. Left unread, a body the client is still sending (over 256 KiB)
