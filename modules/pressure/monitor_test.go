@@ -6,6 +6,7 @@ package pressure
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -195,7 +196,7 @@ func TestHandler(t *testing.T) {
 		body["type"] != TypeHeap || body["value"].(float64) <= 1 || body["message"] == "" {
 		t.Errorf("over max_heap: called=%v %d %v %s", called, w.Code, w.Header(), w.Body)
 	}
-	for _, p := range []string{"/up", "/health"} {
+	for _, p := range []string{"/up", "/health", "/ready"} {
 		if _, called := serve(p); !called {
 			t.Errorf("%s was shed", p)
 		}
@@ -296,4 +297,57 @@ func (c countingBody) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// TestReady: /ready is 200 when calm, 503 with Retry-After while a
+// threshold is exceeded, at the in-flight cap, and while the health check
+// fails, even with pressure off (issue 15.5); /up stays 200 throughout.
+func TestReady(t *testing.T) {
+	check := func(name string, wantStatus int, wantType string) {
+		t.Helper()
+		status, retryAfter, b := Ready()
+		if upStatus, _ := Up(); upStatus != 200 {
+			t.Errorf("%s: /up %d, want 200 (liveness)", name, upStatus)
+		}
+		if status != wantStatus {
+			t.Errorf("%s: /ready %d, want %d: %+v", name, status, wantStatus, b)
+			return
+		}
+		if wantStatus == 200 {
+			if retryAfter != "" || b.Status != "ok" || b.Exceeded != nil {
+				t.Errorf("%s: ready, yet Retry-After %q, body %+v", name, retryAfter, b)
+			}
+			return
+		}
+		if retryAfter != "7" || b.Status != "under_pressure" || b.Exceeded == nil || b.Exceeded.Type != wantType {
+			t.Errorf("%s: Retry-After %q, body %+v, want 7 and %s", name, retryAfter, b, wantType)
+		}
+	}
+	retry := caddy.Duration(7 * time.Second)
+
+	l := mon.acquire(testSettings(t, gateway.PressureConfig{RetryAfter: retry, MaxInFlight: 1}))
+	check("calm", 200, "")
+	mon.inFlight.Add(1)
+	check("at max_in_flight", 503, TypeInFlight)
+	mon.inFlight.Add(-1)
+	mon.release(l)
+
+	l = mon.acquire(testSettings(t, gateway.PressureConfig{RetryAfter: retry, MaxHeap: 1}))
+	check("over max_heap", 503, TypeHeap)
+	mon.release(l)
+
+	var status atomic.Int32
+	status.Store(http.StatusServiceUnavailable)
+	dep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(status.Load())) }))
+	defer dep.Close()
+	for _, off := range []bool{false, true} {
+		l = mon.acquire(testSettings(t, gateway.PressureConfig{Disabled: off, RetryAfter: retry, HealthCheckURL: dep.URL, HealthCheckInterval: caddy.Duration(10 * time.Millisecond)}))
+		waitFor(t, "a failing probe", func() bool { return mon.snap.Load().healthCode == http.StatusServiceUnavailable })
+		check(fmt.Sprintf("health check failing, pressure off %v", off), 503, TypeHealthCheck)
+		status.Store(http.StatusOK)
+		waitFor(t, "a passing probe", func() bool { return mon.snap.Load().healthCode == http.StatusOK })
+		check(fmt.Sprintf("health check passing, pressure off %v", off), 200, "")
+		status.Store(http.StatusServiceUnavailable)
+		mon.release(l)
+	}
 }

@@ -498,3 +498,89 @@ func memStats(t *testing.T, in *testutil.Instance) runtime.MemStats {
 	}
 	return vars.Memstats
 }
+
+// TestReadiness (issue 15.5): in the standard site, /ready answers 503
+// with Retry-After while the gateway sheds load or its health check fails,
+// and 200 otherwise, with /up's body; /up stays 200 (liveness) throughout,
+// and the 404 body lists /ready.
+func TestReadiness(t *testing.T) {
+	var depStatus atomic.Int32
+	depStatus.Store(http.StatusOK)
+	dep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(int(depStatus.Load()))
+	}))
+	defer dep.Close()
+	conf := func(extra string) string {
+		return `{
+	byteproxy {
+		pressure {
+			health_check ` + dep.URL + `/ 50ms
+			interval 50ms
+			retry_after 4s
+			` + extra + `
+		}
+	}
+}
+:{{PORT}} {
+	byteproxy
+}
+`
+	}
+	in := testutil.Start(t, conf(""), testutil.Options{})
+	upFields := []string{"status", "eventLoopDelay", "heapUsed", "rssBytes", "eventLoopUtilized", "healthy", "goroutines", "inFlight"}
+	notReady := func(typ string) func(result) bool {
+		return func(r result) bool {
+			ex, _ := r.body["exceeded"].(map[string]any)
+			return r.status == 503 && ex["type"] == typ
+		}
+	}
+	checkNotReady := func(r result, typ string) {
+		t.Helper()
+		if r.header.Get("Retry-After") != "4" || r.body["status"] != "under_pressure" {
+			t.Errorf("not ready (%s): %v %s", typ, r.header, r.raw)
+		}
+		for _, k := range upFields {
+			if _, ok := r.body[k]; !ok {
+				t.Errorf("/ready lacks /up's %q: %s", k, r.raw)
+			}
+		}
+		if up := get(t, in.URL("/up")); up.status != 200 || up.body["status"] != "under_pressure" {
+			t.Errorf("/up while not ready (%s): %d %s, want 200 (liveness)", typ, up.status, up.raw)
+		}
+	}
+
+	r := until(t, in, in.URL("/ready"), "ready", func(r result) bool { return r.status == 200 })
+	if r.header.Get("Retry-After") != "" || r.header.Get("Cache-Control") != "no-store" || r.body["status"] != "ok" || r.body["healthy"] != true {
+		t.Errorf("ready: %v %s", r.header, r.raw)
+	}
+	for _, k := range upFields {
+		if _, ok := r.body[k]; !ok {
+			t.Errorf("/ready lacks /up's %q: %s", k, r.raw)
+		}
+	}
+
+	depStatus.Store(http.StatusInternalServerError)
+	r = until(t, in, in.URL("/ready"), "not ready: health check", notReady("healthCheck"))
+	checkNotReady(r, "healthCheck")
+	depStatus.Store(http.StatusOK)
+	until(t, in, in.URL("/ready"), "ready again", func(r result) bool { return r.status == 200 })
+
+	in.Reload(conf("max_heap 1KiB"))
+	r = until(t, in, in.URL("/ready"), "not ready: shedding", notReady("heapUsed"))
+	checkNotReady(r, "heapUsed")
+	if p := get(t, in.URL("/proxy/services")); p.status != 503 {
+		t.Errorf("/ready says shedding, /proxy/services answers %d", p.status)
+	}
+	resp, err := client.Head(in.URL("/ready"))
+	if err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "4" {
+		t.Errorf("HEAD /ready while shedding: %v %v", resp, err)
+	}
+	if resp, err := client.Post(in.URL("/ready"), "application/json", nil); err != nil || resp.StatusCode != 405 {
+		t.Errorf("POST /ready: %v %v", resp, err)
+	}
+
+	nf := get(t, in.URL("/nope"))
+	if nf.status != 404 || !strings.Contains(nf.raw, `"GET /ready"`) {
+		t.Errorf("the 404 body does not list /ready: %s", nf.raw)
+	}
+}
