@@ -89,7 +89,7 @@ func TestShedsEachThreshold(t *testing.T) {
 	closed := testutil.FreePort(t) // nothing listens here
 	// Every other threshold is set far out of reach, so only the one
 	// under test can fire on a loaded machine.
-	const calm = "max_heap 64GiB\n max_rss 64GiB\n max_sched_latency 1h\n max_cpu 1000\n"
+	const calm = "max_heap 64GiB\n max_rss 64GiB\n max_sched_latency 1h\n max_cpu 1\n"
 	tests := []struct {
 		name, typ, line string
 		value           func(float64) bool
@@ -381,7 +381,7 @@ func TestSheddingStopsAfterBurst(t *testing.T) {
 		pressure {
 			`+tc.limits+`
 			max_sched_latency 1h
-			max_cpu 1000
+			max_cpu 1
 			interval 1s
 			retry_after 1s
 		}
