@@ -126,7 +126,7 @@ type CORSConfig struct {
 // its default; set it very high to make it irrelevant.
 //
 // Request bodies that the management API reads whole are admitted while
-// what they hold at once (about three times their size, plus 16 KiB each)
+// what they may allocate at once (24 times their size, plus 16 KiB each)
 // fits in an eighth of the smaller of max_heap and max_rss (64 MiB at the
 // defaults); more get 503 with Retry-After: 1 (type "requestBodies").
 type PressureConfig struct {

@@ -23,14 +23,15 @@ import (
 // maxBodyBytes bounds a management request body.
 const maxBodyBytes = 1 << 20
 
-// What a management write holds while it runs, for admission
-// (pressure.Reserve): its body, what the body decodes to and the stored
-// record it is encoded to again, about three times the body
-// (BenchmarkReadDecodeLargeBody: 2.1 MB allocated to decode 1 MiB), plus
-// what any request holds, whatever its size (BenchmarkDecodeService: about
-// 10 KB for a typical body).
+// What a management write may allocate while it runs, for admission
+// (pressure.Reserve). Per byte of body: a body of many small members
+// decodes to maps that hold about 20 times its size before validation
+// refuses them (BenchmarkReadDecodeLargeBody/POST_many_headers: 22.7 MB
+// allocated for 1 MiB; a body that is mostly one string: 2.1 MB). Per
+// request, whatever its size: BenchmarkDecodeService allocates about 10 KB
+// for a typical body.
 const (
-	holdPerBodyByte = 3
+	holdPerBodyByte = 24
 	holdPerRequest  = 16 << 10
 )
 

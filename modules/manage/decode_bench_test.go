@@ -2,6 +2,7 @@ package manage
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -29,13 +30,20 @@ func BenchmarkDecodeService(b *testing.B) {
 // 1 MiB limit, POST and PUT shapes: B/op is what one management write
 // allocates, which admission (pressure.AdmitBody) budgets for.
 func BenchmarkReadDecodeLargeBody(b *testing.B) {
-	for _, tc := range []struct{ name, method, urlKey, prefix string }{
-		{"POST", http.MethodPost, "", `{"key":"big","config":{"baseUrl":"https://a.example/","name":"`},
-		{"PUT", http.MethodPut, "big", `{"key":"big","config":{"baseUrl":"https://a.example/","name":"`},
+	// A body of many small members: what a decoded map holds per member
+	// (about 50 bytes) far exceeds the member's bytes in JSON.
+	var members strings.Builder
+	for i := 0; members.Len() < maxBodyBytes-100; i++ {
+		fmt.Fprintf(&members, `"h%d":"",`, i)
+	}
+	manyHeaders := `{"key":"big","config":{"baseUrl":"https://a.example/","headers":{` + strings.TrimSuffix(members.String(), ",") + `}}}`
+	for _, tc := range []struct{ name, method, urlKey, body string }{
+		{"POST", http.MethodPost, "", largeName()},
+		{"PUT", http.MethodPut, "big", largeName()},
+		{"POST_many_headers", http.MethodPost, "", manyHeaders},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			suffix := `"}}`
-			body := []byte(tc.prefix + strings.Repeat("x", maxBodyBytes-len(tc.prefix)-len(suffix)) + suffix)
+			body := []byte(tc.body)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
@@ -51,4 +59,10 @@ func BenchmarkReadDecodeLargeBody(b *testing.B) {
 			}
 		})
 	}
+}
+
+// largeName is a service body at the 1 MiB limit, most of it one name.
+func largeName() string {
+	prefix, suffix := `{"key":"big","config":{"baseUrl":"https://a.example/","name":"`, `"}}`
+	return prefix + strings.Repeat("x", maxBodyBytes-len(prefix)-len(suffix)) + suffix
 }

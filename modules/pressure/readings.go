@@ -127,7 +127,6 @@ func (sm *sampler) take() reading {
 	if v := sm.samples[0].Value; v.Kind() == metrics.KindUint64 {
 		r.heap = v.Uint64()
 	}
-	r.rss = rssBytes()
 	if v := sm.samples[2].Value; v.Kind() == metrics.KindUint64 {
 		r.goroutines = int64(v.Uint64())
 	}
@@ -138,6 +137,7 @@ func (sm *sampler) take() reading {
 		}
 		sm.prevCounts = append(sm.prevCounts[:0], h.Counts...)
 	}
+	r.rss = rssBytes()
 	now := time.Now()
 	wall := now.Sub(sm.prevWall)
 	if sm.prevWall.IsZero() || wall >= minInterval {
@@ -187,9 +187,8 @@ func (sm *sampler) takeCollected(s *settings) reading {
 
 // memory reads the heap and RSS alone.
 func (sm *sampler) memory() (heap, rss uint64) {
-	sample := []metrics.Sample{{Name: metricHeap}}
-	metrics.Read(sample)
-	if v := sample[0].Value; v.Kind() == metrics.KindUint64 {
+	metrics.Read(sm.samples[:1]) // the heap sample
+	if v := sm.samples[0].Value; v.Kind() == metrics.KindUint64 {
 		heap = v.Uint64()
 	}
 	return heap, rssBytes()

@@ -35,7 +35,7 @@ type UpBody struct {
 // instance. Readiness, which a load balancer uses to drain an instance, is
 // /ready (Ready).
 func Up() (status int, body any) {
-	return http.StatusOK, upBody()
+	return http.StatusOK, upBody(current())
 }
 
 // Ready returns the status code, the Retry-After value ("" for none) and
@@ -46,7 +46,7 @@ func Up() (status int, body any) {
 // request would fail there too. Otherwise 200. The body is /up's.
 func Ready() (status int, retryAfter string, body UpBody) {
 	snap := current()
-	b := upBody()
+	b := upBody(snap)
 	if b.Exceeded == nil && !snap.healthy {
 		b.Status = "under_pressure"
 		b.Exceeded = &Threshold{Type: TypeHealthCheck, Value: float64(snap.healthCode)}
@@ -57,8 +57,7 @@ func Ready() (status int, retryAfter string, body UpBody) {
 	return http.StatusServiceUnavailable, snap.s.retryAfterHdr, b
 }
 
-func upBody() UpBody {
-	snap := current()
+func upBody(snap *snapshot) UpBody {
 	inFlight := mon.inFlight.Load()
 	b := UpBody{
 		Status:            "ok",
