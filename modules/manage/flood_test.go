@@ -133,6 +133,9 @@ func TestManagementFloodBoundsMemory(t *testing.T) {
 			if resp.StatusCode == 503 && (resp.Header.Get("Retry-After") == "" || !strings.Contains(string(raw), `"Server under pressure"`)) {
 				badShed.Store(fmt.Sprintf("%v %s", resp.Header, raw))
 			}
+			if resp.StatusCode == 503 && strings.Contains(string(raw), `"type":"requestBodies"`) {
+				count("503 requestBodies")
+			}
 		})
 	}
 	began := time.Now()
@@ -170,8 +173,13 @@ func TestManagementFloodBoundsMemory(t *testing.T) {
 	if summary["400"] == 0 {
 		t.Errorf("no body was decoded at all: %v", summary)
 	}
+	// Admission, not luck, bounded the memory: writes beyond what the
+	// memory share holds were refused at once.
+	if summary["503 requestBodies"] == 0 {
+		t.Errorf("no write was refused for want of memory (503 requestBodies): %v", summary)
+	}
 	for k := range summary {
-		if k != "400" && k != "503" && k != "error" {
+		if k != "400" && k != "503" && k != "error" && k != "503 requestBodies" {
 			t.Errorf("unexpected answers %s: %v", k, summary)
 		}
 	}
