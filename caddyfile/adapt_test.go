@@ -93,6 +93,8 @@ func TestAdaptErrors(t *testing.T) {
 		{"bad size", "{\n byteproxy {\n  pressure {\n   max_heap lots\n  }\n }\n}", "want a size such as 512MiB, got 'lots'", 4},
 		{"zero max_services", "{\n byteproxy {\n  runtime_services {\n   max_services 0\n  }\n }\n}", "max_services must be at least 1", 4},
 		{"bad max_services", "{\n byteproxy {\n  runtime_services {\n   max_services many\n  }\n }\n}", "want a non-negative integer, got 'many'", 4},
+
+		{"bad max_in_flight", "{\n byteproxy {\n  pressure {\n   max_in_flight -1\n  }\n }\n}", "max_in_flight: want a number of requests or off, got '-1'", 4},
 		{"auth directive scope", ":80 {\n byteproxy_auth everyone\n}", "unknown scope \"everyone\"", 2},
 		{"bare directive argument", ":80 {\n byteproxy_services github\n}", "byteproxy_services takes no arguments", 2},
 		{"bare directive block", ":80 {\n byteproxy_ratelimit {\n  rate 5\n }\n}", "unrecognized subdirective 'rate'", 3},

@@ -199,7 +199,7 @@ func parseCORS(d *caddyfile.Dispenser, app *gateway.App) error {
 	return nil
 }
 
-// pressure [on|off] [{ max_heap <size>; max_rss <size>; ... }]
+// pressure [on|off] [{ max_heap <size>; max_rss <size>; max_in_flight <n>|off; ... }]
 func parsePressure(d *caddyfile.Dispenser, app *gateway.App) error {
 	p := new(gateway.PressureConfig)
 	app.Pressure = p
@@ -225,9 +225,7 @@ func parsePressure(d *caddyfile.Dispenser, app *gateway.App) error {
 		case "max_cpu":
 			p.MaxCPU, err = oneFraction(d)
 		case "max_in_flight":
-			var n int
-			n, err = oneInt(d)
-			p.MaxInFlight = int64(n)
+			p.MaxInFlight, err = maxInFlight(d)
 		case "interval":
 			p.Interval, err = oneDuration(d)
 		case "retry_after":
@@ -467,6 +465,22 @@ func oneInt(d *caddyfile.Dispenser) (int, error) {
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
 		return 0, d.Errf("want a non-negative integer, got '%s'", s)
+	}
+	return n, nil
+}
+
+// maxInFlight reads `max_in_flight <n>|off`; off is no limit (-1 in JSON).
+func maxInFlight(d *caddyfile.Dispenser) (int64, error) {
+	s, err := oneString(d)
+	if err != nil {
+		return 0, err
+	}
+	if s == "off" {
+		return -1, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, d.Errf("max_in_flight: want a number of requests or off, got '%s'", s)
 	}
 	return n, nil
 }

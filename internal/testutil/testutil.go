@@ -218,6 +218,10 @@ func (in *Instance) Reload(caddyfile string) {
 	}
 }
 
+// PID is the process id of the gateway, e.g. to read its peak resident
+// memory from /proc/<pid>/status.
+func (in *Instance) PID() int { return in.cmd.Process.Pid }
+
 // Logs is everything the process printed so far.
 func (in *Instance) Logs() string { return in.logs.String() }
 

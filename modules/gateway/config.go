@@ -191,17 +191,27 @@ type CORSConfig struct {
 }
 
 // PressureConfig configures load shedding. A threshold left at zero takes
-// its default; set it very high to make it irrelevant. Only max_in_flight
-// is off at zero.
+// its default; set it very high to make it irrelevant.
+//
+// Request bodies that the management API reads whole are admitted while
+// what they may allocate at once (24 times their size, plus 16 KiB each)
+// fits in an eighth of the smaller of max_heap and max_rss (64 MiB at the
+// defaults); more get 503 with Retry-After: 1 (type "requestBodies").
 type PressureConfig struct {
 	// Disable shedding; readings are still reported at /up.
 	Disabled bool `json:"disabled,omitempty"`
 
 	// Shed when the Go heap in use exceeds this many bytes. Default 512 MiB.
+	// The heap in use counts garbage not yet collected, so a reading over
+	// the limit is taken again after a garbage collection (at most one per
+	// interval) before it counts: garbage left by a burst never keeps the
+	// gateway shedding once the burst is over.
 	MaxHeap int64 `json:"max_heap,omitempty"`
 
 	// Shed when the process's resident set exceeds this many bytes.
-	// Default 1 GiB.
+	// Default 1 GiB. A reading over the limit is taken again after a
+	// garbage collection that returns freed memory to the operating system
+	// (at most one per interval).
 	MaxRSS int64 `json:"max_rss,omitempty"`
 
 	// Shed when the p99 Go scheduler latency over the last interval exceeds
@@ -212,7 +222,14 @@ type PressureConfig struct {
 	// and 1, exceeds this (0.98, not 98). Default 0.98.
 	MaxCPU float64 `json:"max_cpu,omitempty"`
 
-	// At most this many proxied requests in flight; 0 is no limit.
+	// At most this many proxied requests in flight; more are shed with 503
+	// (type "inFlight"). Management requests are not counted. Default (0):
+	// max_heap / 128 KiB, 4096 at the default max_heap of 512 MiB. 128 KiB
+	// is what one proxied request holds at most in the usual case
+	// (goroutine stacks, the client and upstream connections' buffers, a
+	// 32 KiB copy buffer, headers), so the default cap keeps what requests
+	// in flight hold within max_heap. A WebSocket counts for as long as it
+	// is open. -1 (Caddyfile: off) is no limit.
 	MaxInFlight int64 `json:"max_in_flight,omitempty"`
 
 	// How often the monitor samples. Default 1s.

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +22,29 @@ import (
 
 // maxBodyBytes bounds a management request body.
 const maxBodyBytes = 1 << 20
+
+// What a management write may allocate while it runs, for admission
+// (pressure.Reserve). Per byte of body: a body of many small members
+// decodes to maps that hold about 20 times its size before validation
+// refuses them (BenchmarkReadDecodeLargeBody/POST_many_headers: 22.7 MB
+// allocated for 1 MiB; a body that is mostly one string: 2.1 MB). Per
+// request, whatever its size: BenchmarkDecodeService allocates about 10 KB
+// for a typical body.
+const (
+	holdPerBodyByte = 24
+	holdPerRequest  = 16 << 10
+)
+
+// bodyHold is what a management write with this request's body will hold:
+// by its declared length, or the largest body accepted when the length is
+// not declared.
+func bodyHold(r *http.Request) int64 {
+	n := r.ContentLength
+	if n < 0 || n > maxBodyBytes {
+		n = maxBodyBytes
+	}
+	return holdPerBodyByte*n + holdPerRequest
+}
 
 // Bounds on numbers, so a limit converts to a time.Duration without
 // overflowing.
@@ -90,15 +116,29 @@ func checkContentType(r *http.Request) *apiError {
 	return badField("Content-Type", "the request body must be JSON (Content-Type: application/json), got %q", ct)
 }
 
-// readBody reads at most maxBodyBytes of the request body.
+// readBody reads the request body whole, at most maxBodyBytes. A body of
+// declared length is read into one buffer of exactly that size, so the
+// buffer holds the body once (io.ReadAll's growth would allocate it about
+// twice over); a declared length over the limit is refused unread.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
 	if e := checkContentType(r); e != nil {
 		return nil, e
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if r.ContentLength > maxBodyBytes {
+		return nil, bodyTooLarge()
+	}
+	limited := http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	var body []byte
+	var err error
+	if r.ContentLength >= 0 {
+		body = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(limited, body)
+	} else {
+		body, err = io.ReadAll(limited)
+	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return nil, badField("body", "the request body is larger than %d bytes", maxBodyBytes)
+		return nil, bodyTooLarge()
 	}
 	if err != nil {
 		return nil, badField("body", "reading the request body failed")
@@ -106,21 +146,37 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
 	return body, nil
 }
 
+func bodyTooLarge() *apiError {
+	return badField("body", "the request body is larger than %d bytes", maxBodyBytes)
+}
+
 // decodeService decodes a service request body. urlKey is the key of
 // PUT /manage/services/{key} ("" for POST). A PUT body is either the config
 // object or the whole POST body, whose key must then match.
+//
+// The body is decoded in place, so a request holds its body once and what
+// it decodes to; json.Decoder would first copy the body into a buffer of
+// its own that grows to about twice the body's size
+// (BenchmarkReadDecodeLargeBody: 6.3 MB allocated per 1 MiB body with
+// json.Decoder, 2.1 MB this way). Admission budgets for this
+// (holdPerBodyByte).
 func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *apiError) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return "", gateway.ServiceConfig{}, badField("body", "a JSON request body is required")
 	}
+	// The member names first: a malformed body is refused after one pass.
+	var names members[members[members[present]]]
+	if err := json.Unmarshal(body, &names); err != nil {
+		return "", gateway.ServiceConfig{}, jsonError(err, "")
+	}
 	var req serviceRequest
-	if urlKey != "" && !isWholeBody(body) {
+	if _, whole := names["config"]; urlKey != "" && !whole {
 		req.Key = &urlKey
 		req.Config = new(serviceBody)
-		if e := strictDecode(body, req.Config, "config."); e != nil {
+		if e := decodeInto(body, req.Config, "config.", func() (string, bool) { return unknownInConfig(names) }); e != nil {
 			return "", gateway.ServiceConfig{}, e
 		}
-	} else if e := strictDecode(body, &req, ""); e != nil {
+	} else if e := decodeInto(body, &req, "", func() (string, bool) { return unknownInRequest(names) }); e != nil {
 		return "", gateway.ServiceConfig{}, e
 	}
 	if req.Key == nil && urlKey != "" {
@@ -143,28 +199,114 @@ func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *
 	return key, cfg, e
 }
 
-// isWholeBody reports whether a PUT body is the POST shape {"key","config"}.
-func isWholeBody(body []byte) bool {
-	var top map[string]json.RawMessage
-	if json.Unmarshal(body, &top) != nil {
-		return false
-	}
-	_, ok := top["config"]
-	return ok
-}
-
-// strictDecode decodes exactly one JSON value with no unknown fields, and
-// names the offending field in its error.
-func strictDecode(body []byte, v any, prefix string) *apiError {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+// decodeInto decodes body into v (a serviceRequest, or the serviceBody of
+// a PUT with prefix "config."), then refuses the member v does not have
+// that unknown found beforehand.
+func decodeInto(body []byte, v any, prefix string, unknown func() (string, bool)) *apiError {
+	if err := json.Unmarshal(body, v); err != nil {
 		return jsonError(err, prefix)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return badField("body", "malformed JSON: unexpected data after the JSON value")
+	if name, ok := unknown(); ok {
+		field := name
+		if field == "" {
+			field = "body"
+		}
+		return badField(field, "unknown field %q", name)
 	}
 	return nil
+}
+
+// Member names of each object of a service request, from the JSON tags.
+var (
+	requestMembers   = memberNames(serviceRequest{})
+	configMembers    = memberNames(serviceBody{})
+	rateLimitMembers = memberNames(rateLimitBody{})
+	authMembers      = memberNames(authBody{})
+)
+
+func memberNames(v any) []string {
+	t := reflect.TypeOf(v)
+	names := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		names = append(names, name)
+	}
+	return names
+}
+
+// members holds the member names of a JSON object and, to the depth its
+// type gives, those of the objects in it: members[members[present]] is an
+// object's names and its member objects' names. It keeps no value, so of
+// the body it copies only names; the fixed depth bounds the work (each
+// level decodes its own part of the body again).
+type members[T any] map[string]T
+
+func (m *members[T]) UnmarshalJSON(raw []byte) error {
+	if len(raw) == 0 || raw[0] != '{' {
+		*m = nil // not an object: the typed decode judges it
+		return nil
+	}
+	return json.Unmarshal(raw, (*map[string]T)(m))
+}
+
+// present is a member's value, not kept.
+type present struct{}
+
+func (*present) UnmarshalJSON([]byte) error { return nil }
+
+// unknownInRequest finds a member that a whole request ({"key",
+// "config"}) does not have: at the top, in config, and in config's
+// rateLimit and auth (headers and versionedBaseUrls take any name). Names
+// match without regard to case, as encoding/json matches them to fields.
+func unknownInRequest[T any](top members[members[members[T]]]) (string, bool) {
+	if name, ok := unknownIn(top, requestMembers); ok {
+		return name, true
+	}
+	for _, config := range membersNamed(top, "config") {
+		if name, ok := unknownInConfig(config); ok {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// unknownInConfig is unknownInRequest for a config object.
+func unknownInConfig[T any](config members[members[T]]) (string, bool) {
+	if name, ok := unknownIn(config, configMembers); ok {
+		return name, true
+	}
+	for _, rl := range membersNamed(config, "rateLimit") {
+		if name, ok := unknownIn(rl, rateLimitMembers); ok {
+			return name, true
+		}
+	}
+	for _, auth := range membersNamed(config, "auth") {
+		if name, ok := unknownIn(auth, authMembers); ok {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// unknownIn returns the first name of obj (in sorted order) not in known.
+func unknownIn[T any](obj map[string]T, known []string) (string, bool) {
+	for _, name := range slices.Sorted(maps.Keys(obj)) {
+		if !slices.ContainsFunc(known, func(k string) bool { return strings.EqualFold(k, name) }) {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// membersNamed returns the values of obj's members called name, in any case.
+func membersNamed[T any](obj map[string]T, name string) []T {
+	var out []T
+	for k, v := range obj {
+		if strings.EqualFold(k, name) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func jsonError(err error, prefix string) *apiError {

@@ -29,7 +29,7 @@ var gatewayRoutes = []string{
 	"POST /manage/services/{key}/test",
 	"GET /manage/diagnostics",
 	"GET /manage/key-debug",
-	"GET /", "GET /health", "GET /status", "GET /up", "GET /version", "GET /version/check",
+	"GET /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
 	"GET /auth-status", "GET /docs", "GET /docs/openapi.json", "GET /docs/json",
 }
 

@@ -16,7 +16,7 @@ var processStart = time.Now()
 
 // availableEndpoints is listed in every 404.
 var availableEndpoints = []string{
-	"GET /", "GET /health", "GET /status", "GET /up", "GET /version", "GET /version/check",
+	"GET /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
 	"GET /auth-status", "GET /docs", "GET /docs/openapi.json",
 	"GET /proxy/services", "GET /proxy/services/{service}/rate-limit", "GET /proxy/auth-test",
 	"ANY /proxy/{service}/{path}",
@@ -37,6 +37,11 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 		body = h.status
 	case "/up":
 		body = func(*http.Request) (int, any) { return pressure.Up() }
+	case "/ready":
+		if !isRead(r) {
+			return methodNotAllowed(w, r, "GET", "HEAD")
+		}
+		return serveReady(w)
 	case "/version", "/version/":
 		body = h.version
 	case "/version/check":
@@ -56,6 +61,17 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 	}
 	status, v := body(r)
 	return gateway.WriteJSON(w, status, v)
+}
+
+// serveReady answers /ready: readiness for load balancers, 503 with
+// Retry-After while the gateway sheds load or its health check fails.
+func serveReady(w http.ResponseWriter) error {
+	status, retryAfter, body := pressure.Ready()
+	w.Header().Set("Cache-Control", "no-store")
+	if retryAfter != "" {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	return gateway.WriteJSON(w, status, body)
 }
 
 // notFound is the JSON 404 of every unknown path, whatever the method.

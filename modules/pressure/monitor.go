@@ -28,6 +28,13 @@ const (
 	defaultHealthInterval = 10 * time.Second
 	maxHealthTimeout      = 3 * time.Second
 	minInterval           = 10 * time.Millisecond
+
+	// inFlightEstimate is what one proxied request in flight holds, at
+	// most, in the usual case: goroutine stacks, the server's and the
+	// upstream connection's buffers, a 32 KiB copy buffer, headers. The
+	// default max_in_flight is max_heap / inFlightEstimate (4096 at the
+	// default 512 MiB).
+	inFlightEstimate = 128 << 10
 )
 
 // settings are the resolved pressure settings of one config.
@@ -37,7 +44,8 @@ type settings struct {
 	maxRSS         uint64
 	maxSched       time.Duration
 	maxCPU         float64
-	maxInFlight    int64
+	maxInFlight    int64 // 0: no limit
+	reservable     int64 // bytes requests may hold at once (Reserve)
 	interval       time.Duration
 	retryAfter     int    // seconds
 	retryAfterHdr  string // the Retry-After value
@@ -74,11 +82,18 @@ func resolve(c *gateway.PressureConfig) (*settings, error) {
 		return nil, errors.New("max_rss: must not be negative")
 	case s.maxSched < 0:
 		return nil, errors.New("max_sched_latency: must not be negative")
-	case s.maxInFlight < 0:
-		return nil, errors.New("max_in_flight: must not be negative (0 is no limit)")
+	case s.maxInFlight < -1:
+		return nil, errors.New("max_in_flight: want a number of requests, 0 for the default derived from max_heap, or -1 for no limit")
 	case s.interval < 0 || c.RetryAfter < 0 || s.healthInterval < 0:
 		return nil, errors.New("interval, retry_after, health_check interval: must not be negative")
 	}
+	switch s.maxInFlight {
+	case 0:
+		s.maxInFlight = max(1, int64(s.maxHeap/inFlightEstimate))
+	case -1:
+		s.maxInFlight = 0
+	}
+	s.reservable = int64(min(s.maxHeap, s.maxRSS) / reservableShare)
 	if s.maxSched == 0 {
 		s.maxSched = defaultMaxSched
 	}
@@ -278,7 +293,7 @@ func (m *monitor) run(sm *sampler, stop, done chan struct{}) {
 		case <-stop:
 			return
 		case <-tick.C:
-			judge(sm.take())
+			judge(sm.takeCollected(s))
 		case <-probeTick:
 			startProbe()
 		case res := <-results:

@@ -4,10 +4,14 @@ package pressure
 // package's monitor, so none of them runs in parallel with another.
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,7 +196,7 @@ func TestHandler(t *testing.T) {
 		body["type"] != TypeHeap || body["value"].(float64) <= 1 || body["message"] == "" {
 		t.Errorf("over max_heap: called=%v %d %v %s", called, w.Code, w.Header(), w.Body)
 	}
-	for _, p := range []string{"/up", "/health"} {
+	for _, p := range []string{"/up", "/health", "/ready"} {
 		if _, called := serve(p); !called {
 			t.Errorf("%s was shed", p)
 		}
@@ -209,3 +213,141 @@ func TestHandler(t *testing.T) {
 type nextFunc func(http.ResponseWriter, *http.Request) error
 
 func (f nextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+
+// TestReserve: what requests hold at once stays within the reservable
+// share; a lone request is always admitted; release is idempotent;
+// `pressure off` admits everything (issue 15.2).
+func TestReserve(t *testing.T) {
+	l := mon.acquire(testSettings(t, gateway.PressureConfig{MaxHeap: 8 << 20})) // reservable 1 MiB
+	defer mon.release(l)
+	const kib = 1 << 10
+	r1, ok := Reserve(600 * kib)
+	if !ok {
+		t.Fatal("the first reservation was refused")
+	}
+	if _, ok := Reserve(600 * kib); ok {
+		t.Fatal("1.2 MiB reserved against 1 MiB")
+	}
+	r2, ok := Reserve(400 * kib)
+	if !ok {
+		t.Fatal("1000 KiB refused against 1 MiB")
+	}
+	r1()
+	r1() // a second release gives back nothing
+	if got := reserved.Load(); got != 400*kib {
+		t.Fatalf("reserved %d after releasing 600 KiB twice, want %d", got, 400*kib)
+	}
+	r2()
+	big, ok := Reserve(4 << 20)
+	if !ok {
+		t.Fatal("a lone 4 MiB reservation was refused")
+	}
+	big()
+
+	off := mon.acquire(testSettings(t, gateway.PressureConfig{Disabled: true, MaxHeap: 8 << 20}))
+	hold, _ := Reserve(1 << 20)
+	if _, ok := Reserve(1 << 30); !ok {
+		t.Error("pressure off refused a reservation")
+	}
+	hold()
+	mon.release(off)
+	if got := reserved.Load(); got != 0 {
+		t.Errorf("reserved %d after every release", got)
+	}
+}
+
+// TestRefuse: the 503 of a refused reservation reaches a client that is
+// still sending a large body, every time, and the server reads the rest of
+// the body only to drop it (no client sees a reset connection).
+func TestRefuse(t *testing.T) {
+	l := mon.acquire(testSettings(t, gateway.PressureConfig{}))
+	defer mon.release(l)
+	var discarded atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = countingBody{r.Body, &discarded}
+		_ = Refuse(w, r, 1<<20)
+	}))
+	defer srv.Close()
+	body := bytes.Repeat([]byte("x"), 1<<20)
+	for i := range 20 {
+		resp, err := srv.Client().Post(srv.URL, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var got map[string]any
+		_ = json.Unmarshal(raw, &got)
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" || got["error"] != "Server under pressure" ||
+			got["type"] != TypeReserved || !strings.Contains(got["message"].(string), "Retry in 1 second") {
+			t.Fatalf("refusal: %d %v %s", resp.StatusCode, resp.Header, raw)
+		}
+	}
+	if discarded.Load() == 0 {
+		t.Error("no body was read after the answer")
+	}
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestReady: /ready is 200 when calm, 503 with Retry-After while a
+// threshold is exceeded, at the in-flight cap, and while the health check
+// fails, even with pressure off (issue 15.5); /up stays 200 throughout.
+func TestReady(t *testing.T) {
+	check := func(name string, wantStatus int, wantType string) {
+		t.Helper()
+		status, retryAfter, b := Ready()
+		if upStatus, _ := Up(); upStatus != 200 {
+			t.Errorf("%s: /up %d, want 200 (liveness)", name, upStatus)
+		}
+		if status != wantStatus {
+			t.Errorf("%s: /ready %d, want %d: %+v", name, status, wantStatus, b)
+			return
+		}
+		if wantStatus == 200 {
+			if retryAfter != "" || b.Status != "ok" || b.Exceeded != nil {
+				t.Errorf("%s: ready, yet Retry-After %q, body %+v", name, retryAfter, b)
+			}
+			return
+		}
+		if retryAfter != "7" || b.Status != "under_pressure" || b.Exceeded == nil || b.Exceeded.Type != wantType {
+			t.Errorf("%s: Retry-After %q, body %+v, want 7 and %s", name, retryAfter, b, wantType)
+		}
+	}
+	retry := caddy.Duration(7 * time.Second)
+
+	l := mon.acquire(testSettings(t, gateway.PressureConfig{RetryAfter: retry, MaxInFlight: 1}))
+	check("calm", 200, "")
+	mon.inFlight.Add(1)
+	check("at max_in_flight", 503, TypeInFlight)
+	mon.inFlight.Add(-1)
+	mon.release(l)
+
+	l = mon.acquire(testSettings(t, gateway.PressureConfig{RetryAfter: retry, MaxHeap: 1}))
+	check("over max_heap", 503, TypeHeap)
+	mon.release(l)
+
+	var status atomic.Int32
+	status.Store(http.StatusServiceUnavailable)
+	dep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(status.Load())) }))
+	defer dep.Close()
+	for _, off := range []bool{false, true} {
+		l = mon.acquire(testSettings(t, gateway.PressureConfig{Disabled: off, RetryAfter: retry, HealthCheckURL: dep.URL, HealthCheckInterval: caddy.Duration(10 * time.Millisecond)}))
+		waitFor(t, "a failing probe", func() bool { return mon.snap.Load().healthCode == http.StatusServiceUnavailable })
+		check(fmt.Sprintf("health check failing, pressure off %v", off), 503, TypeHealthCheck)
+		status.Store(http.StatusOK)
+		waitFor(t, "a passing probe", func() bool { return mon.snap.Load().healthCode == http.StatusOK })
+		check(fmt.Sprintf("health check passing, pressure off %v", off), 200, "")
+		status.Store(http.StatusServiceUnavailable)
+		mon.release(l)
+	}
+}

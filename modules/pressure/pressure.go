@@ -23,9 +23,10 @@ func init() {
 // Handler sheds load with 503 Service Unavailable while the process is
 // under pressure. Its thresholds are the `pressure` settings of the
 // byteproxy app; when several configs are alive during a reload, the
-// newest one's settings apply. It never sheds /up and /health, and never
-// counts management requests (/manage, /manage/*) against max_in_flight,
-// so operators can still reach them when proxied traffic fills the cap.
+// newest one's settings apply. It never sheds /up, /ready and /health,
+// and never counts management requests (/manage, /manage/*) against
+// max_in_flight, so operators can still reach them when proxied traffic
+// fills the cap.
 type Handler struct {
 	app    *gateway.App
 	lease  *lease
@@ -63,7 +64,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // in-flight cap is reached.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
-	if path == "/up" || path == "/health" {
+	if path == "/up" || path == "/health" || path == "/ready" {
 		return next.ServeHTTP(w, r)
 	}
 	snap := mon.snap.Load()

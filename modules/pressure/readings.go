@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"time"
 
@@ -18,12 +19,15 @@ const (
 	TypeCPU         = "cpu"
 	TypeInFlight    = "inFlight"
 	TypeHealthCheck = "healthCheck"
+	// Request bodies being decoded hold all the memory admission allows
+	// (Reserve); not a reading of the monitor.
+	TypeReserved = "requestBodies"
 )
 
 // reading is one sample of the process. Fields a platform cannot measure
 // are zero (RSS off Linux, CPU off Unix) and never count as pressure.
 type reading struct {
-	heap       uint64        // Go heap in use: live and not yet swept objects
+	heap       uint64        // Go heap in use: live and not yet swept objects (garbage included)
 	rss        uint64        // resident set size
 	sched      time.Duration // p99 scheduler latency over the last interval
 	cpu        float64       // process CPU over the last interval / GOMAXPROCS
@@ -105,6 +109,8 @@ type sampler struct {
 	prevCounts []uint64 // copy: metrics.Read reuses the histogram's memory
 	prevCPU    time.Duration
 	prevWall   time.Time
+
+	collections int // forced by takeCollected; for tests
 }
 
 func newSampler() *sampler {
@@ -146,6 +152,46 @@ func (sm *sampler) take() reading {
 		sm.prevWall = now
 	}
 	return r
+}
+
+// takeCollected is take, except that a memory reading over its limit is
+// taken again after a garbage collection (and, for RSS, after returning
+// freed memory to the OS). The heap reading counts garbage not yet
+// collected, and an idle process may not collect for two minutes (Go's
+// forced GC), so without this a burst's garbage would keep the gateway
+// shedding long after the burst (issue 15.1). The live heap at the last
+// GC is no better: that GC may have run in the middle of the burst.
+//
+// The caller takes one reading per interval, so a collection runs at most
+// once per interval, never per request, and only while a memory reading
+// is over its limit.
+func (sm *sampler) takeCollected(s *settings) reading {
+	r := sm.take()
+	if s.disabled {
+		return r
+	}
+	heapOver := s.maxHeap > 0 && r.heap > s.maxHeap
+	rssOver := s.maxRSS > 0 && r.rss > s.maxRSS
+	if !heapOver && !rssOver {
+		return r
+	}
+	if rssOver {
+		debug.FreeOSMemory() // a GC, then every free page back to the OS
+	} else {
+		runtime.GC()
+	}
+	sm.collections++
+	r.heap, r.rss = sm.memory()
+	return r
+}
+
+// memory reads the heap and RSS alone.
+func (sm *sampler) memory() (heap, rss uint64) {
+	metrics.Read(sm.samples[:1]) // the heap sample
+	if v := sm.samples[0].Value; v.Kind() == metrics.KindUint64 {
+		heap = v.Uint64()
+	}
+	return heap, rssBytes()
 }
 
 // p99 is the 99th percentile of the samples added to h since prev, as the

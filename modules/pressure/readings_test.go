@@ -3,6 +3,7 @@ package pressure
 import (
 	"math"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strings"
 	"sync"
@@ -78,7 +79,7 @@ func TestResolve(t *testing.T) {
 	s := mustResolve(t, nil)
 	if s.maxHeap != 512<<20 || s.maxRSS != 1<<30 || s.maxSched != 250*time.Millisecond ||
 		s.maxCPU != 0.98 || s.interval != time.Second || s.retryAfter != 10 || s.retryAfterHdr != "10" ||
-		s.maxInFlight != 0 || s.healthInterval != 10*time.Second || s.disabled {
+		s.maxInFlight != 4096 || s.healthInterval != 10*time.Second || s.disabled {
 		t.Fatalf("defaults: %+v", s)
 	}
 	if s := mustResolve(t, &gateway.PressureConfig{RetryAfter: caddy.Duration(1500 * time.Millisecond)}); s.retryAfterHdr != "2" {
@@ -87,7 +88,7 @@ func TestResolve(t *testing.T) {
 	for name, c := range map[string]*gateway.PressureConfig{
 		"max_heap":      {MaxHeap: -1},
 		"max_cpu":       {MaxCPU: math.NaN()},
-		"max_in_flight": {MaxInFlight: -1},
+		"max_in_flight": {MaxInFlight: -2},
 		"health_check":  {HealthCheckURL: "ftp://x/"},
 		"interval":      {Interval: -1},
 	} {
@@ -153,5 +154,96 @@ func TestSamplerMeasures(t *testing.T) {
 	}
 	if r.sched <= 0 {
 		t.Errorf("scheduler latency %v with %d busy goroutines: want > 0", r.sched, 4*runtime.GOMAXPROCS(0))
+	}
+}
+
+// sink keeps allocations from being optimized away.
+var sink [][]byte
+
+// allocate puts n bytes on the heap in 1 MiB pieces and returns them.
+func allocate(n int) [][]byte {
+	var pieces [][]byte
+	for range n >> 20 {
+		p := make([]byte, 1<<20)
+		p[0] = 1
+		pieces = append(pieces, p)
+	}
+	sink = pieces
+	sink = nil
+	return pieces
+}
+
+// TestTakeCollected (issue 15.1): a memory reading over its limit is
+// taken again after a collection, so garbage alone never counts as
+// pressure; live memory over the limit still does; nothing is collected
+// while the readings are under their limits or with `pressure off`.
+func TestTakeCollected(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no collections but ours
+	runtime.GC()
+	sm := newSampler()
+	base := sm.take().heap
+	s := mustResolve(t, &gateway.PressureConfig{MaxHeap: int64(base) + 32<<20, MaxRSS: 1 << 50})
+
+	allocate(64 << 20) // garbage at once
+	if r := sm.take(); r.heap <= s.maxHeap {
+		t.Fatalf("64 MiB of garbage is not in the heap reading: %d <= max_heap %d", r.heap, s.maxHeap)
+	}
+	if r := sm.takeCollected(s); r.heap > s.maxHeap || sm.collections != 1 {
+		t.Fatalf("garbage over max_heap: heap %d after %d collections, want <= %d after 1", r.heap, sm.collections, s.maxHeap)
+	}
+
+	t.Run("calm: no collection", func(t *testing.T) {
+		allocate(8 << 20)
+		calm := mustResolve(t, &gateway.PressureConfig{MaxHeap: 1 << 50, MaxRSS: 1 << 50})
+		if sm.takeCollected(calm); sm.collections != 1 {
+			t.Errorf("collected %d times while calm", sm.collections-1)
+		}
+	})
+	t.Run("pressure off: no collection", func(t *testing.T) {
+		off := mustResolve(t, &gateway.PressureConfig{Disabled: true, MaxHeap: 1})
+		if sm.takeCollected(off); sm.collections != 1 {
+			t.Errorf("collected %d times with pressure off", sm.collections-1)
+		}
+	})
+	t.Run("live memory still counts", func(t *testing.T) {
+		live := allocate(64 << 20)
+		r := sm.takeCollected(s)
+		runtime.KeepAlive(live)
+		if r.heap <= s.maxHeap || sm.collections != 2 {
+			t.Errorf("64 MiB live: heap %d after %d collections, want > %d after 2", r.heap, sm.collections, s.maxHeap)
+		}
+	})
+	if runtime.GOOS == "linux" {
+		t.Run("rss", func(t *testing.T) {
+			allocate(64 << 20)
+			rssLimit := mustResolve(t, &gateway.PressureConfig{MaxHeap: 1 << 50, MaxRSS: 1})
+			n := sm.collections
+			if r := sm.takeCollected(rssLimit); sm.collections != n+1 || r.heap > s.maxHeap {
+				t.Errorf("over max_rss: %d collections, heap %d; want 1 collection and the garbage gone", sm.collections-n, r.heap)
+			}
+		})
+	}
+}
+
+// TestMaxInFlightDefault: max_in_flight 0 is derived from max_heap; -1 is
+// no limit (issue 15.2).
+func TestMaxInFlightDefault(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		c    gateway.PressureConfig
+		want int64
+	}{
+		{gateway.PressureConfig{}, 4096}, // 512 MiB / 128 KiB
+		{gateway.PressureConfig{MaxHeap: 64 << 20}, 512},
+		{gateway.PressureConfig{MaxHeap: 1}, 1},
+		{gateway.PressureConfig{MaxInFlight: 7}, 7},
+		{gateway.PressureConfig{MaxInFlight: -1}, 0},
+	} {
+		if s := mustResolve(t, &tc.c); s.maxInFlight != tc.want {
+			t.Errorf("%+v: max_in_flight %d, want %d", tc.c, s.maxInFlight, tc.want)
+		}
+	}
+	if s := mustResolve(t, &gateway.PressureConfig{MaxHeap: 1 << 30, MaxRSS: 256 << 20}); s.reservable != 32<<20 {
+		t.Errorf("reservable %d, want an eighth of the smaller memory limit (32 MiB)", s.reservable)
 	}
 }

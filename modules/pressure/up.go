@@ -29,16 +29,35 @@ type UpBody struct {
 // Up returns the status code and JSON body for /up: the monitor's latest
 // readings. manage serves /up through it.
 //
-// The status code is always 200: /up is never shed and reports pressure in
-// its body ("status": "under_pressure", "exceeded"), so a load balancer
-// probing it can tell a busy instance from a dead one. (The original
-// answered 503 here under pressure, which made busy instances look dead.)
+// /up is liveness: the status code is always 200 while the process works.
+// It is never shed and reports pressure in its body ("status":
+// "under_pressure", "exceeded"), so a liveness probe never restarts a busy
+// instance. Readiness, which a load balancer uses to drain an instance, is
+// /ready (Ready).
 func Up() (status int, body any) {
-	return http.StatusOK, upBody()
+	return http.StatusOK, upBody(current())
 }
 
-func upBody() UpBody {
+// Ready returns the status code, the Retry-After value ("" for none) and
+// the JSON body for /ready: readiness for load balancers. It answers 503
+// with Retry-After (the pressure retry_after) while the gateway sheds
+// proxied requests (a threshold exceeded, or max_in_flight reached) and
+// while the health_check dependency fails, even with `pressure off`: a
+// request would fail there too. Otherwise 200. The body is /up's.
+func Ready() (status int, retryAfter string, body UpBody) {
 	snap := current()
+	b := upBody(snap)
+	if b.Exceeded == nil && !snap.healthy {
+		b.Status = "under_pressure"
+		b.Exceeded = &Threshold{Type: TypeHealthCheck, Value: float64(snap.healthCode)}
+	}
+	if b.Exceeded == nil {
+		return http.StatusOK, "", b
+	}
+	return http.StatusServiceUnavailable, snap.s.retryAfterHdr, b
+}
+
+func upBody(snap *snapshot) UpBody {
 	inFlight := mon.inFlight.Load()
 	b := UpBody{
 		Status:            "ok",
