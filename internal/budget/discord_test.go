@@ -68,7 +68,8 @@ var channels = []string{"100000000000000001", "100000000000000002", "10000000000
 // discord.js, a bot queues its requests per route bucket and sends each
 // queue one request at a time: one queue per channel here. With retry, a
 // bot refused by the gateway waits the retry-after it was given and sends
-// again; without, it gives the message up. Bot b goes through gateway
+// again, and so it does after a 429 from Discord; without, it gives the
+// message up. Bot b goes through gateway
 // gws[b % len(gws)].
 func runBots(t *testing.T, gws []*forwarder, retry bool) (refused int64) {
 	var wg sync.WaitGroup
@@ -79,6 +80,13 @@ func runBots(t *testing.T, gws []*forwarder, retry bool) (refused int64) {
 			if r.err != nil {
 				t.Errorf("%s %s: %v", method, path, r.err)
 				return r
+			}
+			if r.status == http.StatusTooManyRequests && r.refusal == nil && retry {
+				// Discord refused it: like discord.js, wait and send again
+				// (the simulator has counted the 429).
+				secs, _ := strconv.Atoi(r.header.Get("Retry-After"))
+				time.Sleep(time.Duration(max(secs, 1)) * time.Second)
+				continue
 			}
 			if r.refusal == nil || !retry {
 				if r.refusal != nil {

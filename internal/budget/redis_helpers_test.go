@@ -15,6 +15,14 @@ import (
 
 // The helpers follow modules/ratelimit/redis_helpers_test.go.
 
+// quietRedisLog drops go-redis's own messages (a line per failed dial
+// while a test's Redis is down); the stores log the outage themselves.
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quietRedisLog{}) }
+
 // testRedisURL is the Redis for tests: BYTEPROXY_TEST_REDIS, else one
 // started here when redis-server is installed. Without either the test is
 // skipped, except under CI, where it fails.
