@@ -159,7 +159,7 @@ func checkBotsRun(t *testing.T, sim *discordsim.Server, elapsed time.Duration, r
 func TestDiscordBotsShareOneToken(t *testing.T) {
 	t.Run("budget", func(t *testing.T) {
 		sim := startDiscord(t, nil)
-		e := New(testDiscordConfig(), NewMemStore())
+		e := New(testDiscordConfig(), testStore(t))
 		f := discordForwarder(e, sim, botToken)
 		start := time.Now()
 		refused := runBots(t, []*forwarder{f}, true)
@@ -187,7 +187,7 @@ func TestDiscordBotsShareOneToken(t *testing.T) {
 // budget (two budgets would send twice the limit).
 func TestDiscordSharedBucketHash(t *testing.T) {
 	sim := startDiscord(t, nil)
-	store := NewMemStore()
+	store := testStore(t)
 	e := New(testDiscordConfig(), store)
 	f := discordForwarder(e, sim, botToken)
 	ch := channels[0]
@@ -213,7 +213,7 @@ func TestDiscordSharedBucketHash(t *testing.T) {
 	}
 	cred := CredentialID("discord.com", botToken)
 	for _, route := range []string{"POST /channels/{id}/messages", "PATCH /channels/{id}/messages/{id}"} {
-		if b := store.Bucket(cred, route, ch); b.Name != discordsim.HashMessages {
+		if b := snapshot(t, store, cred, route, ch); b.Name != discordsim.HashMessages {
 			t.Errorf("%s spends from %+v, want %s", route, b, discordsim.HashMessages)
 		}
 	}
@@ -223,7 +223,7 @@ func TestDiscordSharedBucketHash(t *testing.T) {
 // 429 either, and the run is as fast as 50 per second allows.
 func TestDiscordGlobalLimit(t *testing.T) {
 	sim := startDiscord(t, nil)
-	e := New(testDiscordConfig(), NewMemStore())
+	e := New(testDiscordConfig(), testStore(t))
 	f := discordForwarder(e, sim, botToken)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -261,7 +261,7 @@ func TestDiscordGlobalLimit(t *testing.T) {
 // with a limit of 1 gets no 429.
 func TestDiscordUnknownRouteOneInFlight(t *testing.T) {
 	sim := startDiscord(t, nil)
-	e := New(testDiscordConfig(), NewMemStore())
+	e := New(testDiscordConfig(), testStore(t))
 	f := discordForwarder(e, sim, botToken)
 	var wg sync.WaitGroup
 	for i := range 6 {
@@ -285,7 +285,7 @@ func TestDiscordUnknownRouteOneInFlight(t *testing.T) {
 // wait is held and then sent.
 func TestDiscordGlobal429(t *testing.T) {
 	sim := startDiscord(t, nil)
-	e := New(testDiscordConfig(), NewMemStore())
+	e := New(testDiscordConfig(), testStore(t))
 	f := discordForwarder(e, sim, botToken)
 	sim.ForceGlobal(botToken, 300*time.Millisecond)
 	ctx := context.Background()
@@ -324,7 +324,7 @@ func TestDiscordSharedScope(t *testing.T) {
 		c.Buckets = discordsim.FastBuckets()
 		c.Buckets[discordsim.HashChannel] = discordsim.Bucket{Limit: 5, Window: 500 * time.Millisecond, SharedLimit: 2, SharedWindow: 2 * time.Second}
 	})
-	e := New(testDiscordConfig(), NewMemStore())
+	e := New(testDiscordConfig(), testStore(t))
 	f := discordForwarder(e, sim, botToken)
 	ctx := context.Background()
 	path := "/api/v10/channels/" + channels[0]
@@ -354,7 +354,7 @@ func TestDiscordUnauthorizedLocks(t *testing.T) {
 	sim := startDiscord(t, nil)
 	cfg := testDiscordConfig()
 	cfg.UnauthorizedLock = time.Minute
-	e := New(cfg, NewMemStore())
+	e := New(cfg, testStore(t))
 	f := discordForwarder(e, sim, "wrong-token")
 	ctx := context.Background()
 	if r := f.do(ctx, "c", "GET", "/api/v10/users/@me", -1); r.status != 401 {
@@ -383,7 +383,7 @@ func TestBanGuardTrips(t *testing.T) {
 	cfg := testDiscordConfig()
 	cfg.BanThreshold = 5
 	cfg.BanWindow = 3 * time.Second
-	e := New(cfg, NewMemStore())
+	e := New(cfg, testStore(t))
 	f := discordForwarder(e, sim, botToken)
 	ctx := context.Background()
 	for i := range 5 {

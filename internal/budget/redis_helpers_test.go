@@ -143,3 +143,22 @@ func benchRedisURL(b *testing.B) string {
 	}
 	return url
 }
+
+// testStore is the store of the engine tests: a MemStore, or with
+// BYTEPROXY_BUDGET_TEST_STORE=redis a RedisStore on the test Redis (with
+// its own key prefix), so that the whole engine suite can be run against
+// the cluster store:
+//
+//	BYTEPROXY_BUDGET_TEST_STORE=redis go test ./internal/budget/
+func testStore(t *testing.T) Store {
+	t.Helper()
+	switch os.Getenv("BYTEPROXY_BUDGET_TEST_STORE") {
+	case "", "memory":
+		return NewMemStore()
+	case "redis":
+		return testRedisStore(t, testRedisURL(t), testPrefix(), nil)
+	default:
+		t.Fatal("BYTEPROXY_BUDGET_TEST_STORE is memory or redis")
+		return nil
+	}
+}
