@@ -31,7 +31,7 @@ func stores(t *testing.T, test func(t *testing.T, s Store)) {
 	t.Run("mem", func(t *testing.T) { test(t, NewMemStore()) })
 	t.Run("redis", func(t *testing.T) {
 		url := testRedisURL(t)
-		test(t, testRedisStore(t, url, testPrefix(), func(o *RedisOptions) { o.callerClock = true }))
+		test(t, testPatientStore(t, url, testPrefix(), func(o *RedisOptions) { o.callerClock = true }))
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -135,6 +136,30 @@ func testRedisStore(t testing.TB, url, prefix string, mod func(*RedisOptions)) *
 	return s
 }
 
+// patient gives a store the timeouts of a loaded test machine: a test
+// that means Redis to answer does not see a slow answer as an outage
+// (a test of outages keeps the defaults).
+func patient(url string) (string, func(*RedisOptions)) {
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "read_timeout=3s&write_timeout=3s&pool_timeout=3s",
+		func(o *RedisOptions) { o.CallTimeout = 4 * time.Second }
+}
+
+// testPatientStore is testRedisStore with patient timeouts.
+func testPatientStore(t testing.TB, url, prefix string, mod func(*RedisOptions)) *RedisStore {
+	t.Helper()
+	purl, slow := patient(url)
+	return testRedisStore(t, purl, prefix, func(o *RedisOptions) {
+		slow(o)
+		if mod != nil {
+			mod(o)
+		}
+	})
+}
+
 // benchRedisURL is BYTEPROXY_TEST_REDIS for benchmarks, else skip.
 func benchRedisURL(b *testing.B) string {
 	url := os.Getenv("BYTEPROXY_TEST_REDIS")
@@ -156,7 +181,7 @@ func testStore(t *testing.T) Store {
 	case "", "memory":
 		return NewMemStore()
 	case "redis":
-		return testRedisStore(t, testRedisURL(t), testPrefix(), nil)
+		return testPatientStore(t, testRedisURL(t), testPrefix(), nil)
 	default:
 		t.Fatal("BYTEPROXY_BUDGET_TEST_STORE is memory or redis")
 		return nil

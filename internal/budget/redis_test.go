@@ -26,7 +26,7 @@ func newCluster(t *testing.T, n int, url string, cfg func() Config, mod func(*Re
 	prefix := testPrefix()
 	c := &cluster{}
 	for range n {
-		s := testRedisStore(t, url, prefix, mod)
+		s := testPatientStore(t, url, prefix, mod)
 		c.stores = append(c.stores, s)
 		c.engines = append(c.engines, New(cfg(), s))
 	}
@@ -271,7 +271,7 @@ func TestRedisLeaseLapses(t *testing.T) {
 	url := testRedisURL(t)
 	prefix := testPrefix()
 	lease := func(o *RedisOptions) { o.Lease = 2 * time.Second; o.callerClock = true }
-	dead, live := testRedisStore(t, url, prefix, lease), testRedisStore(t, url, prefix, lease)
+	dead, live := testPatientStore(t, url, prefix, lease), testPatientStore(t, url, prefix, lease)
 	now := time.Unix(5000, 0)
 	rules := &Rules{GlobalLimit: 2, GlobalWindow: time.Second, MaxInFlight: 1}
 	p := Plan{Cred: "c", Route: "POST /channels/{id}/messages", Major: "1", Global: true, Rules: rules}
@@ -301,7 +301,7 @@ func TestRedisKeysExpire(t *testing.T) {
 		c.Resources = map[string]githubsim.Resource{"core": {Limit: 100, Window: 30 * time.Second}}
 	})
 	idle := 3 * time.Second
-	s := testRedisStore(t, url, prefix, nil)
+	s := testPatientStore(t, url, prefix, nil)
 	dcfg, gcfg := testDiscordConfig(), GitHubConfig()
 	dcfg.IdleAfter, gcfg.IdleAfter = idle, idle
 	gcfg.MutationSpacing = 10 * time.Millisecond
@@ -346,7 +346,7 @@ func TestRedisKeysExpire(t *testing.T) {
 func TestRedisClockIsRedis(t *testing.T) {
 	url := testRedisURL(t)
 	prefix := testPrefix()
-	a, b := testRedisStore(t, url, prefix, nil), testRedisStore(t, url, prefix, nil)
+	a, b := testPatientStore(t, url, prefix, nil), testPatientStore(t, url, prefix, nil)
 	rules := &Rules{}
 	p := Plan{Cred: "c", Route: "core", Direct: true, Rules: rules}
 	now := time.Now()

@@ -9,13 +9,14 @@ import "github.com/redis/go-redis/v9"
 // a sorted set scored by the instant it lapses, so that the reservations
 // of an instance that died (which never settles them) are given back
 // after RedisOptions.Lease instead of blocking a bucket for good. In
-// flight is the number of members not lapsed.
+// flight is the number of members not lapsed (lapsed ones are pruned
+// when a reservation of the set is released).
 //
 // Keys (P is the credential's prefix, "byteproxy:budget:{cred-...}"; the
 // braces keep a credential's keys in one Redis Cluster slot; "\0"
 // separates the parts, as no header or route holds it):
 //
-//	P                       hash: lock lscope glock sid suntil snext wknown wpid wpuntil tripped seq dseq iseq
+//	P                       hash: lock lscope glock sid suntil snext wknown wpid wpuntil tripped inv seq dseq iseq
 //	P\0r                    hash: route -> bucket name ("" no limit of its own)
 //	P\0b\0name\0major       hash: a bucket: limit used window reset length rolled gen lock lscope
 //	P\0q\0route\0major      hash: a route's probe bucket while its bucket is unknown
@@ -71,17 +72,25 @@ local function load(key)
   b = {key = key, limit = tonumber(v[1]) or 0, used = tonumber(v[2]) or 0, window = tonumber(v[3]) or 0,
     reset = tonumber(v[4]) or 0, length = tonumber(v[5]) or 0, rolled = tonumber(v[6]) or 0,
     gen = tonumber(v[7]) or 0, lock = tonumber(v[8]) or 0, lscope = tonumber(v[9]) or 0,
-    dirty = false, inflight = 0, gf = 0}
+    dirty = false, inflight = 0}
   B[key] = b
   return b
 end
 
--- flights counts a bucket's leases that have not lapsed.
+-- live counts the members of a lease set that have not lapsed (lapsed
+-- ones are pruned when a reservation is released).
+local function live(key)
+  return redis.call('ZCOUNT', key, '(' .. now, '+inf')
+end
+
+-- flights counts a bucket's reservations.
 local function flights(b)
-  redis.call('ZREMRANGEBYSCORE', b.key .. '\0f', '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', b.key .. '\0g', '-inf', now)
-  b.inflight = redis.call('ZCARD', b.key .. '\0f')
-  b.gf = redis.call('ZCARD', b.key .. '\0g')
+  b.inflight = live(b.key .. '\0f')
+end
+
+-- keep is how long a bucket's keys must last.
+local function keep(b)
+  return math.max(IDLE, LEASE, b.reset - now, b.lock - now) + 1000
 end
 
 local function saveAll()
@@ -89,10 +98,7 @@ local function saveAll()
     if b.dirty then
       redis.call('HSET', key, 'limit', b.limit, 'used', b.used, 'window', b.window, 'reset', b.reset,
         'length', b.length, 'rolled', b.rolled, 'gen', b.gen, 'lock', b.lock, 'lscope', b.lscope)
-      local keep = math.max(IDLE, LEASE, b.reset - now, b.lock - now) + 1000
-      redis.call('PEXPIRE', key, keep)
-      redis.call('PEXPIRE', key .. '\0f', keep)
-      redis.call('PEXPIRE', key .. '\0g', keep)
+      redis.call('PEXPIRE', key, keep(b))
     end
   end
 end
@@ -103,7 +109,6 @@ local function rollover(b)
   b.rolled = 1
   b.gen = b.gen + 1
   redis.call('DEL', b.key .. '\0g')
-  b.gf = 0
   if b.length > 0 then b.reset = now + b.length + SLACK else b.reset = 0 end
   b.dirty = true
 end
@@ -112,7 +117,7 @@ end
 local function check(b)
   if now < b.lock then return false, b.lock, b.lscope end
   if b.limit > 0 and b.reset > 0 and now >= b.reset then
-    if b.rolled == 1 and b.gf > 0 then return false, 0, S_BUCKET end
+    if b.rolled == 1 and live(b.key .. '\0g') > 0 then return false, 0, S_BUCKET end
     rollover(b)
   end
   local room = b.limit - b.used - b.inflight
@@ -140,13 +145,15 @@ local function refuse(untl, scope, key, name, limit)
   return {0, delta(untl), scope, key, name, limit}
 end
 
-local C = redis.call('HMGET', P, 'lock', 'lscope', 'glock', 'sid', 'suntil', 'snext', 'wknown', 'wpid', 'wpuntil', 'tripped')
+local C = redis.call('HMGET', P, 'lock', 'lscope', 'glock', 'sid', 'suntil', 'snext', 'wknown', 'wpid', 'wpuntil', 'tripped', 'inv')
 local lock, lscope, glock = tonumber(C[1]) or 0, tonumber(C[2]) or 0, tonumber(C[3]) or 0
 local sid, suntil, snext = tonumber(C[4]) or 0, tonumber(C[5]) or 0, tonumber(C[6]) or 0
 local wknown, wpid, wpuntil, tripped = tonumber(C[7]) or 0, tonumber(C[8]) or 0, tonumber(C[9]) or 0, tonumber(C[10]) or 0
+local inv = tonumber(C[11]) or 0
 
 if not force then
-  if BANT > 0 then
+  -- inv is the latest invalid response: none within the window, none to count.
+  if BANT > 0 and now - inv < BANW then
     local ik = P .. '\0i'
     redis.call('ZREMRANGEBYSCORE', ik, '-inf', now - BANW)
     local n = redis.call('ZCARD', ik)
@@ -156,29 +163,27 @@ if not force then
       return refuse(tonumber(e[2]) + BANW, S_BAN, 'ban', '', 0)
     end
     if tripped == 1 then redis.call('HSET', P, 'tripped', 0) end
+  elseif tripped == 1 then
+    redis.call('HSET', P, 'tripped', 0)
   end
   if now < lock then return refuse(lock, lscope, 'cred', '', 0) end
   if global then
     if now < glock then return refuse(glock, S_GLOBAL, 'global', '', GL) end
     if GL > 0 then
-      local dk, ok = P .. '\0gd', P .. '\0go'
-      redis.call('ZREMRANGEBYSCORE', dk, '-inf', now - SPAN)
-      redis.call('ZREMRANGEBYSCORE', ok, '-inf', now)
-      local n, o = redis.call('ZCARD', dk), redis.call('ZCARD', ok)
+      -- An answer at t counts while now < t + SPAN; settles keep at most
+      -- GL answers.
+      local dk = P .. '\0gd'
+      local n, o = redis.call('ZCOUNT', dk, '(' .. (now - SPAN), '+inf'), live(P .. '\0go')
       if n + o >= GL then
         if n > 0 then
-          local e = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
+          local e = redis.call('ZRANGEBYSCORE', dk, '(' .. (now - SPAN), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
           return refuse(tonumber(e[2]) + SPAN, S_GLOBAL, 'global', '', GL)
         end
         return refuse(0, S_GLOBAL, 'global', '', GL)
       end
     end
   end
-  if MI > 0 then
-    local fk = P .. '\0f'
-    redis.call('ZREMRANGEBYSCORE', fk, '-inf', now)
-    if redis.call('ZCARD', fk) >= MI then return refuse(0, S_CONC, 'flight', '', 0) end
-  end
+  if MI > 0 and live(P .. '\0f') >= MI then return refuse(0, S_CONC, 'flight', '', 0) end
   if serial and SPACING > 0 then
     if sid ~= 0 and now < suntil then return refuse(0, S_SERIAL, 'serial', '', 0) end
     if now < snext then return refuse(snext, S_SERIAL, 'serial', '', 0) end
@@ -237,10 +242,12 @@ local lease = (now % 1073741824) * 1024 + seq % 1024 + 1
 local deadline = now + LEASE
 local g = {bucket = '', probe = 0, gen = 0, wbits = 0, global = 0, serial = 0, flight = 0, name = '', limit = 0, rem = 0, reset = 0}
 local function take(x)
+  local k = keep(x)
   redis.call('ZADD', x.key .. '\0f', deadline, lease)
+  redis.call('PEXPIRE', x.key .. '\0f', k)
   redis.call('ZADD', x.key .. '\0g', deadline, lease)
+  redis.call('PEXPIRE', x.key .. '\0g', k)
   x.inflight = x.inflight + 1
-  x.gf = x.gf + 1
   x.dirty = true
 end
 local function bind(x, name)
@@ -315,15 +322,20 @@ local snext, wknown, wpid, tripped = tonumber(C[4]) or 0, tonumber(C[5]) or 0, t
 
 local function finish(a, b2, c)
   saveAll()
-  if redis.call('EXISTS', P) == 1 then
-    redis.call('PEXPIRE', P, math.max(IDLE, LEASE, lock - now, glock - now, snext - now) + 1000)
-  end
+  redis.call('PEXPIRE', P, math.max(IDLE, LEASE, lock - now, glock - now, snext - now) + 1000)
   return {a, b2, c}
+end
+
+-- unlease ends a reservation in a lease set, and prunes the lapsed ones.
+local function unlease(key)
+  local n = redis.call('ZREM', key, lease)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return n
 end
 
 -- bucket.go: release
 local function release(b, gen, counted)
-  redis.call('ZREM', b.key .. '\0f', lease)
+  unlease(b.key .. '\0f')
   redis.call('ZREM', b.key .. '\0g', lease)
   b.dirty = true
   if not counted or b.limit <= 0 then return end
@@ -360,12 +372,13 @@ local function settleWide(told, counted)
   end
 end
 
-if gflight then redis.call('ZREM', P .. '\0f', lease) end
+if gflight then unlease(P .. '\0f') end
 if global and GL > 0 and (gglobal or lease == 0) then
-  if gglobal then redis.call('ZREM', P .. '\0go', lease) end
+  if gglobal then unlease(P .. '\0go') end
   if sent then
     local dk = P .. '\0gd'
     redis.call('ZADD', dk, now, redis.call('HINCRBY', P, 'dseq', 1))
+    redis.call('ZREMRANGEBYSCORE', dk, '-inf', now - SPAN)
     local n = redis.call('ZCARD', dk)
     if n > GL then redis.call('ZREMRANGEBYRANK', dk, 0, n - GL - 1) end
     redis.call('PEXPIRE', dk, SPAN + 1000)
@@ -406,6 +419,7 @@ local function learn(name)
       if redis.call('ZCARD', pk .. '\0f') > 0 then
         local b = load(bucketKey(name, mj))
         redis.call('ZUNIONSTORE', b.key .. '\0f', 2, b.key .. '\0f', pk .. '\0f', 'AGGREGATE', 'MAX')
+        redis.call('PEXPIRE', b.key .. '\0f', keep(b))
         local pl = redis.call('HMGET', pk, 'lock', 'lscope')
         local plock = tonumber(pl[1]) or 0
         if plock > b.lock then b.lock, b.lscope = plock, tonumber(pl[2]) or 0 end
@@ -433,7 +447,9 @@ local function policy(name)
   local w = load(policyKey(name))
   w.dirty = true
   redis.call('ZREMRANGEBYSCORE', P .. '\0f', '-inf', now)
-  redis.call('ZUNIONSTORE', w.key .. '\0f', 1, P .. '\0f')
+  if redis.call('ZUNIONSTORE', w.key .. '\0f', 1, P .. '\0f') > 0 then
+    redis.call('PEXPIRE', w.key .. '\0f', keep(w))
+  end
   return w
 end
 
@@ -520,6 +536,7 @@ local trip, count, untl = 0, 0, -1
 if invalid and BANT > 0 then
   local ik = P .. '\0i'
   redis.call('ZADD', ik, now, redis.call('HINCRBY', P, 'iseq', 1))
+  redis.call('HSET', P, 'inv', now)
   redis.call('ZREMRANGEBYSCORE', ik, '-inf', now - BANW)
   local n = redis.call('ZCARD', ik)
   -- Beyond the threshold the oldest may go: when the count falls below

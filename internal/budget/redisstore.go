@@ -68,6 +68,12 @@ type RedisOptions struct {
 	// taken as spent by this instance's fallback (the others may have used
 	// what was left). Default DefaultOutageQuiet.
 	OutageQuiet time.Duration
+	// CallTimeout is the most one decision waits for Redis (pool wait,
+	// dial, round trip) before it is made in memory and Redis is taken as
+	// lost until the prober sees it answer. Default 500ms. The client's
+	// own read and write timeouts apply too (NewRedisStoreURL: 250ms unless
+	// the URL says otherwise).
+	CallTimeout time.Duration
 	// Logger receives one warning per outage and one message per recovery.
 	Logger *zap.Logger
 
@@ -101,6 +107,7 @@ type RedisStore struct {
 	id      string
 	lease   time.Duration
 	quiet   time.Duration
+	callTO  time.Duration
 	timings redisTimings
 	log     *zap.Logger
 	mem     *MemStore
@@ -182,6 +189,7 @@ func NewRedisStore(client redis.UniversalClient, opt RedisOptions) *RedisStore {
 		id:      opt.InstanceID,
 		lease:   opt.Lease,
 		quiet:   opt.OutageQuiet,
+		callTO:  opt.CallTimeout,
 		timings: opt.timings,
 		log:     opt.Logger,
 		mem:     NewMemStore(),
@@ -202,6 +210,9 @@ func NewRedisStore(client redis.UniversalClient, opt RedisOptions) *RedisStore {
 	}
 	if s.quiet <= 0 {
 		s.quiet = DefaultOutageQuiet
+	}
+	if s.callTO <= 0 {
+		s.callTO = redisCallTimeout
 	}
 	if s.timings == (redisTimings{}) {
 		s.timings = defaultRedisTimings
@@ -500,14 +511,14 @@ func at(base time.Time, ms int64) time.Time {
 
 // call bounds a script's run: the caller's context may end (the client
 // went away) without it, but no decision waits for Redis longer than
-// redisCallTimeout.
-func call(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), redisCallTimeout)
+// CallTimeout.
+func (s *RedisStore) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), s.callTO)
 }
 
 // take runs takeScript.
 func (s *RedisStore) take(ctx context.Context, p Plan, now time.Time, force bool) (Grant, error) {
-	ctx, cancel := call(ctx)
+	ctx, cancel := s.call(ctx)
 	defer cancel()
 	res, err := takeScript.Run(ctx, s.client, []string{s.key(p.Cred)}, s.args(p, now, force, 0)...).Slice()
 	if err != nil {
@@ -579,7 +590,7 @@ func (s *RedisStore) settleArgs(p Plan, g Grant, o Outcome, now time.Time) []any
 
 // settle runs settleScript.
 func (s *RedisStore) settle(ctx context.Context, p Plan, g Grant, o Outcome, now time.Time) (Settled, error) {
-	ctx, cancel := call(ctx)
+	ctx, cancel := s.call(ctx)
 	defer cancel()
 	res, err := settleScript.Run(ctx, s.client, []string{s.key(p.Cred)}, s.settleArgs(p, g, o, now)...).Slice()
 	if err != nil {
