@@ -121,7 +121,8 @@ func testPrefix() string {
 // when the test ends.
 func testRedisStore(t testing.TB, url, prefix string, mod func(*RedisOptions)) *RedisStore {
 	t.Helper()
-	opt := RedisOptions{KeyPrefix: prefix}
+	// Each store is a gateway of its own: its own id in the announcements.
+	opt := RedisOptions{KeyPrefix: prefix, InstanceID: fmt.Sprintf("test/%d", prefixSeq.Add(1))}
 	if mod != nil {
 		mod(&opt)
 	}

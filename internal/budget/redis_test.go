@@ -608,3 +608,24 @@ func TestRedisPauseCarriesBack(t *testing.T) {
 		t.Fatalf("bucket after the pause: %+v", snap)
 	}
 }
+
+// TestRedisInstancesCounted: stores announce their process in the rate
+// limiter's set of instances; two stores of one process count once, a
+// store of another process adds one, and a closed store leaves at once.
+func TestRedisInstancesCounted(t *testing.T) {
+	srv := startRedis(t, freePort(t))
+	same := func(o *RedisOptions) { fastTimings(o); o.InstanceID = InstanceID() }
+	a := testRedisStore(t, srv.url, testPrefix(), same)
+	b := testRedisStore(t, srv.url, testPrefix(), same)
+	other := testRedisStore(t, srv.url, testPrefix(), fastTimings)
+	within(t, 5*time.Second, "two instances counted", func() bool {
+		return a.Stats().Instances == 2 && b.Stats().Instances == 2 && other.Stats().Instances == 2
+	})
+	client := redis.NewClient(mustParseURL(t, srv.url))
+	defer client.Close()
+	if ids, err := client.ZRange(context.Background(), InstancesKey, 0, -1).Result(); err != nil || len(ids) != 2 {
+		t.Fatalf("%s holds %q (%v)", InstancesKey, ids, err)
+	}
+	_ = other.Close()
+	within(t, 5*time.Second, "one instance left", func() bool { return a.Stats().Instances == 1 })
+}

@@ -35,7 +35,7 @@ const (
 	redisIOTimeout   = 250 * time.Millisecond
 	redisCallTimeout = 500 * time.Millisecond // one decision: pool wait, dial, round trip
 	redisProbeWait   = 500 * time.Millisecond
-	redisCarryWait   = 5 * time.Second // the answers and reservations of an outage, carried back
+	redisCarryWait   = 2 * time.Second // the answers and reservations of an outage, carried back (decisions in memory wait for it)
 
 	// DefaultLease is how long a reservation holds without being settled.
 	DefaultLease = 2 * time.Minute
@@ -54,11 +54,11 @@ type RedisOptions struct {
 	// KeyPrefix starts every key the store writes (default
 	// DefaultRedisKeyPrefix). Gateways that must act as one use the same.
 	KeyPrefix string
-	// InstanceID names this process in InstancesKey. Default: a new
-	// host/pid/random id. A process whose rate limiter announces itself in
-	// the same Redis should pass the rate limiter's id, so that it is
-	// counted once (counted twice, it takes a smaller share during an
-	// outage than it could: safe, not lost).
+	// InstanceID names this process in InstancesKey. Default:
+	// InstanceID(), the same for every store of the process. A process
+	// whose rate limiter announces itself in the same Redis under another
+	// id is counted twice (it then takes a smaller share during an outage
+	// than it could: safe, not lost); pass one id to both.
 	InstanceID string
 	// Lease is how long a reservation holds if it is never settled (the
 	// instance holding it died or lost Redis): longer than any request
@@ -230,14 +230,15 @@ func NewRedisStore(client redis.UniversalClient, opt RedisOptions) *RedisStore {
 	return s
 }
 
-// InstanceID is a new name for this process in InstancesKey: host and pid
-// for an operator reading the set, random bytes so that two never clash.
-func InstanceID() string {
+// InstanceID names this process in InstancesKey, the same for its whole
+// life: host and pid for an operator reading the set, random bytes so that
+// two processes never clash.
+var InstanceID = sync.OnceValue(func() string {
 	host, _ := os.Hostname()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
-}
+})
 
 // RedisStats describe a RedisStore.
 type RedisStats struct {
@@ -686,6 +687,9 @@ func (s *RedisStore) reconnect() bool {
 		return false
 	}
 	s.up.Store(true)
+	s.sharedMu.Lock()
+	clear(s.shared) // engines unloaded meanwhile are not kept
+	s.sharedMu.Unlock()
 	s.log.Info("redis reachable again: upstream budgets are shared through redis",
 		zap.Int("answers_carried_back", carried), zap.Int("reservations_carried_back", adopted),
 		zap.Int("answers_dropped", s.dropped))
