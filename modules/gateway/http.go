@@ -21,6 +21,12 @@ const (
 	// ("proxy" or "management"); byteproxy_manage refuses /manage/* without
 	// it, so a route that forgets the auth handler fails closed.
 	VarScope = "byteproxy.scope"
+	// VarAuthorization is true when the client's request carried an
+	// Authorization header, which byteproxy_auth (proxy scope) removed
+	// before the request went on. byteproxy_services reads it for upstream
+	// routes that need the service's credential only when the client sent
+	// one (Discord's webhook and interaction-callback routes).
+	VarAuthorization = "byteproxy.client_authorization"
 )
 
 // WriteJSON writes v as the JSON body of a response with this status. Every
