@@ -290,11 +290,31 @@ func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions
 	return s, nil
 }
 
+// authTypeAliases maps other names of auth types onto the gateway's:
+// "api-key" is the original ByteProxy's name for "header".
+var authTypeAliases = map[string]string{"api-key": "header"}
+
+// CanonicalAuthType returns the gateway's name of an auth type, resolving
+// an alias ("api-key" is "header"); any other value is returned as it is.
+func CanonicalAuthType(t string) string {
+	if c, ok := authTypeAliases[t]; ok {
+		return c
+	}
+	return t
+}
+
 func (s *Service) compileAuth(repl *caddy.Replacer) error {
 	a := s.Config.Auth
 	if a == nil || a.Type == "" {
 		s.Config.Auth = nil
 		return nil
+	}
+	if c := CanonicalAuthType(a.Type); c != a.Type {
+		// The effective config names the type as the gateway does; a copy,
+		// since a.Auth may be the app's own config.
+		canon := *a
+		canon.Type = c
+		s.Config.Auth, a = &canon, &canon
 	}
 	switch a.Type {
 	case "bot", "bearer", "basic":
@@ -309,7 +329,7 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 			return fieldErr("auth.headerName", "header %q cannot carry a credential: it is hop-by-hop or describes the message, and would be dropped or rewritten on the way upstream", a.Name)
 		}
 	default:
-		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header or query)", a.Type)
+		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header (or api-key) or query)", a.Type)
 	}
 	if m := envPlaceholder.FindStringSubmatch(a.Token); m != nil {
 		s.TokenEnv = m[1]

@@ -239,9 +239,10 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 	}
 	if a := b.Auth; a != nil && (a.Type != "" || a.TokenEnvVar != "" || a.HeaderName != "") {
 		if a.Type == "" {
-			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header or query)")
+			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header (or api-key) or query)")
 		}
-		cfg.Auth = &gateway.ServiceAuth{Type: a.Type, Name: a.HeaderName}
+		// "api-key" (the original's name) is stored and shown as "header".
+		cfg.Auth = &gateway.ServiceAuth{Type: gateway.CanonicalAuthType(a.Type), Name: a.HeaderName}
 		if a.TokenEnvVar != "" {
 			if !envVarName.MatchString(a.TokenEnvVar) {
 				return cfg, badField("auth.tokenEnvVar", "%q is not an environment variable name", a.TokenEnvVar)

@@ -197,6 +197,7 @@ func FuzzDecodeService(f *testing.F) {
 		`{"key":"h","config":{"baseUrl":"https://a.example","auth":{"type":"header","headerName":"X-Key"}}}`,
 		`{"key":"b","config":{"baseUrl":"https://a.example","auth":{"type":"basic","tokenEnvVar":"CUSTOM_B","tokenConfigured":false}}}`,
 		`{"baseUrl":"https://a.example/"}`,
+		`{"key":"k","config":{"baseUrl":"https://a.example","auth":{"type":"api-key","headerName":"X-Key","tokenEnvVar":"CUSTOM_K"}}}`,
 		`{"key":"a","config":{"baseUrl":"http://127.0.0.1/"}}`,
 		`{"key":"a","config":{"baseUrl":"http://[::1]/"}}`,
 		`{"key":"a","config":{"baseUrl":"https://{env.X}/"}}`,

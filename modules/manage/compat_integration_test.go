@@ -1,0 +1,116 @@
+package manage_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/byteproxy/byteproxy/internal/testutil"
+)
+
+// Compatibility with the original ByteProxy's management clients (issue
+// 13.7-13.9), through a running gateway.
+
+// headerRecorder is an upstream that remembers, per path, the value of one
+// request header.
+type headerRecorder struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	seen map[string]string
+}
+
+func newHeaderRecorder(t *testing.T, header string) *headerRecorder {
+	rec := &headerRecorder{seen: map[string]string{}}
+	rec.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec.mu.Lock()
+		rec.seen[r.URL.Path] = r.Header.Get(header)
+		rec.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rec.srv.Close)
+	return rec
+}
+
+func (rec *headerRecorder) got(path string) (string, bool) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	v, ok := rec.seen[path]
+	return v, ok
+}
+
+// compatConf is conf with one config service in front of the recorder,
+// whose credential is written with the original's type name.
+func compatConf(upURL string) string {
+	return strings.Replace(conf(""), "\t\tservice cfgsvc {", "\t\tservice orig-cfg {\n\t\t\tbase_url "+upURL+"/cfg/\n\t\t\tauth api-key X-Up-Key {env.CUSTOM_TOKEN}\n\t\t}\n\t\tservice cfgsvc {", 1)
+}
+
+// proxied sends a proxy request with the proxy key and checks it reached
+// the upstream with the custom token in X-Up-Key.
+func proxied(t *testing.T, in *testutil.Instance, rec *headerRecorder, path, upPath string) {
+	t.Helper()
+	resp, raw := testutil.Do(t, "GET", in.URL(path), nil, "X-API-Key", proxyKey)
+	if resp.StatusCode != 204 {
+		t.Fatalf("%s: %d %s", path, resp.StatusCode, raw)
+	}
+	if v, ok := rec.got(upPath); !ok || v != customToken {
+		t.Errorf("%s: upstream %s got the credential %v (seen %v)", path, upPath, v == customToken, ok)
+	}
+}
+
+// TestAuthTypeAPIKeyAlias: "api-key", the original's name of the header
+// credential, is accepted in the management API (POST and PUT), the
+// Caddyfile and the JSON config, works as "header", and is shown as
+// "header", so a GET → PUT round trip keeps working.
+func TestAuthTypeAPIKeyAlias(t *testing.T) {
+	t.Parallel()
+	rec := newHeaderRecorder(t, "X-Up-Key")
+	in := start(t, compatConf(rec.srv.URL), "")
+
+	// The Caddyfile.
+	proxied(t, in, rec, "/proxy/orig-cfg/a", "/cfg/a")
+	st, m := api(t, in, "GET", "/manage/services/orig-cfg", "")
+	if a, _ := m["config"].(map[string]any)["auth"].(map[string]any); st != 200 || a["type"] != "header" || a["headerName"] != "X-Up-Key" {
+		t.Errorf("GET orig-cfg: %d %v", st, m)
+	}
+
+	// POST.
+	st, m = api(t, in, "POST", "/manage/services", `{"key":"orig","config":{"baseUrl":"`+rec.srv.URL+`/rt/",
+		"auth":{"type":"api-key","tokenEnvVar":"CUSTOM_TOKEN","headerName":"X-Up-Key"}}}`)
+	if st != 201 {
+		t.Fatalf("POST api-key: %d %v", st, m)
+	}
+	if a := m["config"].(map[string]any)["auth"].(map[string]any); a["type"] != "header" || a["headerName"] != "X-Up-Key" {
+		t.Errorf("POST answer auth: %v", a)
+	}
+	proxied(t, in, rec, "/proxy/orig/b", "/rt/b")
+
+	// GET → PUT round trip, and PUT with the alias.
+	_, m = api(t, in, "GET", "/manage/services/orig", "")
+	cfg, _ := json.Marshal(m["config"])
+	if st, m := api(t, in, "PUT", "/manage/services/orig", string(cfg)); st != 200 {
+		t.Fatalf("PUT the GET config back: %d %v", st, m)
+	}
+	if st, m := api(t, in, "PUT", "/manage/services/orig", `{"baseUrl":"`+rec.srv.URL+`/rt2/","auth":{"type":"api-key","tokenEnvVar":"CUSTOM_TOKEN","headerName":"X-Up-Key"}}`); st != 200 {
+		t.Fatalf("PUT api-key: %d %v", st, m)
+	}
+	proxied(t, in, rec, "/proxy/orig/c", "/rt2/c")
+	// Without a header name it is refused as header would be.
+	if st, m := api(t, in, "POST", "/manage/services", `{"key":"orig2","config":{"baseUrl":"`+rec.srv.URL+`/","auth":{"type":"api-key","tokenEnvVar":"CUSTOM_TOKEN"}}}`); st != 400 || m["field"] != "auth.headerName" {
+		t.Errorf("api-key without headerName: %d %v", st, m)
+	}
+
+	// The JSON config, through Caddy's admin API.
+	svc := `{"base_url":"` + rec.srv.URL + `/json/","auth":{"type":"api-key","name":"X-Up-Key","token":"{env.CUSTOM_TOKEN}"}}`
+	resp, raw := testutil.Do(t, "PUT", in.AdminURL("/config/apps/byteproxy/services/orig-json"), []byte(svc), "Content-Type", "application/json")
+	if resp.StatusCode != 200 {
+		t.Fatalf("admin API: %d %s", resp.StatusCode, raw)
+	}
+	proxied(t, in, rec, "/proxy/orig-json/d", "/json/d")
+	st, m = api(t, in, "GET", "/manage/services/orig-json", "")
+	if a, _ := m["config"].(map[string]any)["auth"].(map[string]any); st != 200 || a["type"] != "header" {
+		t.Errorf("GET orig-json: %d %v", st, m)
+	}
+}
