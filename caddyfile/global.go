@@ -307,8 +307,8 @@ func parseService(d *caddyfile.Dispenser, app *gateway.App) error {
 		return d.ArgErr()
 	}
 	key := d.Val()
-	if !gateway.ServiceKeyPattern.MatchString(key) || gateway.ReservedKeys[key] {
-		return d.Errf("invalid service key '%s': want lowercase letters, digits, '-' or '_', not a reserved name", key)
+	if err := gateway.CheckServiceKey(key); err != nil {
+		return d.Errf("invalid service key '%s': want letters, digits, '-', '_' or '.' (at most 63, starting with a letter or digit, no '..'), not a reserved name", key)
 	}
 	cfg := new(gateway.ServiceConfig)
 	if _, ok := gateway.Presets[key]; ok {

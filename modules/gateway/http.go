@@ -50,8 +50,10 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 
 // ProxyPath splits "/proxy/{service}/{rest}" into the service key and the
 // rest (starting with "/"). ok is false for paths that are not a service
-// call: not under /proxy/, a reserved name (/proxy/services, ...), or a
-// bare "/proxy/{service}" without the trailing slash.
+// call: not under /proxy/, a reserved name in any letter case
+// (/proxy/services, ...), or a bare "/proxy/{service}" without the
+// trailing slash. The key is taken as it is written: /proxy/MyAPI/ calls
+// the service MyAPI, not myapi.
 func ProxyPath(p string) (key, rest string, ok bool) {
 	const prefix = "/proxy/"
 	if !strings.HasPrefix(p, prefix) {
@@ -63,7 +65,7 @@ func ProxyPath(p string) (key, rest string, ok bool) {
 		return "", "", false
 	}
 	key, rest = p[:i], p[i:]
-	if ReservedKeys[key] {
+	if IsReservedKey(key) {
 		return "", "", false
 	}
 	return key, rest, true

@@ -185,12 +185,46 @@ func (s *Service) Redact(text string) string {
 
 var envPlaceholder = regexp.MustCompile(`^\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$`)
 
-// ServiceKeyPattern is what a service key may look like.
-var ServiceKeyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+// ServiceKeyPattern is what a service key may look like: the original's
+// keys (letters in either case, digits, '_', '-' and '.'), at most 63
+// characters. CheckServiceKey adds the rules a pattern does not say.
+var ServiceKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // ReservedKeys are path segments under /proxy/ that the gateway answers
-// itself, so no service may take them.
+// itself, so no service may take them, in any letter case (IsReservedKey).
 var ReservedKeys = map[string]bool{"services": true, "auth-test": true, "auth-debug": true, "key-debug": true}
+
+// IsReservedKey reports whether key is a reserved name in any letter case:
+// /proxy/Services is no service either, so that no key can look like one
+// of the gateway's own endpoints (which the standard route matches
+// ignoring case).
+func IsReservedKey(key string) bool {
+	if len(key) < len("services") || len(key) > len("auth-debug") {
+		return false
+	}
+	for _, r := range [...]string{"services", "auth-test", "auth-debug", "key-debug"} { // ReservedKeys
+		if equalFoldASCII(key, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckServiceKey reports why key cannot name a service: it does not match
+// ServiceKeyPattern, holds "..", or is reserved. Keys are used as they are
+// in /proxy/{key}/ (letter case counts) and in storage keys
+// (byteproxy/services/{key}.json), where ".." could climb out.
+func CheckServiceKey(key string) error {
+	switch {
+	case !ServiceKeyPattern.MatchString(key):
+		return fmt.Errorf("service key %q must match %s", key, ServiceKeyPattern)
+	case strings.Contains(key, ".."):
+		return fmt.Errorf("service key %q must not contain '..'", key)
+	case IsReservedKey(key):
+		return fmt.Errorf("service key %q is reserved", key)
+	}
+	return nil
+}
 
 // FieldError is a validation error that names the offending field, in the
 // original's camelCase where the management API reports it.
@@ -233,11 +267,8 @@ type BuildOptions struct {
 
 // BuildService validates cfg and compiles it into a Service.
 func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions) (*Service, error) {
-	if !ServiceKeyPattern.MatchString(key) {
-		return nil, fieldErr("key", "service key %q must match %s", key, ServiceKeyPattern)
-	}
-	if ReservedKeys[key] {
-		return nil, fieldErr("key", "service key %q is reserved", key)
+	if err := CheckServiceKey(key); err != nil {
+		return nil, fieldErr("key", "%v", err)
 	}
 	if cfg.Preset != "" {
 		if _, ok := Presets[cfg.Preset]; !ok {

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -112,5 +114,73 @@ func TestAuthTypeAPIKeyAlias(t *testing.T) {
 	st, m = api(t, in, "GET", "/manage/services/orig-json", "")
 	if a, _ := m["config"].(map[string]any)["auth"].(map[string]any); st != 200 || a["type"] != "header" {
 		t.Errorf("GET orig-json: %d %v", st, m)
+	}
+}
+
+// TestServiceKeysOfTheOriginal: keys with capitals and dots, as the
+// original accepted and the OpenAPI document advertises, are stored,
+// routed exactly (/proxy/MyAPI/ is MyAPI, not myapi) and survive a
+// restart; reserved names stay reserved in any letter case, keys that
+// differ from another only in case are refused, and nothing with ".." is
+// accepted (runtime services are stored as byteproxy/services/<key>.json).
+func TestServiceKeysOfTheOriginal(t *testing.T) {
+	t.Parallel()
+	rec := newHeaderRecorder(t, "Authorization")
+	data := t.TempDir()
+	in := start(t, conf(""), data)
+	for _, key := range []string{"MyAPI", "my.api", "v1.2_beta-3"} {
+		if st, m := api(t, in, "POST", "/manage/services", addBody(key, rec.srv.URL+"/"+key+"/")); st != 201 || m["key"] != key {
+			t.Fatalf("POST %s: %d %v", key, st, m)
+		}
+	}
+	check := func(in *testutil.Instance) {
+		t.Helper()
+		for _, key := range []string{"MyAPI", "my.api", "v1.2_beta-3"} {
+			resp, raw := testutil.Do(t, "GET", in.URL("/proxy/"+key+"/x"), nil, "X-API-Key", proxyKey)
+			if _, seen := rec.got("/" + key + "/x"); resp.StatusCode != 204 || !seen || resp.Header.Get("X-Proxy-Service") != key {
+				t.Errorf("/proxy/%s/x: %d %s (upstream saw it: %v)", key, resp.StatusCode, raw, seen)
+			}
+			if st, m := api(t, in, "GET", "/manage/services/"+key, ""); st != 200 || m["key"] != key {
+				t.Errorf("GET %s: %d %v", key, st, m)
+			}
+		}
+		// Exact: no service myapi or MYAPI.
+		for _, p := range []string{"/proxy/myapi/x", "/proxy/MYAPI/x", "/proxy/My.Api/x"} {
+			resp, raw := testutil.Do(t, "GET", in.URL(p), nil, "X-API-Key", proxyKey)
+			if resp.StatusCode != 404 || !strings.Contains(string(raw), "not configured") {
+				t.Errorf("%s: %d %s", p, resp.StatusCode, raw)
+			}
+		}
+	}
+	check(in)
+	if _, err := os.Stat(filepath.Join(data, "caddy", "byteproxy", "services", "MyAPI.json")); err != nil {
+		t.Errorf("record of MyAPI: %v", err)
+	}
+
+	for key, want := range map[string]int{
+		"myapi": 409, "MYAPI": 409, "My.Api": 409, // only the letter case differs
+		"Services": 400, "AUTH-TEST": 400, "Key-Debug": 400, // reserved in any case
+		".": 400, "..": 400, "a..b": 400, "...": 400, ".hidden": 400, "a/b": 400, "a\\b": 400,
+	} {
+		st, m := api(t, in, "POST", "/manage/services", addBody(key, rec.srv.URL+"/"))
+		if st != want || m["field"] != "key" {
+			t.Errorf("POST %q: %d %v, want %d naming the key", key, st, m, want)
+		}
+	}
+	// /proxy/services and the other reserved paths still answer as before.
+	resp, raw := testutil.Do(t, "GET", in.URL("/proxy/services"), nil, "X-API-Key", proxyKey)
+	if resp.StatusCode != 200 || !strings.Contains(string(raw), `"key":"MyAPI"`) {
+		t.Errorf("/proxy/services: %d %s", resp.StatusCode, raw)
+	}
+
+	// After a restart on the same storage.
+	in.Kill()
+	in = start(t, conf(""), data)
+	check(in)
+	if st, m := api(t, in, "DELETE", "/manage/services/MyAPI", ""); st != 200 {
+		t.Fatalf("DELETE MyAPI: %d %v", st, m)
+	}
+	if st, m := api(t, in, "POST", "/manage/services", addBody("myapi", rec.srv.URL+"/")); st != 201 {
+		t.Errorf("POST myapi once MyAPI is gone: %d %v", st, m)
 	}
 }

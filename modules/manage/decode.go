@@ -205,11 +205,8 @@ func jsonKind(kind string) string {
 
 // checkKey validates a service key as the management API accepts it.
 func checkKey(key string) *apiError {
-	if !gateway.ServiceKeyPattern.MatchString(key) {
-		return badField("key", "service key %q must match %s", key, gateway.ServiceKeyPattern)
-	}
-	if gateway.ReservedKeys[key] {
-		return badField("key", "service key %q is reserved", key)
+	if err := gateway.CheckServiceKey(key); err != nil {
+		return badField("key", "%v", err)
 	}
 	return nil
 }

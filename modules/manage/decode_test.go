@@ -74,7 +74,9 @@ func TestDecodeServiceErrors(t *testing.T) {
 		{"not object", `[1,2]`, "body"},
 		{"no key", `{"config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"empty key", `{"key":"","config":{"baseUrl":"https://a.example/"}}`, "key"},
-		{"upper key", `{"key":"Bad","config":{"baseUrl":"https://a.example/"}}`, "key"},
+		{"dot dot key", `{"key":"a..b","config":{"baseUrl":"https://a.example/"}}`, "key"},
+		{"dot key", `{"key":".","config":{"baseUrl":"https://a.example/"}}`, "key"},
+		{"reserved key in capitals", `{"key":"Services","config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"proto key", `{"key":"__proto__","config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"slash key", `{"key":"a/b","config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"long key", `{"key":"` + strings.Repeat("a", 64) + `","config":{"baseUrl":"https://a.example/"}}`, "key"},
@@ -203,6 +205,8 @@ func FuzzDecodeService(f *testing.F) {
 		`{"key":"a","config":{"baseUrl":"https://{env.X}/"}}`,
 		`{"key":"a","config":{"baseUrl":"https://a.example/","rateLimit":{"maxRequests":-1,"windowMs":1}}}`,
 		`{"key":"__proto__","config":{}}`,
+		`{"key":"My.API","config":{"baseUrl":"https://a.example/"}}`,
+		`{"key":"a..b","config":{"baseUrl":"https://a.example/"}}`,
 		`{"key":"a","config":{"baseUrl":"https://a.example/","auth":{"type":"bot","tokenEnvVar":"MANAGEMENT_API_KEY"}}}`,
 		`{"key":"a","config":null}`,
 		`{"key":1}`,
@@ -255,7 +259,7 @@ func FuzzDecodeService(f *testing.F) {
 
 func checkAccepted(t *testing.T, key string, svc *gateway.Service) {
 	t.Helper()
-	if !gateway.ServiceKeyPattern.MatchString(key) || gateway.ReservedKeys[key] {
+	if gateway.CheckServiceKey(key) != nil || strings.Contains(key, "..") || strings.Contains(key, "/") {
 		t.Fatalf("accepted key %q", key)
 	}
 	urls := []string{svc.BaseURL.String()}
