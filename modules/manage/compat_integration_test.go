@@ -184,3 +184,69 @@ func TestServiceKeysOfTheOriginal(t *testing.T) {
 		t.Errorf("POST myapi once MyAPI is gone: %d %v", st, m)
 	}
 }
+
+// TestCopiedConfigAccepted: a service description copied from GET
+// /manage/services/{key} — ours whole, its config alone, or the
+// original's with id, description and timeout — is accepted by POST and
+// PUT through a running gateway; a truly unknown field is still a 400
+// naming it.
+func TestCopiedConfigAccepted(t *testing.T) {
+	t.Parallel()
+	rec := newHeaderRecorder(t, "X-Up-Key")
+	in := start(t, conf(""), "")
+	if st, m := api(t, in, "POST", "/manage/services", `{"key":"src","config":{"name":"Src","baseUrl":"`+rec.srv.URL+`/src/",
+		"headers":{"X-Team":"bots"},"rateLimit":{"maxRequests":9,"windowMs":60000},
+		"auth":{"type":"header","tokenEnvVar":"CUSTOM_TOKEN","headerName":"X-Up-Key"}}}`); st != 201 {
+		t.Fatalf("POST src: %d %v", st, m)
+	}
+	resp, got := testutil.Do(t, "GET", in.URL("/manage/services/src"), nil, "X-API-Key", mgmtKey)
+	if resp.StatusCode != 200 || !strings.Contains(string(got), `"source":"runtime"`) || !strings.Contains(string(got), `"tokenConfigured":true`) {
+		t.Fatalf("GET src: %d %s", resp.StatusCode, got)
+	}
+	var whole map[string]json.RawMessage
+	if err := json.Unmarshal(got, &whole); err != nil {
+		t.Fatal(err)
+	}
+
+	// Our GET answer, whole, PUT back; its config alone PUT back.
+	if st, m := api(t, in, "PUT", "/manage/services/src", string(got)); st != 200 {
+		t.Errorf("PUT the GET answer: %d %v", st, m)
+	}
+	if st, m := api(t, in, "PUT", "/manage/services/src", string(whole["config"])); st != 200 {
+		t.Errorf("PUT the GET config: %d %v", st, m)
+	}
+	// POSTed under another key.
+	copied := strings.Replace(string(got), `"key":"src"`, `"key":"copy"`, 1)
+	if st, m := api(t, in, "POST", "/manage/services", copied); st != 201 {
+		t.Fatalf("POST a copy of the GET answer: %d %v", st, m)
+	}
+	proxied(t, in, rec, "/proxy/copy/x", "/src/x")
+	_, m := api(t, in, "GET", "/manage/services/copy", "")
+	c := m["config"].(map[string]any)
+	if c["name"] != "Src" || c["rateLimit"].(map[string]any)["maxRequests"].(float64) != 9 || c["headers"].(map[string]any)["X-Team"] != "bots" {
+		t.Errorf("the copy differs: %v", c)
+	}
+
+	// The original's GET answer: config with id, description and timeout.
+	orig := `{"key":"orig","config":{"id":"svc_1718000000000","name":"Orig","baseUrl":"` + rec.srv.URL + `/orig/",
+		"description":"copied from ByteProxy 0.1","timeout":30000,"headers":{"X-Team":"bots"},
+		"rateLimit":{"maxRequests":5,"windowMs":60000},
+		"auth":{"type":"api-key","tokenEnvVar":"CUSTOM_TOKEN","headerName":"X-Up-Key","tokenConfigured":true}}}`
+	if st, m := api(t, in, "POST", "/manage/services", orig); st != 201 {
+		t.Fatalf("POST the original's GET answer: %d %v", st, m)
+	}
+	proxied(t, in, rec, "/proxy/orig/y", "/orig/y")
+	if st, m := api(t, in, "PUT", "/manage/services/orig", orig); st != 200 {
+		t.Errorf("PUT the original's GET answer: %d %v", st, m)
+	}
+
+	for body, field := range map[string]string{
+		`{"key":"bad","config":{"baseUrl":"` + rec.srv.URL + `/","bogus":true}}`:                       "bogus",
+		`{"key":"bad","config":{"baseUrl":"` + rec.srv.URL + `/","auth":{"type":"bot","secret":"x"}}}`: "secret",
+		`{"key":"bad","config":{"baseUrl":"` + rec.srv.URL + `/"},"extra":1}`:                          "extra",
+	} {
+		if st, m := api(t, in, "POST", "/manage/services", body); st != 400 || m["field"] != field {
+			t.Errorf("unknown field %s: %d %v", field, st, m)
+		}
+	}
+}
