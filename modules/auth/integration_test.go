@@ -329,6 +329,44 @@ func TestLibrarySchemes(t *testing.T) {
 	g.expect(200, "/manage/key-debug", "Authorization", "Bot "+mgmtKey)
 }
 
+// TestProxyKeyDebug: GET /proxy/key-debug exists again for holders of a
+// proxy key and says how the scopes are set up, never anything about a key
+// (the original showed the first and last four characters and the length
+// of both keys there).
+func TestProxyKeyDebug(t *testing.T) {
+	g := startGateway(t, "")
+	body := g.expect(200, "/proxy/key-debug", "Authorization", "token "+proxyKey)
+	var kd struct {
+		Message           string
+		AuthStatus        map[string]any
+		HowToAuthenticate []string
+		Troubleshooting   map[string]string
+	}
+	if err := json.Unmarshal([]byte(body), &kd); err != nil {
+		t.Fatal(err)
+	}
+	for field, want := range map[string]any{
+		"proxyAuthRequired": true, "managementAuthRequired": true,
+		"proxyKeyConfigured": true, "managementKeyConfigured": true, "queryKeyEnabled": true,
+	} {
+		if kd.AuthStatus[field] != want {
+			t.Errorf("key-debug %s = %v, want %v", field, kd.AuthStatus[field], want)
+		}
+	}
+	if kd.Message == "" || len(kd.HowToAuthenticate) != 3 || kd.Troubleshooting["invalidKey"] == "" || kd.AuthStatus["setupStatus"] == nil {
+		t.Errorf("key-debug body %s", body)
+	}
+	for _, leak := range []string{`Length"`, `Format"`, `Preview"`, `Count"`} {
+		if strings.Contains(body, leak) {
+			t.Errorf("key-debug describes keys (%s): %s", leak, body)
+		}
+	}
+	g.expect(401, "/proxy/key-debug")
+	g.expect(401, "/proxy/key-debug", "X-API-Key", mgmtKey)
+	// Not a service call: the name is reserved.
+	g.expect(200, "/proxy/key-debug?api_key="+proxyKey2)
+}
+
 // assertMetric checks a counter on the admin endpoint's /metrics.
 func assertMetric(t *testing.T, in *testutil.Instance, series string, want float64) {
 	t.Helper()

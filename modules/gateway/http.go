@@ -31,7 +31,11 @@ const (
 
 // WriteJSON writes v as the JSON body of a response with this status. Every
 // byteproxy module answers through it, so every body has the same shape
-// rules: application/json, no caching of errors.
+// rules: application/json, and on an error (any status from 400 up) no
+// caching and `X-Proxy-Error: true`, which tells a client, as the
+// original's header did, that the gateway made the answer itself rather
+// than pass on the upstream's. (Each response gets its own header values:
+// see STYLE, never one slice for two responses.)
 func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -41,11 +45,22 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	if status >= 400 {
 		h.Set("Cache-Control", "no-store")
+		h.Set("X-Proxy-Error", "true")
 	}
 	h.Del("Content-Length")
 	w.WriteHeader(status)
 	_, err = w.Write(append(body, '\n'))
 	return err
+}
+
+// WriteError is WriteJSON for an error the gateway makes about a request
+// to a known service: the answer also carries `X-Proxy-Service: <service>`
+// (none when service is ""), as a forwarded answer does.
+func WriteError(w http.ResponseWriter, status int, service string, v any) error {
+	if service != "" {
+		w.Header().Set("X-Proxy-Service", service)
+	}
+	return WriteJSON(w, status, v)
 }
 
 // ProxyPath splits "/proxy/{service}/{rest}" into the service key and the

@@ -24,6 +24,9 @@ var Presets = map[string]ServiceConfig{
 		},
 		Headers: map[string]string{
 			"User-Agent": "DiscordBot (" + ProjectURL + ", " + Version + ")",
+			// As the original sent it; a client's own Content-Type (a
+			// multipart upload's, say) wins.
+			"Content-Type": "application/json",
 		},
 		Auth:      &ServiceAuth{Type: "bot", Token: "{env.DISCORD_BOT_TOKEN}"},
 		RateLimit: &RateLimit{MaxRequests: 50, Window: caddy.Duration(time.Minute)},

@@ -2,10 +2,12 @@ package manage_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -249,4 +251,124 @@ func TestCopiedConfigAccepted(t *testing.T) {
 			t.Errorf("unknown field %s: %d %v", field, st, m)
 		}
 	}
+}
+
+// TestOriginalInformationalFields: the informational answers keep the
+// original's fields that carry no secret (issue 13.10), with one "v"
+// prefix for the version everywhere, and OPTIONS on a known endpoint
+// without Origin answers 204 with Allow.
+func TestOriginalInformationalFields(t *testing.T) {
+	t.Parallel()
+	get := func(in *testutil.Instance, path string) map[string]any {
+		t.Helper()
+		resp, raw := testutil.Do(t, "GET", in.URL(path), nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, raw)
+		}
+		return decode(t, resp, raw)
+	}
+	in := start(t, conf(""), "") // a proxy key is required
+	health := get(in, "/health")
+	version := get(in, "/version")["version"]
+	check := get(in, "/version/check")["currentVersion"]
+	welcome := get(in, "/")["version"]
+	if v, _ := health["version"].(string); !strings.HasPrefix(v, "v") || v != version || v != check || v != welcome {
+		t.Errorf("versions: /health %v, /version %v, /version/check %v, / %v", health["version"], version, check, welcome)
+	}
+	cfg := obj(health["config"])
+	if cfg["port"] != float64(in.Port) {
+		t.Errorf("/health config.port %v, want %d", cfg["port"], in.Port)
+	}
+	if l := obj(cfg["logging"]); l["enabled"] != true || l["level"] != "info" {
+		t.Errorf("/health config.logging %v", l)
+	}
+	if c := obj(cfg["cors"]); c["enabled"] != true || fmt.Sprint(c["origins"]) != "[*]" {
+		t.Errorf("/health config.cors %v", c)
+	}
+
+	status := get(in, "/status")
+	conf := obj(status["configuration"])
+	if conf["port"] != float64(in.Port) || obj(conf["logging"])["level"] != "info" || conf["baseUrlsHidden"] != true {
+		t.Errorf("/status configuration %v", conf)
+	}
+	for _, s := range list(conf["services"]) {
+		if _, shown := obj(s)["baseUrl"]; shown {
+			t.Errorf("/status shows a base URL while the proxy needs a key: %v", s)
+		}
+	}
+	if rss, _ := obj(obj(status["runtime"])["memory"])["rss"].(float64); rss <= 0 && runtime.GOOS == "linux" {
+		t.Errorf("/status runtime.memory.rss %v", rss)
+	}
+
+	// OPTIONS without Origin: 204 and Allow on every known endpoint.
+	for path, allow := range map[string]string{
+		"/": "GET, HEAD, OPTIONS", "/health": "GET, HEAD, OPTIONS", "/version/check": "GET, HEAD, OPTIONS",
+		"/docs/openapi.json": "GET, HEAD, OPTIONS",
+	} {
+		resp, raw := testutil.Do(t, "OPTIONS", in.URL(path), nil)
+		if resp.StatusCode != 204 || resp.Header.Get("Allow") != allow || len(raw) != 0 {
+			t.Errorf("OPTIONS %s: %d Allow %q %s", path, resp.StatusCode, resp.Header.Get("Allow"), raw)
+		}
+	}
+	resp, raw := testutil.Do(t, "OPTIONS", in.URL("/manage/services"), nil, "X-API-Key", mgmtKey)
+	if resp.StatusCode != 204 || resp.Header.Get("Allow") != "GET, HEAD, POST, OPTIONS" {
+		t.Errorf("OPTIONS /manage/services: %d %q %s", resp.StatusCode, resp.Header.Get("Allow"), raw)
+	}
+	if resp, raw := testutil.Do(t, "OPTIONS", in.URL("/nope"), nil); resp.StatusCode != 404 {
+		t.Errorf("OPTIONS /nope: %d %s", resp.StatusCode, raw)
+	}
+	if resp, raw := testutil.Do(t, "POST", in.URL("/"), nil); resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD, OPTIONS" || resp.Header.Get("X-Proxy-Error") != "true" {
+		t.Errorf("POST /: %d %v %s", resp.StatusCode, resp.Header, raw)
+	}
+	// A preflight (with Origin) is still CORS's.
+	resp, _ = testutil.Do(t, "OPTIONS", in.URL("/"), nil, "Origin", "https://app.example", "Access-Control-Request-Method", "GET")
+	if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Errorf("preflight: %d %v", resp.StatusCode, resp.Header)
+	}
+
+	// Without a proxy key, /proxy/services shows base URLs to anyone, and so
+	// does /status; the log level follows Caddy's.
+	open := testutil.Start(t, `{
+	log {
+		level DEBUG
+	}
+	byteproxy {
+		cors off
+		service cfgsvc {
+			base_url http://127.0.0.1:9/api/
+		}
+	}
+}
+:{{PORT}} {
+	byteproxy
+}
+`, testutil.Options{})
+	status = get(open, "/status")
+	conf = obj(status["configuration"])
+	if s := obj(first(list(conf["services"]))); s["baseUrl"] != "http://127.0.0.1:9/api/" || conf["baseUrlsHidden"] != nil {
+		t.Errorf("/status without a proxy key: %v", conf)
+	}
+	cfg = obj(get(open, "/health")["config"])
+	if obj(cfg["logging"])["level"] != "debug" || obj(cfg["cors"])["enabled"] != false {
+		t.Errorf("/health config %v", cfg)
+	}
+}
+
+// obj, list and first read decoded JSON without panicking on a missing or
+// mistyped field (the test then fails on the value instead).
+func obj(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
+}
+
+func list(v any) []any {
+	l, _ := v.([]any)
+	return l
+}
+
+func first(l []any) any {
+	if len(l) == 0 {
+		return nil
+	}
+	return l[0]
 }

@@ -429,7 +429,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, key, rest strin
 		}
 	}
 	h.logger.Debug("rate limited", zap.String("service", key), zap.String("limit", v.refused), zap.Int64("retry_after", secs))
-	return gateway.WriteJSON(w, http.StatusTooManyRequests, body)
+	return gateway.WriteError(w, http.StatusTooManyRequests, key, body)
 }
 
 // serviceLimitFor returns the state of the service's current limit,
