@@ -33,7 +33,6 @@ type forwarder struct {
 	key      string
 	keyVar   any  // the key boxed once for the request variable
 	github   bool // the GitHub preset's /org/ hint applies
-	discord  bool // Discord's token-in-path routes apply (webhooks.go)
 	base     route
 	versions map[string]*route
 	defaults []headerValue
@@ -58,7 +57,6 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		key:     s.Key,
 		keyVar:  s.Key,
 		github:  s.Config.Preset == "github",
-		discord: s.Config.Preset == "discord",
 		base:    newRoute(s.BaseURL),
 		metrics: m,
 		logger:  logger.With(zap.String("service", s.Key)),
@@ -203,12 +201,6 @@ func (f *forwarder) route(rest string) (*route, string) {
 		}
 	}
 	return &f.base, tail
-}
-
-// tail is the path below the base URL route picks for rest.
-func (f *forwarder) tail(rest string) string {
-	_, tail := f.route(rest)
-	return tail
 }
 
 // proxyWriter is the ResponseWriter a forwarded request writes to: it adds

@@ -27,7 +27,7 @@ import (
 //   - the service's default headers where the client sent none;
 //   - the service's credential, which always wins (except on Discord's
 //     routes that a token in the path authenticates, when the client sent
-//     no Authorization: see webhooks.go);
+//     no Authorization: gateway.Service.CredentialFree);
 //   - an empty User-Agent where there is none, so that Go adds none.
 //
 // Header values are shared with in and with the service: the outgoing
@@ -53,7 +53,7 @@ func (f *forwarder) outgoing(h http.Header, u *url.URL, in *http.Request, rt *ro
 			h[d.key] = d.vals
 		}
 	}
-	if !f.credentialFree(in, tail) {
+	if !f.svc.CredentialFree(in, tail) {
 		f.svc.ApplyCredential(h, u)
 	}
 	if _, ok := h["User-Agent"]; !ok {

@@ -181,7 +181,7 @@ func (f *forwarder) check(r *http.Request, rest string) (int, any) {
 	if reason := unsafePath(rest); reason != "" {
 		return http.StatusBadRequest, upstreamErrorBody{Error: "Invalid path", Message: reason, Service: f.key}
 	}
-	if f.svc.HasAuth() && !f.svc.TokenConfigured() && !f.credentialFree(r, f.tail(rest)) {
+	if f.svc.HasAuth() && !f.svc.TokenConfigured() && !f.svc.CredentialFree(r, rest[1:]) {
 		hint := "Set the token of the service's auth setting in the byteproxy configuration"
 		if f.svc.TokenEnv != "" {
 			hint = "Set the environment variable: " + f.svc.TokenEnv

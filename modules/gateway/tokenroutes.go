@@ -1,12 +1,10 @@
-package services
+package gateway
 
 import (
 	"net/http"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 // Discord authenticates some routes by a token in the path instead of the
@@ -20,21 +18,26 @@ import (
 // the bot token; a client that sent one (discordgo always does) gets the
 // bot token as on every other route.
 
-// credentialFree reports whether the request in, for the path tail below
-// the route's base URL, goes upstream without the service's credential.
-func (f *forwarder) credentialFree(in *http.Request, tail string) bool {
-	return f.discord && discordTokenRoute(tail) && !sentAuthorization(in)
+// CredentialFree reports whether the request r, for the escaped path tail
+// below the service's base URL (no leading slash; a version segment may
+// lead it or have been taken off), goes upstream without the service's
+// credential: a Discord token route on a service built from the discord
+// preset, from a client that sent no Authorization. byteproxy_services
+// asks it when it builds the outgoing request, and before refusing a
+// request whose service token is not set (such a call needs none).
+func (s *Service) CredentialFree(r *http.Request, tail string) bool {
+	return s.Config.Preset == "discord" && discordTokenRoute(tail) && !SentAuthorization(r)
 }
 
-// sentAuthorization reports whether the client's request carried an
+// SentAuthorization reports whether the client's request carried an
 // Authorization header: it still does when no byteproxy_auth ran before
-// this handler, else byteproxy_auth noted it (gateway.VarAuthorization)
-// when it removed it.
-func sentAuthorization(in *http.Request) bool {
-	if _, ok := in.Header["Authorization"]; ok {
+// the caller, else byteproxy_auth noted it (VarAuthorization) when it
+// removed it.
+func SentAuthorization(r *http.Request) bool {
+	if _, ok := r.Header["Authorization"]; ok {
 		return true
 	}
-	return caddyhttp.GetVar(in.Context(), gateway.VarAuthorization) == true
+	return caddyhttp.GetVar(r.Context(), VarAuthorization) == true
 }
 
 // discordTokenRoute reports whether the escaped path tail (below the
