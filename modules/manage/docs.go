@@ -7,7 +7,10 @@ import (
 	"embed"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -91,6 +94,30 @@ func serveSpec(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("ETag", d.specTag)
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(d.spec))
+}
+
+// operationMethods are the methods an OpenAPI path item may hold, in the
+// order the endpoint list shows them.
+var operationMethods = []string{"get", "post", "put", "patch", "delete", "head", "options", "trace"}
+
+// documentedOperations lists every operation of an OpenAPI document as
+// "METHOD path", by path, then in operationMethods order.
+func documentedOperations(spec []byte) []string {
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(spec, &doc); err != nil {
+		panic(err) // embedded at build time and checked by the tests
+	}
+	var ops []string
+	for _, path := range slices.Sorted(maps.Keys(doc.Paths)) {
+		for _, m := range operationMethods {
+			if _, ok := doc.Paths[path][m]; ok {
+				ops = append(ops, strings.ToUpper(m)+" "+path)
+			}
+		}
+	}
+	return ops
 }
 
 func newNonce() string {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"sync"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -18,17 +19,11 @@ import (
 // not from the last config reload.
 var processStart = time.Now()
 
-// availableEndpoints is listed in every 404.
-var availableEndpoints = []string{
-	"GET /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
-	"GET /auth-status", "GET /docs", "GET /docs/openapi.json",
-	"GET /proxy/services", "GET /proxy/services/{service}/rate-limit", "GET /proxy/auth-test",
-	"GET /proxy/auth-debug", "GET /proxy/key-debug",
-	"ANY /proxy/{service}/{path}",
-	"GET /manage/services", "POST /manage/services", "GET /manage/services/{key}",
-	"PUT /manage/services/{key}", "DELETE /manage/services/{key}",
-	"POST /manage/services/{key}/test", "GET /manage/diagnostics", "GET /manage/key-debug",
-}
+// availableEndpoints is listed in every 404: every operation of the
+// OpenAPI document (docs/openapi.json), so the list, the document and the
+// routes the gateway serves cannot drift apart (docs_test.go checks the
+// last two agree).
+var availableEndpoints = sync.OnceValue(func() []string { return documentedOperations(loadDocs().spec) })
 
 // serveInfo answers the informational endpoints and the JSON 404.
 func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
@@ -86,7 +81,7 @@ func notFound(w http.ResponseWriter, r *http.Request) error {
 		"message":            "The endpoint '" + shortPath(r.URL.Path) + "' does not exist",
 		"suggestion":         "Proxy calls look like /proxy/{service}/{path}; GET /docs describes the API",
 		"documentation":      "/docs",
-		"availableEndpoints": availableEndpoints,
+		"availableEndpoints": availableEndpoints(),
 	})
 }
 
