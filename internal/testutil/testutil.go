@@ -174,11 +174,21 @@ func (in *Instance) render(caddyfile string) string {
 }
 
 // addAdmin puts "admin {{ADMIN}}" in the global options block, creating
-// the block if the Caddyfile has none.
+// the block if the Caddyfile has none. Comment lines before the block (the
+// examples start with some) are kept in front of it.
 func addAdmin(c string) string {
-	trim := strings.TrimLeft(c, " \t\n")
-	if strings.HasPrefix(trim, "{") {
-		return "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(trim, "{")
+	rest := c
+	for {
+		trim := strings.TrimLeft(rest, " \t\r\n")
+		if !strings.HasPrefix(trim, "#") {
+			rest = trim
+			break
+		}
+		_, rest, _ = strings.Cut(trim, "\n")
+	}
+	head := c[:len(c)-len(rest)]
+	if strings.HasPrefix(rest, "{") {
+		return head + "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(rest, "{")
 	}
 	return "{\n\tadmin {{ADMIN}}\n}\n" + c
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,26 +75,44 @@ func serveReady(w http.ResponseWriter) error {
 	return gateway.WriteJSON(w, status, body)
 }
 
-// notFound is the JSON 404 of every unknown path, whatever the method.
+// notFound is the JSON 404 of every unknown path, whatever the method. Its
+// paths are the client's: under the mount prefix (see gateway.MountPrefix).
 func notFound(w http.ResponseWriter, r *http.Request) error {
+	prefix := gateway.MountPrefix(r)
 	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{
 		"error":              "Endpoint not found",
-		"message":            "The endpoint '" + shortPath(r.URL.Path) + "' does not exist",
-		"suggestion":         "Proxy calls look like /proxy/{service}/{path}; GET /docs describes the API",
-		"documentation":      "/docs",
-		"availableEndpoints": availableEndpoints(),
+		"message":            "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist",
+		"suggestion":         "Proxy calls look like " + prefix + "/proxy/{service}/{path}; GET " + prefix + "/docs describes the API",
+		"documentation":      prefix + "/docs",
+		"availableEndpoints": endpointsUnder(prefix),
 	})
 }
 
-func (h *Handler) welcome(*http.Request) (int, any) {
+// endpointsUnder is availableEndpoints with each path under prefix.
+func endpointsUnder(prefix string) []string {
+	all := availableEndpoints()
+	if prefix == "" {
+		return all
+	}
+	out := make([]string, len(all))
+	for i, op := range all {
+		method, path, _ := strings.Cut(op, " ")
+		out[i] = method + " " + prefix + path
+	}
+	return out
+}
+
+// welcome links the other informational endpoints, under the mount prefix.
+func (h *Handler) welcome(r *http.Request) (int, any) {
+	prefix := gateway.MountPrefix(r)
 	return http.StatusOK, map[string]any{
 		"message":       "Welcome to ByteProxy, an API gateway for Discord, GitHub and any HTTP API",
 		"source":        gateway.ProjectURL,
-		"documentation": "/docs",
-		"status":        "/status",
-		"health":        "/health",
+		"documentation": prefix + "/docs",
+		"status":        prefix + "/status",
+		"health":        prefix + "/health",
 		"version":       "v" + gateway.Version,
-		"checkUpdates":  "/version/check",
+		"checkUpdates":  prefix + "/version/check",
 	}
 }
 

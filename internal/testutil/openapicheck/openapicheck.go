@@ -70,10 +70,11 @@ func init() {
 	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
 }
 
-// Load parses and validates a document (with {{VERSION}} still in it, as
-// it is stored) and makes its object schemas strict.
+// Load parses and validates a document (with {{VERSION}} and {{BASE}}
+// still in it, as it is stored) and makes its object schemas strict.
 func Load(data []byte) (*Checker, error) {
 	data = bytes.Replace(data, []byte("{{VERSION}}"), []byte(gateway.Version), 1)
+	data = bytes.Replace(data, []byte("{{BASE}}"), nil, 1) // the gateway at the site's root
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(data)
 	if err != nil {
