@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 
 	"github.com/byteproxy/byteproxy/internal/testutil/openapicheck"
@@ -15,6 +17,12 @@ import (
 // AnswersChecked counts the answers checked against the OpenAPI document
 // in this test process.
 var AnswersChecked atomic.Int64
+
+// EnvAnswersLog names a file to which each checked answer is appended as
+// "METHOD path STATUS" (the documented path), to see which operations and
+// statuses the tests reach: BYTEPROXY_TEST_ANSWERS_LOG=/tmp/answers.log
+// go test ./...
+const EnvAnswersLog = "BYTEPROXY_TEST_ANSWERS_LOG"
 
 // maxReports bounds the failures reported per instance; the count of the
 // rest is given.
@@ -54,13 +62,16 @@ func (in *Instance) checkAnswers() {
 		in.t.Errorf("OpenAPI check: %v", err)
 		return
 	}
-	failed := 0
+	var log strings.Builder
+	checked, failed := 0, 0
 	for i := range answers {
 		a := &answers[i]
 		if a.ClientGone {
 			continue // the client may have received nothing
 		}
 		AnswersChecked.Add(1)
+		checked++
+		fmt.Fprintf(&log, "%s %d\n", checker.Operation(a), a.Status)
 		if err := checker.Check(a); err != nil {
 			failed++
 			if failed <= maxReports {
@@ -71,5 +82,11 @@ func (in *Instance) checkAnswers() {
 	if failed > maxReports {
 		in.t.Errorf("... and %d more answers disagree with the OpenAPI document", failed-maxReports)
 	}
-	in.t.Logf("openapi: %d answers checked, %d disagree", len(answers), failed)
+	in.t.Logf("openapi: %d answers checked, %d disagree", checked, failed)
+	if name := os.Getenv(EnvAnswersLog); name != "" {
+		if f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+			_, _ = f.WriteString(log.String())
+			f.Close()
+		}
+	}
 }

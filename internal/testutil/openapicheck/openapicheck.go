@@ -216,6 +216,16 @@ func (c *Checker) Check(a *record.Answer) error {
 	return nil
 }
 
+// Operation names the documented operation an answer belongs to, as
+// "METHOD path", or "METHOD (undocumented)".
+func (c *Checker) Operation(a *record.Answer) string {
+	tmpl, _ := c.match(a)
+	if tmpl == "" || c.doc.Paths.Value(tmpl).GetOperation(a.Method) == nil {
+		return a.Method + " (undocumented)"
+	}
+	return a.Method + " " + tmpl
+}
+
 const proxyTemplate = "/proxy/{service}/{path}"
 
 // upstreamAnswer tells a forwarded answer (the upstream's, with the
