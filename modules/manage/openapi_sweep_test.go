@@ -47,9 +47,15 @@ func TestOpenAPISweep(t *testing.T) {
 	answers = append(answers, sweepUnderPressure(t, up)...)
 	answers = append(answers, sweepKeylessAndThrottled(t, up)...)
 
+	// The answers the gateways made themselves; an upstream's status says
+	// nothing about the document (its headers were checked, as the 200's).
 	made := map[string]bool{}
 	for i := range answers {
-		made[fmt.Sprintf("%s %d", checker.Operation(&answers[i]), answers[i].Status)] = true
+		a := &answers[i]
+		if checker.Forwarded(a) {
+			a.Status = http.StatusOK
+		}
+		made[fmt.Sprintf("%s %d", checker.Operation(a), a.Status)] = true
 	}
 	for _, op := range checker.Operations() {
 		method, path, _ := strings.Cut(op, " ")

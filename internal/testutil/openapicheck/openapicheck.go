@@ -228,6 +228,13 @@ func (c *Checker) Operation(a *record.Answer) string {
 
 const proxyTemplate = "/proxy/{service}/{path}"
 
+// Forwarded reports an answer of the upstream that the proxy passed on
+// (only the gateway's headers on it are the gateway's).
+func (c *Checker) Forwarded(a *record.Answer) bool {
+	tmpl, _ := c.match(a)
+	return tmpl == proxyTemplate && upstreamAnswer(a)
+}
+
 // upstreamAnswer tells a forwarded answer (the upstream's, with the
 // gateway's X-Proxy-Duration) from one the gateway made (X-Proxy-Error).
 func upstreamAnswer(a *record.Answer) bool {

@@ -87,3 +87,52 @@ func TestCheckerAccepts(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCheck measures one check of a typical error answer: the cost the
+// harness adds per recorded answer.
+func BenchmarkCheck(b *testing.B) {
+	c, err := Default()
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := record.Answer{Handler: "byteproxy", Method: "GET", Path: "/proxy/nope/x", RawPath: "/proxy/nope/x", Status: 404,
+		Header: jsonHeader("X-Proxy-Error", "true"), Body: []byte(errorBody)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.Check(&a); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The IETF rate-limit headers are checked with the draft's syntax, not one
+// policy name: a limit added later (with a partition key) passes, a
+// malformed value does not.
+func TestRateLimitHeaders(t *testing.T) {
+	c, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := func(policy, state string) *record.Answer {
+		return &record.Answer{Handler: "byteproxy", Method: "GET", Path: "/proxy/svc/x", RawPath: "/proxy/svc/x", Status: 200,
+			Header: http.Header{"X-Proxy-Duration": {"1ms"}, "X-Proxy-Service": {"svc"}, "Ratelimit-Policy": {policy}, "Ratelimit": {state}}}
+	}
+	for _, ok := range [][2]string{
+		{`"service";q=100;w=60`, `"service";r=42;t=17`},
+		{`"service";q=100;w=60, "client";q=600;w=60`, `"service";r=42;t=17, "client";r=599;t=1`},
+		{`"upstream";q=5000;w=3600;pk=:a2V5OjE=:`, `"upstream";r=4998;t=3601;pk=:a2V5OjE=:`},
+	} {
+		if err := c.Check(answer(ok[0], ok[1])); err != nil {
+			t.Errorf("%q / %q: %v", ok[0], ok[1], err)
+		}
+	}
+	for _, bad := range [][2]string{
+		{`service;q=100;w=60`, `"service";r=1;t=1`},
+		{`"service";q=100;w=60`, `"service"`},
+		{`"service";q=100;w=60`, `"service";r=-1;t=1`},
+	} {
+		if err := c.Check(answer(bad[0], bad[1])); err == nil {
+			t.Errorf("%q / %q accepted", bad[0], bad[1])
+		}
+	}
+}
