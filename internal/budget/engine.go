@@ -91,6 +91,9 @@ type Config struct {
 	IdleAfter time.Duration
 	// Logger receives a warning per ban-guard trip and rejected credential.
 	Logger *zap.Logger
+	// OnBanTrip, if set, is called once per ban-guard trip (for a metric);
+	// it must not block.
+	OnBanTrip func()
 }
 
 // DiscordConfig is Discord's: 5s wait budget, the global limit of 50 per
@@ -290,6 +293,9 @@ func (e *Engine) Done(t *Ticket, status int, h http.Header) {
 	st, err := e.store.Settle(context.Background(), t.plan, t.grant, o, now)
 	if err == nil && st.Tripped {
 		e.stats.banTrips.Add(1)
+		if e.cfg.OnBanTrip != nil {
+			e.cfg.OnBanTrip()
+		}
 		e.log.Warn("upstream budget: ban guard tripped; the credential is paused",
 			zap.String("credential", t.plan.Cred), zap.Int("invalid_responses", st.Invalid),
 			zap.Duration("window", e.cfg.BanWindow), zap.Time("until", st.Until))
