@@ -141,7 +141,14 @@ type Request struct {
 	// Wait, when HasWait, is the client's wait preference (Prefer: wait).
 	Wait    time.Duration
 	HasWait bool
+	// Hold, if set, is told when the request is about to be held (and
+	// not otherwise), before it queues: a forwarder that must notice the
+	// client leaving while it waits may read a small body then.
+	Hold Holder
 }
+
+// Holder is told that a request is about to be held.
+type Holder interface{ Holding() }
 
 // Ticket is a reservation: pass it to Done (or Cancel) exactly once.
 type Ticket struct {
@@ -264,6 +271,9 @@ func (e *Engine) Reserve(ctx context.Context, req Request) (Ticket, error) {
 			return Ticket{}, e.refuse(g, now, 0, false)
 		}
 		first = g
+	}
+	if req.Hold != nil {
+		req.Hold.Holding()
 	}
 	return e.wait(ctx, l, p, req, first, now)
 }

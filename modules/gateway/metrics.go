@@ -272,7 +272,7 @@ var sharedMetrics = sync.OnceValue(newMetricSet)
 func newMetricsIn(reg prometheus.Registerer, set *metricSet, app *App) (*Metrics, error) {
 	cs := set.collectors()
 	if app != nil {
-		cs = append(cs, serviceGauge(app, "config"), serviceGauge(app, "runtime"))
+		cs = append(cs, serviceGauge(app, "config"), serviceGauge(app, "runtime"), budgetWaiting{app})
 	}
 	if reg != nil {
 		for _, c := range cs {
@@ -308,6 +308,33 @@ func serviceGauge(app *App, source string) prometheus.Collector {
 		}
 		return float64(n)
 	})
+}
+
+// budgetWaiting reports, at scrape time, the requests each service's
+// upstream budget holds now.
+type budgetWaiting struct{ app *App }
+
+var budgetWaitingDesc = prometheus.NewDesc("byteproxy_budget_waiting",
+	"Requests the upstream budget holds now, by service.", []string{"service"}, nil)
+
+func (budgetWaiting) Describe(ch chan<- *prometheus.Desc) { ch <- budgetWaitingDesc }
+
+func (c budgetWaiting) Collect(ch chan<- prometheus.Metric) {
+	p := c.app.services.Load()
+	if p == nil {
+		return
+	}
+	n := 0
+	for _, key := range SortedKeys(*p) {
+		b := (*p)[key].Budget()
+		if b == nil {
+			continue
+		}
+		if n++; n > maxServiceLabels {
+			return
+		}
+		ch <- prometheus.MustNewConstMetric(budgetWaitingDesc, prometheus.GaugeValue, float64(b.Engine.Waiting(b.Credential)), key)
+	}
 }
 
 // metricSet holds the collectors and the per-label children cached for the

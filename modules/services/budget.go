@@ -1,8 +1,10 @@
 package services
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -32,7 +34,7 @@ const budgetPolicy = "upstream"
 // has gone).
 func (f *forwarder) reserve(pw *proxyWriter, r *http.Request, rest string, b *gateway.Budget) bool {
 	consumer := consumerOf(r)
-	req := budget.Request{Credential: b.Credential, Method: r.Method, Path: rest, Consumer: consumer}
+	req := budget.Request{Credential: b.Credential, Method: r.Method, Path: rest, Consumer: consumer, Hold: pw}
 	req.Wait, req.HasWait = budget.PreferWait(r.Header)
 	if req.HasWait && req.Wait <= b.MaxWait {
 		// RFC 7240: the client's wait is the one that bounds the hold.
@@ -62,6 +64,43 @@ func (f *forwarder) reserve(pw *proxyWriter, r *http.Request, rest string, b *ga
 	pw.gwRateLimit, pw.gwPolicy = len(h["Ratelimit"]), len(h["Ratelimit-Policy"])
 	return true
 }
+
+// maxHeldBody is the largest request body read before a request is held.
+const maxHeldBody = 64 << 10
+
+// Holding is called when the budget is about to hold the request. Go's
+// HTTP/1 server notices a client that disconnects (and cancels the
+// request's context, which frees its place in the queue) only once the
+// request body has been read: a body of known length up to maxHeldBody
+// (a Discord message, a GitHub comment) is read now, so that abandoning
+// such a request while it is held is noticed. Larger bodies stream when
+// the request is sent, as always; an abandoned one is noticed then.
+func (w *proxyWriter) Holding() {
+	r := w.r
+	if r.ContentLength <= 0 || r.ContentLength > maxHeldBody {
+		return
+	}
+	buf := make([]byte, r.ContentLength)
+	n, err := io.ReadFull(r.Body, buf)
+	var rest io.Reader = bytes.NewReader(buf[:n])
+	if err != nil {
+		// Sent as far as it came, then failing as the client's body did.
+		rest = io.MultiReader(rest, errReader{err})
+	}
+	r.Body = heldBody{rest, r.Body}
+}
+
+// heldBody is a request body read while the request was held.
+type heldBody struct {
+	io.Reader
+	orig io.ReadCloser
+}
+
+func (b heldBody) Close() error { return b.orig.Close() }
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // settle gives the upstream's answer to the budget (status and headers:
 // the response head, copied into the client's response by either path),
