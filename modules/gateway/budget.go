@@ -201,6 +201,7 @@ const (
 	maxBudgetWindow = time.Hour
 	maxBudgetLock   = 24 * time.Hour
 	maxBudgetCount  = 1_000_000_000
+	maxGlobalLimit  = 100_000 // the engine keeps a time per request in the window
 	maxBudgetQueue  = 1_000_000
 	maxBudgetWeight = 1000
 	maxWeights      = 10_000
@@ -256,8 +257,8 @@ func (l *UpstreamLimits) apply(c *budget.Config, preset string) error {
 		if preset != "discord" {
 			return budgetErr("globalLimit", "applies to services built from the discord preset only")
 		}
-		if l.GlobalLimit < 0 || l.GlobalLimit > maxBudgetCount {
-			return budgetErr("globalLimit", "must be between 1 and %d, got %d", maxBudgetCount, l.GlobalLimit)
+		if l.GlobalLimit < 0 || l.GlobalLimit > maxGlobalLimit {
+			return budgetErr("globalLimit", "must be between 1 and %d, got %d", maxGlobalLimit, l.GlobalLimit)
 		}
 		if l.GlobalLimit > 0 {
 			c.GlobalLimit = l.GlobalLimit

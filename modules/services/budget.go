@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -278,11 +278,13 @@ func consumerOf(r *http.Request) string {
 	if ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ip != "" {
 		return ip
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+	// The host of "ip:port" or "[ip]:port", without net.SplitHostPort's
+	// allocation when there is no port.
+	addr := r.RemoteAddr
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 && !strings.HasSuffix(addr[:i], ":") {
+		addr = addr[:i]
 	}
-	return host
+	return strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
 }
 
 // upstreamLimitScope classifies an upstream answer that refused a request
