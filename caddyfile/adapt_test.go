@@ -76,7 +76,9 @@ func TestAdaptErrors(t *testing.T) {
 	}{
 		{"unknown option", "{\n byteproxy {\n  bogus 1\n }\n}\n:80 {\n byteproxy\n}", "unrecognized byteproxy option 'bogus'", 3},
 		{"unknown preset", "{\n byteproxy {\n  service x nope\n }\n}", "unknown preset 'nope'", 3},
-		{"bad key", "{\n byteproxy {\n  service Bad_Key {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'Bad_Key'", 3},
+		{"bad key", "{\n byteproxy {\n  service a..b {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'a..b'", 3},
+		{"bad key character", "{\n byteproxy {\n  service a/b {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'a/b'", 3},
+		{"reserved key in capitals", "{\n byteproxy {\n  service Services {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'Services'", 3},
 		{"reserved key", "{\n byteproxy {\n  service services {\n   base_url https://x/\n  }\n }\n}", "invalid service key 'services'", 0},
 		{"no base url", "{\n byteproxy {\n  service x {\n   name X\n  }\n }\n}", "service 'x' needs a base_url", 0},
 		{"duplicate service", "{\n byteproxy {\n  service github\n  service github\n }\n}", "service 'github' is defined twice", 4},

@@ -305,8 +305,8 @@ func parseService(d *caddyfile.Dispenser, app *gateway.App) error {
 		return d.ArgErr()
 	}
 	key := d.Val()
-	if !gateway.ServiceKeyPattern.MatchString(key) || gateway.ReservedKeys[key] {
-		return d.Errf("invalid service key '%s': want lowercase letters, digits, '-' or '_', not a reserved name", key)
+	if err := gateway.CheckServiceKey(key); err != nil {
+		return d.Errf("invalid service key '%s': want letters, digits, '-', '_' or '.' (at most 63, starting with a letter or digit, no '..'), not a reserved name", key)
 	}
 	cfg := new(gateway.ServiceConfig)
 	if _, ok := gateway.Presets[key]; ok {
@@ -562,26 +562,29 @@ func countOrOff(d *caddyfile.Dispenser, least int) (*int, error) {
 	return &n, nil
 }
 
-// auth bot|bearer|basic <token> | auth header|query <name> <token>
+// auth bot|bearer|basic <token> | auth header|api-key|query <name> <token>
+//
+// api-key is the original ByteProxy's name for header; it adapts to
+// "header".
 func parseServiceAuth(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) error {
 	args := d.RemainingArgs()
 	if len(args) == 0 {
 		return d.ArgErr()
 	}
-	a := &gateway.ServiceAuth{Type: args[0]}
+	a := &gateway.ServiceAuth{Type: gateway.CanonicalAuthType(args[0])}
 	switch a.Type {
 	case "bot", "bearer", "basic":
 		if len(args) != 2 {
-			return d.Errf("auth %s takes one token argument", a.Type)
+			return d.Errf("auth %s takes one token argument", args[0])
 		}
 		a.Token = args[1]
 	case "header", "query":
 		if len(args) != 3 {
-			return d.Errf("auth %s takes a name and a token", a.Type)
+			return d.Errf("auth %s takes a name and a token", args[0])
 		}
 		a.Name, a.Token = args[1], args[2]
 	default:
-		return d.Errf("unknown auth type '%s' (want bot, bearer, basic, header or query)", a.Type)
+		return d.Errf("unknown auth type '%s' (want bot, bearer, basic, header (or api-key) or query)", args[0])
 	}
 	cfg.Auth = a
 	return nil

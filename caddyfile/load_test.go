@@ -48,6 +48,11 @@ func TestLoadErrors(t *testing.T) {
 			want:      []string{`byteproxy > service custom-api > header: invalid header name "Bad Name"`},
 		},
 		{
+			name:      "keys that differ only in letter case",
+			caddyfile: "{\n byteproxy {\n  service MyAPI {\n   base_url https://api.example.com/\n  }\n  service myapi {\n   base_url https://api.example.com/\n  }\n }\n}" + site,
+			want:      []string{`the keys "MyAPI" and "myapi" differ only in letter case`},
+		},
+		{
 			name:      "required key that resolved empty",
 			caddyfile: "{\n byteproxy {\n  auth proxy {\n   key {env.BYTEPROXY_TEST_UNSET}\n   required true\n  }\n }\n}" + site,
 			want:      []string{"byteproxy > auth proxy"},

@@ -54,8 +54,9 @@ type bucket struct {
 }
 
 // check says whether one more request fits now, rolling the window over
-// when its end has passed.
-func (b *bucket) check(now time.Time, slack time.Duration) (ok bool, until time.Time, scope Scope) {
+// when its end has passed. With share > 1 only 1/share of the limit is
+// this store's (at least one request per window; see Rules.Share).
+func (b *bucket) check(now time.Time, slack time.Duration, share int) (ok bool, until time.Time, scope Scope) {
 	if now.Before(b.lockUntil) {
 		return false, b.lockUntil, b.lockScope
 	}
@@ -67,7 +68,11 @@ func (b *bucket) check(now time.Time, slack time.Duration) (ok bool, until time.
 		}
 		b.rollover(now, slack)
 	}
-	room := b.limit - b.used - b.inflight
+	limit := b.limit
+	if share > 1 && limit > 0 {
+		limit = max(limit/int64(share), 1)
+	}
+	room := limit - b.used - b.inflight
 	if b.limit <= 0 || (b.reset.IsZero() && room <= 0) {
 		// Nothing known yet, or exhausted with no known end: one request at
 		// a time until an answer tells more.

@@ -15,7 +15,11 @@ import (
 // waits on before sending; Reserve+Done is the whole per-request cost.
 
 func benchEngine(b *testing.B, cfg Config, path string, h http.Header) (*Engine, Request) {
-	e := New(cfg, NewMemStore())
+	return benchEngineOn(b, NewMemStore(), cfg, path, h)
+}
+
+func benchEngineOn(b *testing.B, store Store, cfg Config, path string, h http.Header) (*Engine, Request) {
+	e := New(cfg, store)
 	req := Request{Credential: "cred-bench", Method: "GET", Path: path, Consumer: "key-1"}
 	// Teach the engine the route (a probe and its answer).
 	t, err := e.Reserve(context.Background(), req)
@@ -108,6 +112,42 @@ func BenchmarkReserveDoneParallel(b *testing.B) {
 					e.Done(&t, 200, c.h)
 				}
 			})
+		})
+	}
+}
+
+// The same decisions on the cluster store: one round trip to Redis (one
+// Lua script) for Reserve and one for Done or Cancel, next to the
+// in-memory ones above. Needs BYTEPROXY_TEST_REDIS (loopback Redis).
+
+func BenchmarkRedisReserveCancel(b *testing.B) {
+	benchRedis(b, func(e *Engine, t *Ticket, _ http.Header) { e.Cancel(t) })
+}
+
+func BenchmarkRedisReserveDone(b *testing.B) {
+	benchRedis(b, func(e *Engine, t *Ticket, h http.Header) { e.Done(t, 200, h) })
+}
+
+func benchRedis(b *testing.B, settle func(*Engine, *Ticket, http.Header)) {
+	url := benchRedisURL(b)
+	for name, c := range benchCases(b) {
+		b.Run(name, func(b *testing.B) {
+			s := testPatientStore(b, url, testPrefix(), nil)
+			e, req := benchEngineOn(b, s, c.cfg, c.path, c.h)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				t, err := e.Reserve(ctx, req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				settle(e, &t, c.h)
+			}
+			b.StopTimer()
+			if st := s.Stats(); !st.Up || st.Local != 0 {
+				b.Fatalf("decided in memory: %+v", st)
+			}
 		})
 	}
 }

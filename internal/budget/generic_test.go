@@ -109,7 +109,7 @@ func TestGenericFamilies(t *testing.T) {
 			up := startLimited(t, tt.family, 6, time.Second)
 			cfg := GenericConfig()
 			cfg.Family, cfg.ResetEpoch = tt.family, tt.epoch
-			burst(t, newForwarder(New(cfg, NewMemStore()), up.url, "cred", ""), 12)
+			burst(t, newForwarder(New(cfg, testStore(t)), up.url, "cred", ""), 12)
 			if received, tooMany := up.stats(); received != 12 || tooMany != 0 {
 				t.Fatalf("received %d, answered %d 429s", received, tooMany)
 			}
@@ -129,7 +129,7 @@ func TestGenericFamilies(t *testing.T) {
 func TestGenericRetryAfter(t *testing.T) {
 	up := startLimited(t, FamilyNone, 100, time.Second)
 	up.retryNext = "1"
-	f := newForwarder(New(GenericConfig(), NewMemStore()), up.url, "cred", "")
+	f := newForwarder(New(GenericConfig(), testStore(t)), up.url, "cred", "")
 	ctx := context.Background()
 	if r := f.do(ctx, "a", "GET", "/x", -1); r.status != 503 {
 		t.Fatalf("first: %d", r.status)

@@ -38,7 +38,7 @@ func TestGitHubDrainCoreBudget(t *testing.T) {
 	sim := startGitHub(t, func(c *githubsim.Config) {
 		c.Resources = map[string]githubsim.Resource{"core": {Limit: 100, Window: time.Hour}}
 	})
-	e := New(GitHubConfig(), NewMemStore())
+	e := New(GitHubConfig(), testStore(t))
 	f := githubForwarder(e, sim)
 	var mu sync.Mutex
 	var refusals []*Refusal
@@ -89,7 +89,7 @@ func TestGitHubDrainCoreBudget(t *testing.T) {
 // that may wait is sent after.
 func TestGitHubSecondaryLimitLocks(t *testing.T) {
 	sim := startGitHub(t, nil)
-	e := New(GitHubConfig(), NewMemStore())
+	e := New(GitHubConfig(), testStore(t))
 	f := githubForwarder(e, sim)
 	ctx := context.Background()
 	sim.ForceSecondary(ghToken, 2*time.Second)
@@ -137,7 +137,7 @@ func TestGitHubMutationsSpaced(t *testing.T) {
 	t.Run("budget", func(t *testing.T) {
 		cfg := GitHubConfig()
 		cfg.MutationSpacing = 150 * time.Millisecond
-		st := run(t, New(cfg, NewMemStore()))
+		st := run(t, New(cfg, testStore(t)))
 		if st.ByStatus[201] != 12 || st.SecondaryTripped != 0 || st.MinMutationGap < 150*time.Millisecond {
 			t.Fatalf("created %d, secondary limit tripped %d times, least gap %v", st.ByStatus[201], st.SecondaryTripped, st.MinMutationGap)
 		}
@@ -157,7 +157,7 @@ func TestGitHubConditionalRequestsSpendNothing(t *testing.T) {
 	sim := startGitHub(t, func(c *githubsim.Config) {
 		c.Resources = map[string]githubsim.Resource{"core": {Limit: 5, Window: time.Hour}}
 	})
-	e := New(GitHubConfig(), NewMemStore())
+	e := New(GitHubConfig(), testStore(t))
 	f := githubForwarder(e, sim)
 	ctx := context.Background()
 	first := f.do(ctx, "a", "GET", "/repos/octo/app", -1)
@@ -200,7 +200,7 @@ func TestGitHubConditionalRequestsSpendNothing(t *testing.T) {
 // TestGitHubLearnsResource: a route whose responses name another resource
 // than its path suggests spends from that resource afterwards.
 func TestGitHubLearnsResource(t *testing.T) {
-	e := New(GitHubConfig(), NewMemStore())
+	e := New(GitHubConfig(), testStore(t))
 	req := Request{Credential: "c", Method: "POST", Path: "/repos/o/r/import", Consumer: "a"}
 	if p := e.plan(req, time.Now()); p.Route != "core" {
 		t.Fatalf("guess %q", p.Route)

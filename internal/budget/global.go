@@ -48,9 +48,14 @@ func (g *globalWindow) settle(now time.Time, sent bool, limit int) {
 	if g.out > 0 {
 		g.out--
 	}
-	if !sent || limit <= 0 {
-		return
+	if sent && limit > 0 {
+		g.record(now, limit)
 	}
+}
+
+// record counts an answer received at now (a request that was not
+// reserved here: see MemStore.observe).
+func (g *globalWindow) record(now time.Time, limit int) {
 	if len(g.done) != limit {
 		g.resize(limit)
 	}

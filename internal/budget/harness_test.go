@@ -23,6 +23,8 @@ type forwarder struct {
 	auth   string // the Authorization the gateway adds
 	// onGrant, when set, is told each consumer granted, in grant order.
 	onGrant func(consumer string)
+	// onAnswer, when set, is told every upstream response.
+	onAnswer func(method, path string, status int)
 }
 
 // result is what the client of the gateway sees.
@@ -87,6 +89,9 @@ func (f *forwarder) do(ctx context.Context, consumer, method, path string, wait 
 	}
 	if f.engine != nil {
 		f.engine.Done(&t, resp.StatusCode, resp.Header)
+	}
+	if f.onAnswer != nil {
+		f.onAnswer(method, path, resp.StatusCode)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()

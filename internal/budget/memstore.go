@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +19,11 @@ type MemStore struct {
 	mu    sync.RWMutex
 	creds map[string]*memCred
 	swept time.Time
+	// quiet (unix ns, 0 none) is when this store took over from a cluster
+	// store (RedisStore's fallback): what the other instances sent just
+	// before is unknown, so global and mutating requests wait one global
+	// window (one mutation spacing) from then.
+	quiet atomic.Int64
 }
 
 // NewMemStore returns an empty store.
@@ -111,6 +117,11 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 	if now.Before(c.lockUntil) {
 		return Grant{Until: c.lockUntil, Scope: c.lockScope, Key: "cred"}, nil
 	}
+	if q := s.quiet.Load(); q != 0 && (p.Global || p.Serial) {
+		if g, ok := quietRefusal(p, time.Unix(0, q), now); !ok {
+			return g, nil
+		}
+	}
 	if p.Global {
 		if now.Before(c.globalUntil) {
 			return Grant{Until: c.globalUntil, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, nil
@@ -138,7 +149,7 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 	if p.Route != "" {
 		b, g.Probe = c.planned(p, now)
 		if b != nil {
-			if ok, until, scope := b.check(now, r.ResetSlack); !ok {
+			if ok, until, scope := b.check(now, r.ResetSlack, r.Share); !ok {
 				return Grant{Until: until, Scope: scope, Key: b.key, Name: b.name, Limit: b.limit}, nil
 			}
 		}
@@ -148,7 +159,7 @@ func (s *MemStore) Take(_ context.Context, p Plan, now time.Time) (Grant, error)
 			return Grant{Scope: ScopeBucket, Key: "probe"}, nil
 		}
 		for _, w := range c.wide {
-			if ok, until, scope := w.check(now, r.ResetSlack); !ok {
+			if ok, until, scope := w.check(now, r.ResetSlack, r.Share); !ok {
 				return Grant{Until: until, Scope: scope, Key: w.key, Name: w.name, Limit: w.limit}, nil
 			}
 		}
@@ -354,6 +365,62 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 		return Settled{}, nil
 	}
 
+	told := c.answered(p, o, now)
+	var reserved *bucket
+	if g.Bucket != "" {
+		if reserved = c.reserved(p, g); reserved != nil {
+			reserved.release(g.Gen, !o.Unlimited && !described(told[:o.N], reserved), now, r.ResetSlack)
+		}
+	}
+	if p.Wide {
+		c.settleWide(g, told[:o.N], true, now, r.ResetSlack)
+		if g.Probe {
+			c.wideProbe--
+			c.wideKnown = c.wideKnown || o.Status > 0
+		}
+	}
+	return c.apply(p, o, told[0], reserved, now), nil
+}
+
+// observe applies what the answer to a request reserved elsewhere said
+// (RedisStore keeps its fallback warm this way, and hands it the answers
+// to requests Redis granted that come in during an outage): routes,
+// windows, locks and invalid responses, the answer against the global
+// limit and the mutation spacing; no reservation is released.
+func (s *MemStore) observe(p Plan, o Outcome, now time.Time) Settled {
+	if o.Status == StatusNotSent {
+		return Settled{}
+	}
+	c := s.cred(p.Cred, now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.touched = now
+	r := p.Rules
+	if p.Global && r.GlobalLimit > 0 {
+		c.global.record(now, r.GlobalLimit)
+	}
+	if p.Serial && r.MutationSpacing > 0 {
+		if next := now.Add(r.MutationSpacing); next.After(c.serialNext) {
+			c.serialNext = next
+		}
+	}
+	told := c.answered(p, o, now)
+	if p.Wide && o.Status > 0 {
+		c.wideKnown = true
+	}
+	var planned *bucket
+	if p.Route != "" && told[0] == nil && o.LockBucket > 0 {
+		if b, probe := c.planned(p, now); !probe {
+			planned = b
+		}
+	}
+	return c.apply(p, o, told[0], planned, now)
+}
+
+// answered learns the route's bucket from an answer and applies the
+// windows it described; it returns their buckets, in the answer's order.
+func (c *memCred) answered(p Plan, o Outcome, now time.Time) [maxFacts]*bucket {
+	r := p.Rules
 	if !p.Direct && p.Route != "" {
 		switch {
 		case o.N > 0 && o.Facts[0].Name != "":
@@ -362,8 +429,6 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 			c.learn(p.Route, "", r.MaxRoutes, now)
 		}
 	}
-	// What the answer said, then the reservation: a bucket the answer did
-	// not describe counts the request as used.
 	var told [maxFacts]*bucket
 	for i := 0; i < o.N; i++ {
 		f := &o.Facts[i]
@@ -376,22 +441,17 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 			told[i].observe(f, now, r.ResetSlack)
 		}
 	}
-	if g.Bucket != "" {
-		if b := c.reserved(p, g); b != nil {
-			b.release(g.Gen, !o.Unlimited && !described(told[:o.N], b), now, r.ResetSlack)
-		}
-	}
-	if p.Wide {
-		c.settleWide(g, told[:o.N], true, now, r.ResetSlack)
-		if g.Probe {
-			c.wideProbe--
-			c.wideKnown = c.wideKnown || o.Status > 0
-		}
-	}
+	return told
+}
+
+// apply applies an answer's locks and counts an invalid response. first
+// is the first bucket the answer described, else fallback (the bucket
+// reserved from) takes a bucket lock.
+func (c *memCred) apply(p Plan, o Outcome, first, fallback *bucket, now time.Time) Settled {
+	r := p.Rules
 	if o.LockBucket > 0 {
-		first := told[0]
-		if first == nil && g.Bucket != "" {
-			first = c.reserved(p, g)
+		if first == nil {
+			first = fallback
 		}
 		if first != nil {
 			first.lock(now.Add(o.LockBucket+r.ResetSlack), o.BucketScope)
@@ -417,7 +477,54 @@ func (s *MemStore) Settle(_ context.Context, p Plan, g Grant, o Outcome, now tim
 			st.Until = c.invalid.until(r.BanThreshold)
 		}
 	}
-	return st, nil
+	return st
+}
+
+// quietRefusal refuses a global or mutating request during the quiet
+// that follows a fallback's start at q (see MemStore.quiet).
+func quietRefusal(p Plan, q, now time.Time) (Grant, bool) {
+	r := p.Rules
+	if p.Global && r.GlobalLimit > 0 {
+		if until := q.Add(r.GlobalWindow + r.GlobalSlack); now.Before(until) {
+			return Grant{Until: until, Scope: ScopeGlobal, Key: "global", Limit: int64(r.GlobalLimit)}, false
+		}
+	}
+	if p.Serial && r.MutationSpacing > 0 {
+		if until := q.Add(r.MutationSpacing); now.Before(until) {
+			return Grant{Until: until, Scope: ScopeSerial, Key: "serial"}, false
+		}
+	}
+	return Grant{}, true
+}
+
+// fellBack prepares the store to decide alone after a cluster store lost
+// its shared state at now: the windows it mirrored that end within quiet
+// are taken as spent (the other instances may have used what was left,
+// and requests of theirs may still be on the way), and global and
+// mutating requests wait (see quiet). Longer windows keep what the
+// upstream last reported and are shared by Rules.Share.
+func (s *MemStore) fellBack(now time.Time, quiet time.Duration) {
+	s.quiet.Store(now.UnixNano())
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	end := now.Add(quiet)
+	spend := func(b *bucket) {
+		if b.limit > 0 && b.reset.After(now) && !b.reset.After(end) {
+			b.used = max(b.used, b.limit)
+		}
+	}
+	for _, c := range s.creds {
+		c.mu.Lock()
+		for _, majors := range c.buckets {
+			for _, b := range majors {
+				spend(b)
+			}
+		}
+		for _, w := range c.wide {
+			spend(w)
+		}
+		c.mu.Unlock()
+	}
 }
 
 // sweep forgets the credential's idle buckets.

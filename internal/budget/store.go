@@ -49,6 +49,10 @@ type Rules struct {
 	IdleAfter time.Duration
 	// MaxRoutes is the most learned routes per credential.
 	MaxRoutes int
+	// Share divides every bucket's limit (at least 1 request per window
+	// is left): a cluster instance deciding on its own during a Redis
+	// outage takes 1/Share of each window. 0 or 1: the whole limit.
+	Share int
 }
 
 // Plan is what one request is subject to.
@@ -89,6 +93,9 @@ type Grant struct {
 	Global bool   // counted against the global limit
 	Serial bool   // holds the credential's mutation slot
 	Flight bool   // counted against MaxInFlight
+	// Lease is the store's name for the reservation: RedisStore's lease id
+	// (> 0), or its fallback's (< 0); 0 in MemStore.
+	Lease int64
 
 	// The most restrictive limit of the request after this reservation
 	// (Limit 0: none known), for the share reported to the consumer, or,

@@ -96,17 +96,17 @@ func TestBucketOutOfOrderAnswers(t *testing.T) {
 	fact := func(remaining int64) *Fact {
 		return &Fact{Name: "h", Limit: 5, Remaining: remaining, Window: 1_000_500, ResetAfter: 500 * time.Millisecond}
 	}
-	if ok, _, _ := b.check(now, 0); !ok {
+	if ok, _, _ := b.check(now, 0, 0); !ok {
 		t.Fatal("an unknown bucket refuses its first request")
 	}
 	b.take(now)
-	if ok, until, scope := b.check(now, 0); ok || !until.IsZero() || scope != ScopeBucket {
+	if ok, until, scope := b.check(now, 0, 0); ok || !until.IsZero() || scope != ScopeBucket {
 		t.Fatalf("a second request while the probe is out: ok %v until %v scope %v", ok, until, scope)
 	}
 	b.release(b.gen, false, now, 0)
 	b.observe(fact(4), now, 0)
 	for range 3 {
-		if ok, _, _ := b.check(now, 0); !ok {
+		if ok, _, _ := b.check(now, 0, 0); !ok {
 			t.Fatal("refused with room")
 		}
 		b.take(now)
@@ -133,11 +133,11 @@ func TestBucketRollover(t *testing.T) {
 	b.observe(&Fact{Name: "h", Limit: 5, Remaining: 2, Window: 1_000_500, ResetAfter: 500 * time.Millisecond}, now, 10*time.Millisecond)
 	b.take(now)
 	b.take(now)
-	if ok, until, _ := b.check(now, 10*time.Millisecond); ok || !until.Equal(now.Add(510*time.Millisecond)) {
+	if ok, until, _ := b.check(now, 10*time.Millisecond, 0); ok || !until.Equal(now.Add(510*time.Millisecond)) {
 		t.Fatalf("exhausted bucket: ok %v until %v", ok, until)
 	}
 	later := now.Add(510 * time.Millisecond)
-	if ok, _, _ := b.check(later, 10*time.Millisecond); !ok {
+	if ok, _, _ := b.check(later, 10*time.Millisecond, 0); !ok {
 		t.Fatal("refused after the reset")
 	}
 	if room := b.room(); room != 3 {
@@ -178,7 +178,7 @@ func TestBucketUnansweredWindow(t *testing.T) {
 	at := func(ms int) time.Time { return time.Unix(1000, 0).Add(time.Duration(ms) * time.Millisecond) }
 	b := &bucket{}
 	b.observe(&Fact{Name: "h", Limit: 2, Remaining: 0, Window: 1_000_500, ResetAfter: 500 * time.Millisecond}, at(0), 0)
-	if ok, _, _ := b.check(at(500), 0); !ok {
+	if ok, _, _ := b.check(at(500), 0, 0); !ok {
 		t.Fatal("refused after the reset")
 	}
 	b.take(at(500))
@@ -186,7 +186,7 @@ func TestBucketUnansweredWindow(t *testing.T) {
 	gen := b.gen
 	// The rolled window is assumed to end at 1000, but both requests are
 	// still out (say the upstream is slow): it does not roll again.
-	if ok, until, _ := b.check(at(1100), 0); ok || !until.IsZero() {
+	if ok, until, _ := b.check(at(1100), 0, 0); ok || !until.IsZero() {
 		t.Fatalf("rolled again with its requests out: ok %v until %v", ok, until)
 	}
 	b.release(gen, true, at(1200), 0) // answered without rate-limit headers
@@ -194,10 +194,10 @@ func TestBucketUnansweredWindow(t *testing.T) {
 	if !b.reset.Equal(at(1800)) || b.used != 2 {
 		t.Fatalf("reset %v used %d, want a window after the last answer and both counted", b.reset, b.used)
 	}
-	if ok, _, _ := b.check(at(1799), 0); ok {
+	if ok, _, _ := b.check(at(1799), 0, 0); ok {
 		t.Fatal("sent before the end of the window the answers may have opened")
 	}
-	if ok, _, _ := b.check(at(1800), 0); !ok {
+	if ok, _, _ := b.check(at(1800), 0, 0); !ok {
 		t.Fatal("refused after it")
 	}
 }

@@ -25,9 +25,11 @@ func init() {
 // app (`auth <scope> { key ...; required ... }` and `query_key`), so every
 // handler of a scope agrees on them.
 //
-// A key is accepted in `Authorization: Bearer <key>`, `X-API-Key: <key>` or
-// (with query_key on) `?api_key=<key>`; if any presented credential is a key
-// of the scope, the request passes. The credential is removed from the
+// A key is accepted in `Authorization: <scheme> <key>` with the scheme
+// Bearer, Bot or token (any letter case, one or more spaces: what client
+// libraries send when the proxy key is given to them as their token),
+// `X-API-Key: <key>` or (with query_key on) `?api_key=<key>`; if any
+// presented credential is a key of the scope, the request passes. The credential is removed from the
 // request before it goes on, and the non-secret id of the key used is set
 // as the request variable `byteproxy.client` (placeholder
 // `{http.vars.byteproxy.client}`) and as the access-log field `client`.
@@ -139,11 +141,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// A wrong key is refused even where none is required: the client
 		// meant to authenticate, and ignoring a bad key hides a mistake.
 		// (A required scope without keys cannot be provisioned; should one
-		// appear anyway, it fails closed here.)
-		if c.any() && h.failures != nil {
+		// appear anyway, it fails closed here.) An Authorization header
+		// the gateway cannot read a key from is no key: it is refused only
+		// where a key is required, and then counts as a wrong one.
+		if c.presented() && h.failures != nil {
 			h.failures.fail(time.Now(), clientAddr(r))
 		}
-		return h.unauthorized(w, r, c.any())
+		return h.unauthorized(w, r, c)
 	case h.Scope == gateway.ScopeManagement:
 		// Without a key (none configured, or none required and none sent),
 		// management is for the machine itself only, and only for programs
@@ -164,7 +168,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // Each presented credential is compared with every key.
 func (h *Handler) check(c credentials) int {
 	idx := -1
-	for _, v := range [...]string{c.bearer, c.header, c.query} {
+	for _, v := range [...]string{c.authz, c.header, c.query} {
 		if v == "" {
 			continue
 		}

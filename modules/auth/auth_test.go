@@ -88,12 +88,19 @@ func TestReadCredentials(t *testing.T) {
 		want     credentials
 	}{
 		{"none", nil, "", true, credentials{}},
-		{"bearer", map[string]string{"Authorization": "Bearer " + proxyKey}, "", true, credentials{bearer: proxyKey}},
-		{"lowercase bearer", map[string]string{"Authorization": "bearer " + proxyKey}, "", true, credentials{}},
-		{"BEARER", map[string]string{"Authorization": "BEARER " + proxyKey}, "", true, credentials{}},
-		{"raw key", map[string]string{"Authorization": proxyKey}, "", true, credentials{}},
-		{"basic", map[string]string{"Authorization": "Basic " + proxyKey}, "", true, credentials{}},
-		{"bearer two spaces", map[string]string{"Authorization": "Bearer  " + proxyKey}, "", true, credentials{bearer: " " + proxyKey}},
+		{"bearer", map[string]string{"Authorization": "Bearer " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "Bearer"}},
+		{"lowercase bearer", map[string]string{"Authorization": "bearer " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "Bearer"}},
+		{"BEARER", map[string]string{"Authorization": "BEARER " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "Bearer"}},
+		{"bot", map[string]string{"Authorization": "Bot " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "Bot"}},
+		{"token", map[string]string{"Authorization": "token " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "token"}},
+		{"Token", map[string]string{"Authorization": "Token " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "token"}},
+		{"bearer two spaces", map[string]string{"Authorization": "Bearer  " + proxyKey}, "", true, credentials{authz: proxyKey, scheme: "Bearer"}},
+		{"bearer tab", map[string]string{"Authorization": "Bearer \t" + proxyKey}, "", true, credentials{authz: "\t" + proxyKey, scheme: "Bearer"}},
+		{"kelvin sign", map[string]string{"Authorization": "to\u212aen " + proxyKey}, "", true, credentials{badAuthz: "The Authorization scheme is not one the gateway accepts (Bearer, Bot or token)."}},
+		{"raw key", map[string]string{"Authorization": proxyKey}, "", true, credentials{badAuthz: "The Authorization header has no scheme: send 'Authorization: Bearer <key>'."}},
+		{"basic", map[string]string{"Authorization": "Basic " + proxyKey}, "", true, credentials{badAuthz: "Basic authentication is not accepted: send the key as 'Authorization: Bearer <key>' or in X-API-Key."}},
+		{"scheme only", map[string]string{"Authorization": "Bearer "}, "", true, credentials{badAuthz: "The Authorization header names a scheme but holds no key."}},
+		{"empty", map[string]string{"Authorization": ""}, "", true, credentials{badAuthz: "The Authorization header is empty."}},
 		{"x-api-key", map[string]string{"x-api-key": proxyKey}, "", true, credentials{header: proxyKey}},
 		{"query", nil, "a=1&api_key=" + proxyKey + "&b=2", true, credentials{query: proxyKey}},
 		{"query encoded name", nil, "api%5Fkey=" + proxyKey, true, credentials{query: proxyKey}},
@@ -104,7 +111,7 @@ func TestReadCredentials(t *testing.T) {
 		{"query after semicolon", nil, "x=1;api_key=" + proxyKey, true, credentials{query: proxyKey}},
 		{"query encoded after semicolon", nil, "x=1&y=2;%61pi_key=" + proxyKey, true, credentials{query: proxyKey}},
 		{"similar names", nil, "xapi_key=" + proxyKey + "&api_keys=" + proxyKey + "&API_KEY=" + proxyKey + "&apikey=" + proxyKey + "&api_key[]=" + proxyKey, true, credentials{}},
-		{"all three", map[string]string{"Authorization": "Bearer a", "X-API-Key": "b"}, "api_key=c", true, credentials{bearer: "a", header: "b", query: "c"}},
+		{"all three", map[string]string{"Authorization": "Bearer a", "X-API-Key": "b"}, "api_key=c", true, credentials{authz: "a", scheme: "Bearer", header: "b", query: "c"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

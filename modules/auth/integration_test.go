@@ -127,9 +127,16 @@ func config(rec *recorder, rotate bool, extra string) string {
 
 func startGateway(t *testing.T, extra string) *gw {
 	t.Helper()
+	return startGatewayWith(t, func(*recorder) string { return extra })
+}
+
+// startGatewayWith is startGateway with settings that name the recording
+// upstream (a service in front of it, say).
+func startGatewayWith(t *testing.T, extra func(*recorder) string, env ...string) *gw {
+	t.Helper()
 	rec := newRecorder(t)
 	g := &gw{t: t, upstream: rec}
-	g.in = testutil.Start(t, config(rec, false, extra), testutil.Options{Env: keyEnv})
+	g.in = testutil.Start(t, config(rec, false, extra(rec)), testutil.Options{Env: append(env, keyEnv...)})
 	t.Cleanup(g.scan)
 	return g
 }
@@ -242,6 +249,124 @@ func TestTransports(t *testing.T) {
 	assertMetric(t, g.in, `byteproxy_auth_failures_total{scope="proxy"}`, 3)
 }
 
+// TestLibrarySchemes: client libraries send the token they are given as
+// `Authorization: <scheme> <token>` — octokit and PyGithub `token K`,
+// discord.js and discordgo `Bot K`, others `Bearer K` — so the proxy key
+// given to them as their token opens the gateway under each scheme, in any
+// letter case and with any number of spaces, and the service's own
+// credential replaces it upstream. A 401 after any credential says it was
+// wrong, never that none was sent.
+func TestLibrarySchemes(t *testing.T) {
+	const svcToken = "svc-token-QxWvUtSrPo"
+	g := startGatewayWith(t, func(rec *recorder) string {
+		return fmt.Sprintf("auth_failures off\n\t\tservice rec {\n\t\t\tbase_url http://127.0.0.1:%d/svc/\n\t\t\tauth bearer {env.BP_TEST_SVC_TOKEN}\n\t\t}", rec.port())
+	}, "BP_TEST_SVC_TOKEN="+svcToken)
+	k := proxyKey
+	for _, authz := range []string{
+		"Bearer " + k, "bearer " + k, "BEARER " + k, "Bearer   " + k,
+		"Bot " + k, "bot " + k, "BOT  " + k,
+		"token " + k, "Token " + k, "TOKEN " + k,
+	} {
+		body := g.expect(200, "/proxy/auth-test", "Authorization", authz)
+		if !strings.Contains(body, `"Authentication successful"`) {
+			t.Errorf("%q: %s", strings.Fields(authz)[0], body)
+		}
+		resp, body := g.do(http.MethodGet, "/proxy/rec/user?x=1", "Authorization", authz)
+		up := g.upstream.take()
+		if resp.StatusCode != 200 || up == nil {
+			t.Fatalf("%q through the service: %d %s", strings.Fields(authz)[0], resp.StatusCode, body)
+		}
+		if got := up.Header.Values("Authorization"); len(got) != 1 || got[0] != "Bearer "+svcToken || up.URL.Path != "/svc/user" {
+			t.Errorf("%q: upstream got path %q and %d Authorization values (want the service's)", strings.Fields(authz)[0], up.URL.Path, len(got))
+		}
+		var dump strings.Builder
+		_ = up.Write(&dump)
+		assertNoKeyMaterial(t, "upstream request", dump.String(), proxyKey, proxyKey2, mgmtKey)
+	}
+	body := g.expect(200, "/proxy/auth-debug", "Authorization", "bot "+k)
+	if !strings.Contains(body, `"authorizationScheme":"Bot"`) || !strings.Contains(body, `"bearer":"provided"`) {
+		t.Errorf("auth-debug: %s", body)
+	}
+
+	// Anything presented and refused is "wrong", with the reason for an
+	// Authorization header the gateway could not read a key from.
+	for _, c := range []struct {
+		headers []string
+		query   string
+		detail  string
+	}{
+		{[]string{"Authorization", "Bot wrong-key"}, "", ""},
+		{[]string{"Authorization", "token " + k + "x"}, "", ""},
+		{[]string{"X-API-Key", "wrong-key"}, "", ""},
+		{nil, "?api_key=wrong-key", ""},
+		{[]string{"Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte("u:"+k))}, "", "Basic authentication is not accepted"},
+		{[]string{"Authorization", k}, "", "has no scheme"},
+		{[]string{"Authorization", "Digest " + k}, "", "not one the gateway accepts"},
+		{[]string{"Authorization", "Bearer"}, "", "has no scheme"},
+		{[]string{"Authorization", "Basic x", "X-API-Key", "wrong"}, "", "Basic authentication"},
+	} {
+		resp, body := g.do(http.MethodGet, "/proxy/rec/user"+c.query, c.headers...)
+		var m struct{ Message, Detail string }
+		_ = json.Unmarshal([]byte(body), &m)
+		if resp.StatusCode != 401 || m.Message != "Authentication failed. Invalid API key for proxy routes." {
+			t.Errorf("%v query=%v: %d %s", redactArgs(c.headers), c.query != "", resp.StatusCode, body)
+		}
+		if c.detail == "" && m.Detail != "" || !strings.Contains(m.Detail, c.detail) {
+			t.Errorf("%v: detail %q, want %q", redactArgs(c.headers), m.Detail, c.detail)
+		}
+		if g.upstream.take() != nil {
+			t.Errorf("%v: a refused request reached the upstream", redactArgs(c.headers))
+		}
+	}
+	body = g.expect(401, "/proxy/rec/user")
+	if !strings.Contains(body, "No authentication provided") || strings.Contains(body, `"detail"`) {
+		t.Errorf("nothing sent: %s", body)
+	}
+	// The management key under a library scheme does not open /proxy/*,
+	// and the proxy key under one does not open /manage/*.
+	g.expect(401, "/proxy/auth-test", "Authorization", "Bot "+mgmtKey)
+	g.expect(401, "/manage/key-debug", "Authorization", "token "+k)
+	g.expect(200, "/manage/key-debug", "Authorization", "Bot "+mgmtKey)
+}
+
+// TestProxyKeyDebug: GET /proxy/key-debug exists again for holders of a
+// proxy key and says how the scopes are set up, never anything about a key
+// (the original showed the first and last four characters and the length
+// of both keys there).
+func TestProxyKeyDebug(t *testing.T) {
+	g := startGateway(t, "")
+	body := g.expect(200, "/proxy/key-debug", "Authorization", "token "+proxyKey)
+	var kd struct {
+		Message           string
+		AuthStatus        map[string]any
+		HowToAuthenticate []string
+		Troubleshooting   map[string]string
+	}
+	if err := json.Unmarshal([]byte(body), &kd); err != nil {
+		t.Fatal(err)
+	}
+	for field, want := range map[string]any{
+		"proxyAuthRequired": true, "managementAuthRequired": true,
+		"proxyKeyConfigured": true, "managementKeyConfigured": true, "queryKeyEnabled": true,
+	} {
+		if kd.AuthStatus[field] != want {
+			t.Errorf("key-debug %s = %v, want %v", field, kd.AuthStatus[field], want)
+		}
+	}
+	if kd.Message == "" || len(kd.HowToAuthenticate) != 3 || kd.Troubleshooting["invalidKey"] == "" || kd.AuthStatus["setupStatus"] == nil {
+		t.Errorf("key-debug body %s", body)
+	}
+	for _, leak := range []string{`Length"`, `Format"`, `Preview"`, `Count"`} {
+		if strings.Contains(body, leak) {
+			t.Errorf("key-debug describes keys (%s): %s", leak, body)
+		}
+	}
+	g.expect(401, "/proxy/key-debug")
+	g.expect(401, "/proxy/key-debug", "X-API-Key", mgmtKey)
+	// Not a service call: the name is reserved.
+	g.expect(200, "/proxy/key-debug?api_key="+proxyKey2)
+}
+
 // assertMetric checks a counter on the admin endpoint's /metrics.
 func assertMetric(t *testing.T, in *testutil.Instance, series string, want float64) {
 	t.Helper()
@@ -270,18 +395,20 @@ func TestNearMissKeys(t *testing.T) {
 		{"Authorization", "Bearer " + k[1:]},                              // suffix
 		{"Authorization", "Bearer " + k[:12]},                             // short prefix
 		{"Authorization", "Bearer " + strings.ToUpper(k)},                 // case
-		{"Authorization", "Bearer " + strings.ToLower(k)},                 // case
-		{"Authorization", "Bearer  " + k},                                 // extra space
+		{"Authorization", "Bot " + strings.ToLower(k)},                    // case
+		{"Authorization", "Bearer:" + k},                                  // no space
+		{"Authorization", "Bearer\t" + k},                                 // tab instead of space
+		{"Authorization", "Bearerx " + k},                                 // near scheme
+		{"Authorization", "Digest " + k},                                  // other scheme
+		{"Authorization", "Bots " + k},                                    // other scheme
+		{"Authorization", "to\u212aen " + k},                              // Kelvin sign k
 		{"Authorization", "Bearer \t" + k},                                // leading tab
 		{"Authorization", "Bearer " + k + "x"},                            // extra byte
 		{"Authorization", "Bearer " + k + " " + k},                        // twice
-		{"Authorization", "bearer " + k},                                  // lowercase scheme
-		{"Authorization", "BEARER " + k},                                  // uppercase scheme
 		{"Authorization", k},                                              // raw key
 		{"Authorization", "Basic " + k},                                   // Basic carrying the key
 		{"Authorization", basic("user:" + k)},                             // Basic password
 		{"Authorization", basic(k + ":")},                                 // Basic user
-		{"Authorization", "Token " + k},                                   // other scheme
 		{"X-API-Key", k[:len(k)-1]},                                       // prefix
 		{"X-API-Key", k[1:]},                                              // suffix
 		{"X-API-Key", strings.ToUpper(k)},                                 // case

@@ -13,9 +13,10 @@ import (
 // Endpoints the auth handler answers itself once a request is
 // authenticated for its scope.
 const (
-	pathAuthTest  = "/proxy/auth-test"
-	pathAuthDebug = "/proxy/auth-debug"
-	pathKeyDebug  = "/manage/key-debug"
+	pathAuthTest      = "/proxy/auth-test"
+	pathAuthDebug     = "/proxy/auth-debug"
+	pathProxyKeyDebug = "/proxy/key-debug"
+	pathKeyDebug      = "/manage/key-debug"
 )
 
 // isoMillis is JavaScript's Date.toISOString, as the original wrote
@@ -24,9 +25,14 @@ const isoMillis = "2006-01-02T15:04:05.000Z07:00"
 
 // unauthorized answers 401. Neither the body nor the log line says anything
 // about the presented or the configured keys: not a part, not a length.
-func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) error {
+//
+// A request that presented anything (a key in any transport, or an
+// Authorization header without a readable key) is told its credential was
+// wrong, and for an unreadable Authorization header why (detail), without
+// the header's value.
+func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, c credentials) error {
 	msg, reason := "No authentication provided. API key required for "+h.Scope+" routes.", "missing"
-	if presented {
+	if c.presented() {
 		msg, reason = "Authentication failed. Invalid API key for "+h.Scope+" routes.", "invalid"
 	}
 	if h.metrics != nil {
@@ -34,11 +40,15 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented
 	}
 	h.logFailure(r, reason)
 	w.Header().Set("WWW-Authenticate", `Bearer realm="byteproxy"`)
-	_ = gateway.WriteJSON(w, http.StatusUnauthorized, map[string]any{
+	body := map[string]any{
 		"error":             "Unauthorized",
 		"message":           msg,
 		"howToAuthenticate": howToAuthenticate(h.Scope, h.queryKey),
-	})
+	}
+	if c.badAuthz != "" {
+		body["detail"] = c.badAuthz
+	}
+	_ = gateway.WriteJSON(w, http.StatusUnauthorized, body)
 	// A write error means the client left. It is not returned: Caddy would
 	// log it with the request as it arrived, X-API-Key included.
 	return nil
@@ -100,7 +110,10 @@ func howToAuthenticate(scope string, queryKey bool) []string {
 	if !queryKey {
 		q = "Query parameter ?api_key= is disabled on this gateway (query_key off)"
 	}
-	return []string{"Authorization: Bearer " + ph, "X-API-Key: " + ph, q}
+	return []string{
+		"Authorization: Bearer " + ph + " (also 'Bot " + ph + "' or 'token " + ph + "', as client libraries send their token)",
+		"X-API-Key: " + ph, q,
+	}
 }
 
 // serveEndpoint answers the auth endpoints of this handler's scope and
@@ -116,11 +129,16 @@ func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c creden
 	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathAuthDebug:
 		body = success()
 		body["authMethod"] = map[string]string{
-			"bearer":     provided(c.bearer),
+			"bearer":     provided(c.authz),
 			"xApiKey":    provided(c.header),
 			"queryParam": provided(c.query),
 		}
-		body["help"] = "Any one of the methods above is enough. The key is removed from the request before it is forwarded to a service."
+		if c.scheme != "" {
+			body["authorizationScheme"] = c.scheme
+		}
+		body["help"] = "Any one of the methods above is enough; 'bearer' is the Authorization header under any accepted scheme (Bearer, Bot or token). The key is removed from the request before it is forwarded to a service."
+	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathProxyKeyDebug:
+		body = proxyKeyDebug(h.app)
 	case h.Scope == gateway.ScopeManagement && r.URL.Path == pathKeyDebug:
 		body = keyDebug(h.app)
 	default:
@@ -171,6 +189,39 @@ func keyDebug(app *gateway.App) map[string]any {
 			"keys":     "Keys are set in the byteproxy global option: auth proxy { key {env.PROXY_API_KEY} } and auth management { key {env.MANAGEMENT_API_KEY} }. Repeat key for rotation.",
 			"required": "A scope that is required with no key set stops the configuration from loading.",
 			"proxy":    "The proxy key opens /proxy/* only; the management key opens /manage/* only.",
+		},
+	}
+}
+
+// proxyKeyDebug is /proxy/key-debug, the original's key check for holders
+// of a proxy key: whether each scope requires a key and has one, how to
+// send it, and what to do when it is refused. Like keyDebug it says
+// nothing about any key (the original showed the first and last four
+// characters and the length of both keys here); unlike keyDebug it does
+// not count the management keys.
+func proxyKeyDebug(app *gateway.App) map[string]any {
+	cfg := configOf(app)
+	queryKey := app != nil && app.QueryKeyOn()
+	return map[string]any{
+		"message": "Proxy API key configuration",
+		"note":    "Keys are never shown, not even in part or by length.",
+		"authStatus": map[string]any{
+			"proxyAuthRequired":       cfg.ProxyAuthRequired,
+			"managementAuthRequired":  cfg.ManagementAuthRequired,
+			"proxyKeyConfigured":      cfg.ProxyKeyConfigured,
+			"managementKeyConfigured": cfg.ManagementKeyConfigured,
+			"queryKeyEnabled":         queryKey,
+			"setupStatus": map[string]string{
+				"proxy":      setupStatus(app, gateway.ScopeProxy),
+				"management": setupStatus(app, gateway.ScopeManagement),
+			},
+		},
+		"howToAuthenticate": howToAuthenticate(gateway.ScopeProxy, queryKey),
+		"troubleshooting": map[string]string{
+			"noKeyProvided": "Send the proxy key in one of the ways above. Client libraries send their token as 'Authorization: Bearer|Bot|token <token>': give them the proxy key as their token.",
+			"invalidKey":    "The key did not match any proxy key. The management key does not open /proxy/*. Check for a stray space or newline in the key.",
+			"envSetup":      "Proxy keys are set in the byteproxy global option: auth proxy { key {env.PROXY_API_KEY} }; repeat key for rotation, then reload.",
+			"envExample":    "PROXY_API_KEY=$(openssl rand -hex 32)",
 		},
 	}
 }

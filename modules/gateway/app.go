@@ -208,6 +208,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return serviceConfigError(key, c, err)
 		}
+		if other := caseClash(a.configServices, key); other != "" {
+			return fmt.Errorf("services: the keys %q and %q differ only in letter case; rename one", min(key, other), max(key, other))
+		}
 		if svc.HasAuth() && !svc.TokenConfigured() {
 			a.logger.Warn("service credential is not set; its requests will answer 401",
 				zap.String("service", key), zap.String("env", svc.TokenEnv))

@@ -1,8 +1,12 @@
 package gateway
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -80,17 +84,41 @@ func (p *pooledStore) Destruct() error {
 }
 
 // budgetStore names the store this config's budgets keep their state in
-// and says how to open it: the one place that chooses it.
-//
-// It is the process's in-memory store. When the Redis store of
-// internal/budget is available, it is chosen here when the app's redis is
-// set (key "budget-store|redis|" + the resolved URL, its constructor
-// returning a *pooledStore whose close closes the client); everything
-// else (engines, reloads, cleanup) follows from the key.
+// and says how to open it: the one place that chooses it. With the app's
+// redis set, the Redis store of internal/budget (every instance sharing
+// that Redis decides against the same state; during an outage each
+// decides in memory with its share, and carries back what it saw);
+// otherwise the process's in-memory store. Everything else (engines,
+// reloads, cleanup) follows from the key.
 func (a *App) budgetStore() (key string, open func() (caddy.Destructor, error)) {
+	if url := strings.TrimSpace(caddy.NewReplacer().ReplaceAll(a.Redis, "")); url != "" {
+		log := a.logger
+		if log == nil {
+			log = zap.NewNop()
+		}
+		// The URL may hold a password: the key holds a hash of it.
+		sum := sha256.Sum256([]byte(url))
+		return "budget-store|redis|" + hex.EncodeToString(sum[:8]), func() (caddy.Destructor, error) {
+			s, err := budget.NewRedisStoreURL(url, budget.RedisOptions{Logger: log.Named("budget")})
+			if err != nil {
+				return nil, fmt.Errorf("redis: %v", redactURLError(err))
+			}
+			return &pooledStore{Store: s, close: s.Close}, nil
+		}
+	}
 	return "budget-store|memory", func() (caddy.Destructor, error) {
 		return &pooledStore{Store: budget.NewMemStore()}, nil
 	}
+}
+
+// redactURLError keeps a URL parse error from quoting the URL (and a
+// password in it).
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("not a valid URL: %v", ue.Err)
+	}
+	return err
 }
 
 // appBudgets is the app's share of the pool: its store, acquired with

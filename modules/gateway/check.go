@@ -47,7 +47,7 @@ func (s *Service) LocalRefusal(r *http.Request, rest string) (status int, body a
 	if reason := UnsafePath(rest); reason != "" {
 		return http.StatusBadRequest, invalidPathBody{Error: "Invalid path", Message: reason, Service: s.Key}
 	}
-	if s.HasAuth() && !s.TokenConfigured() {
+	if s.HasAuth() && !s.TokenConfigured() && !s.CredentialFree(r, rest[1:]) {
 		hint := "Set the token of the service's auth setting in the byteproxy configuration"
 		if s.TokenEnv != "" {
 			hint = "Set the environment variable: " + s.TokenEnv

@@ -67,7 +67,8 @@ type ServiceAuth struct {
 	// One of: "bot" (Authorization: Bot <token>), "bearer"
 	// (Authorization: Bearer <token>), "basic" (Authorization: Basic
 	// base64(<token>), the token being "user:password"), "header" (the
-	// header named by name carries the token), "query" (the query parameter
+	// header named by name carries the token; "api-key", the original
+	// ByteProxy's name, is accepted for it), "query" (the query parameter
 	// named by name carries the token).
 	Type string `json:"type,omitempty"`
 

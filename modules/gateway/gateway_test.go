@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path"
 	"strings"
 	"testing"
 	"time"
@@ -273,8 +274,15 @@ func TestBuildServiceValidation(t *testing.T) {
 		cfg   ServiceConfig
 		field string
 	}{
-		{"bad key", "Bad", ServiceConfig{BaseURL: ok}, "key"},
+		{"bad key", "Bad/key", ServiceConfig{BaseURL: ok}, "key"},
+		{"dot key", ".", ServiceConfig{BaseURL: ok}, "key"},
+		{"dot dot key", "..", ServiceConfig{BaseURL: ok}, "key"},
+		{"key with dot dot", "a..b", ServiceConfig{BaseURL: ok}, "key"},
+		{"key starting with a dot", ".a", ServiceConfig{BaseURL: ok}, "key"},
+		{"long key", strings.Repeat("A", 64), ServiceConfig{BaseURL: ok}, "key"},
 		{"reserved key", "services", ServiceConfig{BaseURL: ok}, "key"},
+		{"reserved key in capitals", "Services", ServiceConfig{BaseURL: ok}, "key"},
+		{"reserved key mixed", "Auth-Test", ServiceConfig{BaseURL: ok}, "key"},
 		{"no url", "x", ServiceConfig{}, "baseUrl"},
 		{"relative url", "x", ServiceConfig{BaseURL: "/api"}, "baseUrl"},
 		{"ftp url", "x", ServiceConfig{BaseURL: "ftp://x/"}, "baseUrl"},
@@ -296,6 +304,40 @@ func TestBuildServiceValidation(t *testing.T) {
 				t.Fatalf("got %v, want a FieldError on %q", err, c.field)
 			}
 		})
+	}
+}
+
+// TestServiceKeys: the original's keys (either letter case, '.', '_',
+// '-') are accepted; nothing that could climb out of the storage prefix or
+// shadow one of the gateway's endpoints is.
+func TestServiceKeys(t *testing.T) {
+	t.Parallel()
+	for _, key := range []string{"MyAPI", "my.api", "v1.2-beta_3", "A", "9", strings.Repeat("a", 63), "a.", "servicesX", "Github"} {
+		if err := CheckServiceKey(key); err != nil {
+			t.Errorf("%q refused: %v", key, err)
+		}
+		if _, err := BuildService(key, ServiceConfig{BaseURL: "https://api.example/"}, "runtime", BuildOptions{}); err != nil {
+			t.Errorf("%q: %v", key, err)
+		}
+		if p := storageKey(key); path.Dir(p) != storagePrefix {
+			t.Errorf("%q is stored at %q, outside %s", key, p, storagePrefix)
+		}
+		if got, ok := recordKey(storageKey(key)); !ok || got != key {
+			t.Errorf("recordKey(storageKey(%q)) = %q %v", key, got, ok)
+		}
+	}
+	for _, key := range []string{"", ".", "..", "a..b", "...", ".a", "-a", "_a", "a/b", `a\b`, "a b", "a%2e", "ä", strings.Repeat("a", 64),
+		"services", "SERVICES", "Auth-Debug", "key-DEBUG", "auth-test"} {
+		if err := CheckServiceKey(key); err == nil {
+			t.Errorf("%q accepted", key)
+		}
+	}
+	// Routing is exact, and reserved names are no service call in any case.
+	for p, want := range map[string]string{"/proxy/MyAPI/x": "MyAPI", "/proxy/myapi/x": "myapi", "/proxy/my.api/x": "my.api", "/proxy/Services/x": "", "/proxy/KEY-DEBUG/x": ""} {
+		key, _, ok := ProxyPath(p)
+		if key != want || ok != (want != "") {
+			t.Errorf("ProxyPath(%q) = %q %v, want %q", p, key, ok, want)
+		}
 	}
 }
 

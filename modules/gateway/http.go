@@ -21,11 +21,21 @@ const (
 	// ("proxy" or "management"); byteproxy_manage refuses /manage/* without
 	// it, so a route that forgets the auth handler fails closed.
 	VarScope = "byteproxy.scope"
+	// VarAuthorization is true when the client's request carried an
+	// Authorization header, which byteproxy_auth (proxy scope) removed
+	// before the request went on. byteproxy_services reads it for upstream
+	// routes that need the service's credential only when the client sent
+	// one (Discord's webhook and interaction-callback routes).
+	VarAuthorization = "byteproxy.client_authorization"
 )
 
 // WriteJSON writes v as the JSON body of a response with this status. Every
 // byteproxy module answers through it, so every body has the same shape
-// rules: application/json, no caching of errors.
+// rules: application/json, and on an error (any status from 400 up) no
+// caching and `X-Proxy-Error: true`, which tells a client, as the
+// original's header did, that the gateway made the answer itself rather
+// than pass on the upstream's. (Each response gets its own header values:
+// see STYLE, never one slice for two responses.)
 func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -35,6 +45,7 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	if status >= 400 {
 		h.Set("Cache-Control", "no-store")
+		h.Set("X-Proxy-Error", "true")
 	}
 	h.Del("Content-Length")
 	w.WriteHeader(status)
@@ -42,10 +53,22 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	return err
 }
 
+// WriteError is WriteJSON for an error the gateway makes about a request
+// to a known service: the answer also carries `X-Proxy-Service: <service>`
+// (none when service is ""), as a forwarded answer does.
+func WriteError(w http.ResponseWriter, status int, service string, v any) error {
+	if service != "" {
+		w.Header().Set("X-Proxy-Service", service)
+	}
+	return WriteJSON(w, status, v)
+}
+
 // ProxyPath splits "/proxy/{service}/{rest}" into the service key and the
 // rest (starting with "/"). ok is false for paths that are not a service
-// call: not under /proxy/, a reserved name (/proxy/services, ...), or a
-// bare "/proxy/{service}" without the trailing slash.
+// call: not under /proxy/, a reserved name in any letter case
+// (/proxy/services, ...), or a bare "/proxy/{service}" without the
+// trailing slash. The key is taken as it is written: /proxy/MyAPI/ calls
+// the service MyAPI, not myapi.
 func ProxyPath(p string) (key, rest string, ok bool) {
 	const prefix = "/proxy/"
 	if !strings.HasPrefix(p, prefix) {
@@ -57,7 +80,7 @@ func ProxyPath(p string) (key, rest string, ok bool) {
 		return "", "", false
 	}
 	key, rest = p[:i], p[i:]
-	if ReservedKeys[key] {
+	if IsReservedKey(key) {
 		return "", "", false
 	}
 	return key, rest, true

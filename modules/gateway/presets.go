@@ -25,6 +25,9 @@ var Presets = map[string]ServiceConfig{
 		},
 		Headers: map[string]string{
 			"User-Agent": "DiscordBot (" + ProjectURL + ", " + Version + ")",
+			// As the original sent it; a client's own Content-Type (a
+			// multipart upload's, say) wins.
+			"Content-Type": "application/json",
 		},
 		Auth: &ServiceAuth{Type: "bot", Token: "{env.DISCORD_BOT_TOKEN}"},
 		// Discord's global limit of a bot token: 50 requests per second.

@@ -169,7 +169,7 @@ func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
 			setGitHubHeaders(h, &rf, now)
 		}
 	}
-	return WriteJSON(w, status, body)
+	return WriteError(w, status, rf.Service.Key, body)
 }
 
 // discordWait is the wait a Discord client is told: RetryAfter rounded up

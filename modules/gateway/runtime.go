@@ -35,7 +35,32 @@ var (
 	ErrConfigDefined = errors.New("service is defined in the Caddy config")
 	// ErrTooManyServices: runtime_services max_services are stored already.
 	ErrTooManyServices = errors.New("too many runtime services")
+	// ErrKeyCase: another service's key differs from the new one only in
+	// letter case (a KeyCaseError says which).
+	ErrKeyCase = errors.New("service key differs only in letter case from an existing service")
 )
+
+// KeyCaseError names the existing service a new key clashes with.
+type KeyCaseError struct{ Existing string }
+
+func (e *KeyCaseError) Error() string {
+	return fmt.Sprintf("%v %q", ErrKeyCase, e.Existing)
+}
+
+func (e *KeyCaseError) Unwrap() error { return ErrKeyCase }
+
+// caseClash returns the key of a service in m other than key that differs
+// from it only in letter case, or "". Keys are exact in /proxy/{key}/, but
+// two that differ only in case would share one record on a file system
+// that ignores case (macOS, Windows), and are easily confused.
+func caseClash(m map[string]*Service, key string) string {
+	for k := range m {
+		if k != key && strings.EqualFold(k, key) {
+			return k
+		}
+	}
+	return ""
+}
 
 // Limits on one runtime service, so the management API cannot be used to
 // bloat storage or every instance's memory.
@@ -267,6 +292,9 @@ func (a *App) putRecord(key string, cfg ServiceConfig, svc *Service, create bool
 			return ErrNotFound
 		}
 		if create {
+			if other := caseClash(a.AllServices(), key); other != "" {
+				return &KeyCaseError{Existing: other}
+			}
 			if err := a.roomForOneMore(ctx); err != nil {
 				return err
 			}
@@ -540,7 +568,7 @@ func (a *App) refreshKey(ctx context.Context, key string) error {
 func recordKey(storageKey string) (string, bool) {
 	name := path.Base(storageKey)
 	key, ok := strings.CutSuffix(name, ".json")
-	if !ok || !ServiceKeyPattern.MatchString(key) {
+	if !ok || CheckServiceKey(key) != nil {
 		return "", false
 	}
 	return key, true

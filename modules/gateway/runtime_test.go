@@ -147,7 +147,8 @@ func TestValidateRuntimeGuards(t *testing.T) {
 func TestRecordKeyAndNormalize(t *testing.T) {
 	t.Parallel()
 	for sk, want := range map[string]string{
-		"byteproxy/services/abc.json": "abc", "byteproxy/services/123456789": "", "byteproxy/services/Bad.json": "",
+		"byteproxy/services/abc.json": "abc", "byteproxy/services/123456789": "", "byteproxy/services/Bad.json": "Bad", "byteproxy/services/a..b.json": "", "byteproxy/services/...json": "",
+		"byteproxy/services/Services.json": "", "byteproxy/services/a b.json": "",
 		"byteproxy/services/.json": "", "byteproxy/services/a-b_c.json": "a-b_c",
 	} {
 		got, ok := recordKey(sk)

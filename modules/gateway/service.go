@@ -196,12 +196,46 @@ func (s *Service) Redact(text string) string {
 
 var envPlaceholder = regexp.MustCompile(`^\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$`)
 
-// ServiceKeyPattern is what a service key may look like.
-var ServiceKeyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+// ServiceKeyPattern is what a service key may look like: the original's
+// keys (letters in either case, digits, '_', '-' and '.'), at most 63
+// characters. CheckServiceKey adds the rules a pattern does not say.
+var ServiceKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // ReservedKeys are path segments under /proxy/ that the gateway answers
-// itself, so no service may take them.
+// itself, so no service may take them, in any letter case (IsReservedKey).
 var ReservedKeys = map[string]bool{"services": true, "auth-test": true, "auth-debug": true, "key-debug": true}
+
+// IsReservedKey reports whether key is a reserved name in any letter case:
+// /proxy/Services is no service either, so that no key can look like one
+// of the gateway's own endpoints (which the standard route matches
+// ignoring case).
+func IsReservedKey(key string) bool {
+	if len(key) < len("services") || len(key) > len("auth-debug") {
+		return false
+	}
+	for _, r := range [...]string{"services", "auth-test", "auth-debug", "key-debug"} { // ReservedKeys
+		if equalFoldASCII(key, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckServiceKey reports why key cannot name a service: it does not match
+// ServiceKeyPattern, holds "..", or is reserved. Keys are used as they are
+// in /proxy/{key}/ (letter case counts) and in storage keys
+// (byteproxy/services/{key}.json), where ".." could climb out.
+func CheckServiceKey(key string) error {
+	switch {
+	case !ServiceKeyPattern.MatchString(key):
+		return fmt.Errorf("service key %q must match %s", key, ServiceKeyPattern)
+	case strings.Contains(key, ".."):
+		return fmt.Errorf("service key %q must not contain '..'", key)
+	case IsReservedKey(key):
+		return fmt.Errorf("service key %q is reserved", key)
+	}
+	return nil
+}
 
 // FieldError is a validation error that names the offending field, in the
 // original's camelCase where the management API reports it.
@@ -244,11 +278,8 @@ type BuildOptions struct {
 
 // BuildService validates cfg and compiles it into a Service.
 func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions) (*Service, error) {
-	if !ServiceKeyPattern.MatchString(key) {
-		return nil, fieldErr("key", "service key %q must match %s", key, ServiceKeyPattern)
-	}
-	if ReservedKeys[key] {
-		return nil, fieldErr("key", "service key %q is reserved", key)
+	if err := CheckServiceKey(key); err != nil {
+		return nil, fieldErr("key", "%v", err)
 	}
 	if cfg.Preset != "" {
 		if _, ok := Presets[cfg.Preset]; !ok {
@@ -304,11 +335,31 @@ func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions
 	return s, nil
 }
 
+// authTypeAliases maps other names of auth types onto the gateway's:
+// "api-key" is the original ByteProxy's name for "header".
+var authTypeAliases = map[string]string{"api-key": "header"}
+
+// CanonicalAuthType returns the gateway's name of an auth type, resolving
+// an alias ("api-key" is "header"); any other value is returned as it is.
+func CanonicalAuthType(t string) string {
+	if c, ok := authTypeAliases[t]; ok {
+		return c
+	}
+	return t
+}
+
 func (s *Service) compileAuth(repl *caddy.Replacer) error {
 	a := s.Config.Auth
 	if a == nil || a.Type == "" {
 		s.Config.Auth = nil
 		return nil
+	}
+	if c := CanonicalAuthType(a.Type); c != a.Type {
+		// The effective config names the type as the gateway does; a copy,
+		// since a.Auth may be the app's own config.
+		canon := *a
+		canon.Type = c
+		s.Config.Auth, a = &canon, &canon
 	}
 	switch a.Type {
 	case "bot", "bearer", "basic":
@@ -323,7 +374,7 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 			return fieldErr("auth.headerName", "header %q cannot carry a credential: it is hop-by-hop or describes the message, and would be dropped or rewritten on the way upstream", a.Name)
 		}
 	default:
-		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header or query)", a.Type)
+		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header (or api-key) or query)", a.Type)
 	}
 	if m := envPlaceholder.FindStringSubmatch(a.Token); m != nil {
 		s.TokenEnv = m[1]

@@ -179,6 +179,13 @@ func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) err
 		return configDefined(w, key)
 	case errors.Is(err, gateway.ErrTooManyServices):
 		return h.tooManyServices(w, key)
+	case errors.Is(err, gateway.ErrKeyCase):
+		var ce *gateway.KeyCaseError
+		errors.As(err, &ce)
+		return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+			"error": fmt.Sprintf("Service '%s' not added: the service '%s' exists, and keys may not differ only in letter case", key, ce.Existing),
+			"field": "key",
+		})
 	}
 	h.logger.Error("changing a runtime service failed", zap.String("service", key), zap.Error(err))
 	return gateway.WriteJSON(w, http.StatusInternalServerError, map[string]any{

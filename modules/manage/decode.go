@@ -64,6 +64,10 @@ var envVarName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 type serviceRequest struct {
 	Key    *string      `json:"key"`
 	Config *serviceBody `json:"config"`
+
+	// Source is what GET /manage/services/{key} says of the service; it is
+	// accepted (and ignored) so that a GET answer can be sent back whole.
+	Source ignored `json:"source"`
 }
 
 // serviceBody is a service's configuration in the management API.
@@ -75,6 +79,18 @@ type serviceBody struct {
 	RateLimit         *rateLimitBody    `json:"rateLimit"`
 	Auth              *authBody         `json:"auth"`
 	UpstreamLimits    *budgetBody       `json:"upstreamLimits"`
+
+	// Read-only and informational fields that a service's description
+	// carries in GET answers (ours or the original's: its config had an
+	// id, and its services a description and a timeout it did not apply),
+	// accepted with any value and ignored, so that a config copied from a
+	// GET can be POSTed or PUT as it is. Anything else unknown is refused.
+	ID             ignored `json:"id"`
+	Source         ignored `json:"source"`
+	Description    ignored `json:"description"`
+	Timeout        ignored `json:"timeout"`
+	HasAuth        ignored `json:"hasAuth"`
+	AuthConfigured ignored `json:"authConfigured"`
 }
 
 // budgetBody is a runtime service's upstream budget (the Caddyfile's
@@ -93,6 +109,9 @@ type budgetBody struct {
 	Reset              string             `json:"reset,omitempty"`
 }
 
+// ignored is a field accepted with any JSON value and not used.
+type ignored = json.RawMessage
+
 type rateLimitBody struct {
 	MaxRequests int64 `json:"maxRequests"`
 	WindowMs    int64 `json:"windowMs"`
@@ -104,7 +123,7 @@ type authBody struct {
 	HeaderName  string `json:"headerName"`
 	// TokenConfigured is accepted (and ignored) so that the config object
 	// of GET /manage/services/{key} can be sent back as it is.
-	TokenConfigured *bool `json:"tokenConfigured,omitempty"`
+	TokenConfigured ignored `json:"tokenConfigured,omitempty"`
 }
 
 // apiError is a 400 answer: {"error", "field"}.
@@ -370,11 +389,8 @@ func jsonKind(kind string) string {
 
 // checkKey validates a service key as the management API accepts it.
 func checkKey(key string) *apiError {
-	if !gateway.ServiceKeyPattern.MatchString(key) {
-		return badField("key", "service key %q must match %s", key, gateway.ServiceKeyPattern)
-	}
-	if gateway.ReservedKeys[key] {
-		return badField("key", "service key %q is reserved", key)
+	if err := gateway.CheckServiceKey(key); err != nil {
+		return badField("key", "%v", err)
 	}
 	return nil
 }
@@ -411,9 +427,10 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 	}
 	if a := b.Auth; a != nil && (a.Type != "" || a.TokenEnvVar != "" || a.HeaderName != "") {
 		if a.Type == "" {
-			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header or query)")
+			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header (or api-key) or query)")
 		}
-		cfg.Auth = &gateway.ServiceAuth{Type: a.Type, Name: a.HeaderName}
+		// "api-key" (the original's name) is stored and shown as "header".
+		cfg.Auth = &gateway.ServiceAuth{Type: gateway.CanonicalAuthType(a.Type), Name: a.HeaderName}
 		if a.TokenEnvVar != "" {
 			if !envVarName.MatchString(a.TokenEnvVar) {
 				return cfg, badField("auth.tokenEnvVar", "%q is not an environment variable name", a.TokenEnvVar)

@@ -62,6 +62,45 @@ func TestDecodeServicePUTShapes(t *testing.T) {
 	}
 }
 
+// TestDecodeCopiedConfig: a service description copied from a GET answer
+// (ours, or the original's with id, description and timeout) decodes, for
+// POST and for PUT, to the same service; unknown fields are still refused
+// by name.
+func TestDecodeCopiedConfig(t *testing.T) {
+	t.Parallel()
+	const cfg = `{"id":"svc_123","name":"Orig","baseUrl":"https://api.example.com/","description":"from the original","timeout":5000,
+		"source":"runtime","hasAuth":true,"authConfigured":false,
+		"headers":{"User-Agent":"x"},"rateLimit":{"maxRequests":5,"windowMs":1000},
+		"auth":{"type":"api-key","tokenEnvVar":"CUSTOM_T","headerName":"X-Key","tokenConfigured":true}}`
+	for name, c := range map[string]struct{ body, urlKey string }{
+		"POST the original's GET":  {`{"key":"orig","config":` + cfg + `}`, ""},
+		"POST our GET":             {`{"key":"orig","config":` + cfg + `,"source":"runtime"}`, ""},
+		"PUT our GET":              {`{"key":"orig","config":` + cfg + `,"source":"config"}`, "orig"},
+		"PUT the config":           {cfg, "orig"},
+		"PUT the config, no extra": {`{"name":"Orig","baseUrl":"https://api.example.com/","headers":{"User-Agent":"x"},"rateLimit":{"maxRequests":5,"windowMs":1000},"auth":{"type":"header","tokenEnvVar":"CUSTOM_T","headerName":"X-Key"}}`, "orig"},
+	} {
+		key, got, e := decodeService([]byte(c.body), c.urlKey)
+		if e != nil {
+			t.Errorf("%s: %v", name, e)
+			continue
+		}
+		if key != "orig" || got.Name != "Orig" || got.BaseURL != "https://api.example.com/" || got.Headers["User-Agent"] != "x" ||
+			got.RateLimit.MaxRequests != 5 || got.Auth.Type != "header" || got.Auth.Name != "X-Key" || got.Auth.Token != "{env.CUSTOM_T}" || got.Timeout != 0 {
+			t.Errorf("%s: %q %+v %+v", name, key, got, got.Auth)
+		}
+	}
+	for body, field := range map[string]string{
+		`{"key":"a","config":{"baseUrl":"https://a.example/","bogus":1}}`:                   "bogus",
+		`{"key":"a","config":{"baseUrl":"https://a.example/"},"id":"x"}`:                    "id",
+		`{"key":"a","config":{"baseUrl":"https://a.example/","auth":{"type":"bot","x":1}}}`: "x",
+		`{"key":"a","config":{"baseUrl":"https://a.example/","Timeouts":1}}`:                "Timeouts",
+	} {
+		if _, _, e := decodeService([]byte(body), ""); e == nil || e.Field != field {
+			t.Errorf("%s: %v, want a refusal naming %q", body, e, field)
+		}
+	}
+}
+
 // TestDecodeServiceErrors covers each 400 case of decoding and validation
 // and the field it names.
 func TestDecodeServiceErrors(t *testing.T) {
@@ -74,7 +113,9 @@ func TestDecodeServiceErrors(t *testing.T) {
 		{"not object", `[1,2]`, "body"},
 		{"no key", `{"config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"empty key", `{"key":"","config":{"baseUrl":"https://a.example/"}}`, "key"},
-		{"upper key", `{"key":"Bad","config":{"baseUrl":"https://a.example/"}}`, "key"},
+		{"dot dot key", `{"key":"a..b","config":{"baseUrl":"https://a.example/"}}`, "key"},
+		{"dot key", `{"key":".","config":{"baseUrl":"https://a.example/"}}`, "key"},
+		{"reserved key in capitals", `{"key":"Services","config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"proto key", `{"key":"__proto__","config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"slash key", `{"key":"a/b","config":{"baseUrl":"https://a.example/"}}`, "key"},
 		{"long key", `{"key":"` + strings.Repeat("a", 64) + `","config":{"baseUrl":"https://a.example/"}}`, "key"},
@@ -197,11 +238,16 @@ func FuzzDecodeService(f *testing.F) {
 		`{"key":"h","config":{"baseUrl":"https://a.example","auth":{"type":"header","headerName":"X-Key"}}}`,
 		`{"key":"b","config":{"baseUrl":"https://a.example","auth":{"type":"basic","tokenEnvVar":"CUSTOM_B","tokenConfigured":false}}}`,
 		`{"baseUrl":"https://a.example/"}`,
+		`{"key":"k","config":{"baseUrl":"https://a.example","auth":{"type":"api-key","headerName":"X-Key","tokenEnvVar":"CUSTOM_K"}}}`,
 		`{"key":"a","config":{"baseUrl":"http://127.0.0.1/"}}`,
 		`{"key":"a","config":{"baseUrl":"http://[::1]/"}}`,
 		`{"key":"a","config":{"baseUrl":"https://{env.X}/"}}`,
 		`{"key":"a","config":{"baseUrl":"https://a.example/","rateLimit":{"maxRequests":-1,"windowMs":1}}}`,
 		`{"key":"__proto__","config":{}}`,
+		`{"key":"My.API","config":{"baseUrl":"https://a.example/"}}`,
+		`{"key":"orig","config":{"id":"svc_1","name":"O","baseUrl":"https://a.example/","description":"d","timeout":5000,"auth":{"type":"api-key","headerName":"X-K","tokenEnvVar":"CUSTOM_K","tokenConfigured":true}},"source":"runtime"}`,
+		`{"id":1,"source":null,"baseUrl":"https://a.example/","hasAuth":false}`,
+		`{"key":"a..b","config":{"baseUrl":"https://a.example/"}}`,
 		`{"key":"a","config":{"baseUrl":"https://a.example/","auth":{"type":"bot","tokenEnvVar":"MANAGEMENT_API_KEY"}}}`,
 		`{"key":"a","config":null}`,
 		`{"key":1}`,
@@ -254,7 +300,7 @@ func FuzzDecodeService(f *testing.F) {
 
 func checkAccepted(t *testing.T, key string, svc *gateway.Service) {
 	t.Helper()
-	if !gateway.ServiceKeyPattern.MatchString(key) || gateway.ReservedKeys[key] {
+	if gateway.CheckServiceKey(key) != nil || strings.Contains(key, "..") || strings.Contains(key, "/") {
 		t.Fatalf("accepted key %q", key)
 	}
 	urls := []string{svc.BaseURL.String()}

@@ -59,12 +59,7 @@ func serveDocs(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		_ = gateway.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
-			"error":   "Method not allowed",
-			"message": "The endpoint '" + r.URL.Path + "' does not accept " + r.Method,
-			"allowed": []string{"GET", "HEAD"},
-		})
+		_ = methodNotAllowed(w, r, "GET", "HEAD")
 		return true
 	}
 	serve(w, r)

@@ -111,7 +111,7 @@ func TestGatewayVersionCheck(t *testing.T) {
 		t.Fatalf("the feed was read %d times at startup, want 0 (only on demand)", n)
 	}
 	resp, b := testutil.Do(t, "GET", in.URL("/version/check"), nil)
-	if resp.StatusCode != 200 || !strings.Contains(string(b), `"latestVersion":"99.0.0"`) || !strings.Contains(string(b), `"updateAvailable":true`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"latestVersion":"v99.0.0"`) || !strings.Contains(string(b), `"updateAvailable":true`) {
 		t.Fatalf("/version/check: %d %s", resp.StatusCode, b)
 	}
 }

@@ -24,12 +24,13 @@ var gatewayRoutes = []string{
 	"GET /proxy/services/{service}/rate-limit",
 	"GET /proxy/auth-test",
 	"GET /proxy/auth-debug",
+	"GET /proxy/key-debug",
 	"GET /manage/services", "POST /manage/services",
 	"GET /manage/services/{key}", "PUT /manage/services/{key}", "DELETE /manage/services/{key}",
 	"POST /manage/services/{key}/test",
 	"GET /manage/diagnostics",
 	"GET /manage/key-debug",
-	"GET /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
+	"GET /", "OPTIONS /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
 	"GET /auth-status", "GET /docs", "GET /docs/openapi.json", "GET /docs/json",
 }
 
@@ -240,7 +241,7 @@ func TestDocsOtherPathsAndMethods(t *testing.T) {
 		}
 	}
 	rec := httptest.NewRecorder()
-	if !serveDocs(rec, httptest.NewRequest(http.MethodPost, "/docs/openapi.json", nil)) || rec.Code != 405 || rec.Header().Get("Allow") != "GET, HEAD" {
+	if !serveDocs(rec, httptest.NewRequest(http.MethodPost, "/docs/openapi.json", nil)) || rec.Code != 405 || rec.Header().Get("Allow") != "GET, HEAD, OPTIONS" {
 		t.Fatalf("POST: %d %q", rec.Code, rec.Header().Get("Allow"))
 	}
 	// HEAD has headers, no body; a matching ETag gives 304.

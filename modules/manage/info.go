@@ -1,9 +1,13 @@
 package manage
 
 import (
+	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"time"
+
+	"go.uber.org/zap/zapcore"
 
 	"github.com/byteproxy/byteproxy/modules/auth"
 	"github.com/byteproxy/byteproxy/modules/gateway"
@@ -19,6 +23,7 @@ var availableEndpoints = []string{
 	"GET /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
 	"GET /auth-status", "GET /docs", "GET /docs/openapi.json",
 	"GET /proxy/services", "GET /proxy/services/{service}/rate-limit", "GET /proxy/auth-test",
+	"GET /proxy/auth-debug", "GET /proxy/key-debug",
 	"ANY /proxy/{service}/{path}",
 	"GET /manage/services", "POST /manage/services", "GET /manage/services/{key}",
 	"PUT /manage/services/{key}", "DELETE /manage/services/{key}",
@@ -101,10 +106,10 @@ func uptimeSeconds() float64 {
 	return float64(time.Since(processStart).Milliseconds()) / 1000
 }
 
-// health is public and minimal: liveness, version, service keys and
-// whether the process is under pressure; nothing about upstreams, memory
-// or keys.
-func (h *Handler) health(*http.Request) (int, any) {
+// health is public and minimal: liveness, version, service keys, whether
+// the process is under pressure, and the original's config summary (port,
+// logging, CORS); nothing about upstreams, memory or keys.
+func (h *Handler) health(r *http.Request) (int, any) {
 	services := h.app.AllServices()
 	keys, truncated := gateway.ListedKeys(services)
 	listed := map[string]any{"total": len(services), "available": keys}
@@ -122,34 +127,53 @@ func (h *Handler) health(*http.Request) (int, any) {
 		"status":    status,
 		"timestamp": time.Now().UTC().Format(time.RFC3339Nano),
 		"uptime":    uptimeSeconds(),
-		"version":   gateway.Version,
+		"version":   "v" + gateway.Version,
 		"services":  listed,
 		"pressure":  pr,
+		"config": map[string]any{
+			"port":    localPort(r),
+			"logging": h.loggingInfo(),
+			"cors":    h.corsInfo(),
+		},
 	}
 }
 
-// status is public: runtime figures (the same kind /up shows) and which
-// services exist and are usable. It never shows a base URL, a header, a
-// key or a token, or any part of one.
-func (h *Handler) status(*http.Request) (int, any) {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	services := h.app.AllServices()
-	keys, truncated := gateway.ListedKeys(services)
-	list := make([]map[string]any, 0, len(keys))
-	for _, key := range keys {
-		s := services[key]
-		info := s.Info()
-		list = append(list, map[string]any{
-			"key":                 key,
-			"name":                info.Name,
-			"source":              s.Source,
-			"configured":          !s.HasAuth() || s.TokenConfigured(),
-			"hasAuth":             s.HasAuth(),
-			"authTokenConfigured": s.TokenConfigured(),
-			"rateLimit":           info.RateLimit,
-		})
+// localPort is the port the request arrived on (the original's PORT), or
+// nil where there is none (a Unix socket).
+func localPort(r *http.Request) any {
+	a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return nil
 	}
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.Port
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return int(ap.Port())
+	}
+	return nil
+}
+
+// loggingInfo describes the gateway's log as the original's LOGGING_ENABLED
+// and LOG_LEVEL did: whether its logger writes anything, and the lowest
+// level it writes (Caddy's log settings decide both).
+func (h *Handler) loggingInfo() map[string]any {
+	info := map[string]any{"enabled": false, "level": nil}
+	if h.logger == nil {
+		return info
+	}
+	core := h.logger.Core()
+	for _, l := range []zapcore.Level{zapcore.DebugLevel, zapcore.InfoLevel, zapcore.WarnLevel, zapcore.ErrorLevel, zapcore.FatalLevel} {
+		if core.Enabled(l) {
+			info["enabled"], info["level"] = true, l.String()
+			break
+		}
+	}
+	return info
+}
+
+// corsInfo is the CORS setting, as the original showed it.
+func (h *Handler) corsInfo() map[string]any {
 	cors := map[string]any{"enabled": true, "origins": []string{"*"}}
 	if c := h.app.CORS; c != nil {
 		cors["enabled"] = !c.Disabled
@@ -157,11 +181,48 @@ func (h *Handler) status(*http.Request) (int, any) {
 			cors["origins"] = c.Origins
 		}
 	}
+	return cors
+}
+
+// status is public: runtime figures (the same kind /up shows) and which
+// services exist and are usable. It never shows a header, a key or a
+// token, or any part of one. It shows each service's base URL (as the
+// original did) only where GET /proxy/services shows it to anyone, that is
+// when the proxy scope requires no key; with a proxy key required, the
+// base URLs are for key holders (/proxy/services) and baseUrlsHidden says
+// so.
+func (h *Handler) status(r *http.Request) (int, any) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	_, up := pressure.Up()
+	services := h.app.AllServices()
+	keys, truncated := gateway.ListedKeys(services)
 	proxy, mgmt := h.app.ScopeFor(gateway.ScopeProxy), h.app.ScopeFor(gateway.ScopeManagement)
+	showURLs := proxy == nil || !proxy.Required
+	list := make([]map[string]any, 0, len(keys))
+	for _, key := range keys {
+		s := services[key]
+		info := s.Info()
+		entry := map[string]any{
+			"key":                 key,
+			"name":                info.Name,
+			"source":              s.Source,
+			"configured":          !s.HasAuth() || s.TokenConfigured(),
+			"hasAuth":             s.HasAuth(),
+			"authTokenConfigured": s.TokenConfigured(),
+			"rateLimit":           info.RateLimit,
+		}
+		if showURLs {
+			entry["baseUrl"] = info.BaseURL
+		}
+		list = append(list, entry)
+	}
 	configuration := map[string]any{
+		"port":          localPort(r),
+		"logging":       h.loggingInfo(),
 		"services":      list,
 		"servicesTotal": len(services),
-		"cors":          cors,
+		"cors":          h.corsInfo(),
 		"strictTLS":     h.app.StrictTLSOn(),
 		"timeoutMs":     time.Duration(h.app.Timeout).Milliseconds(),
 		"auth": map[string]any{
@@ -171,6 +232,9 @@ func (h *Handler) status(*http.Request) (int, any) {
 	}
 	if truncated {
 		configuration["servicesTruncated"] = true
+	}
+	if !showURLs {
+		configuration["baseUrlsHidden"] = true
 	}
 	return http.StatusOK, map[string]any{
 		"application": map[string]any{
@@ -184,6 +248,7 @@ func (h *Handler) status(*http.Request) (int, any) {
 			"uptime":     uptimeSeconds(),
 			"goroutines": runtime.NumGoroutine(),
 			"memory": map[string]any{
+				"rss":       up.(pressure.UpBody).RSSBytes,
 				"heapUsed":  ms.HeapAlloc,
 				"heapTotal": ms.HeapSys,
 				"sys":       ms.Sys,

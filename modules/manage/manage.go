@@ -80,9 +80,17 @@ func (h *Handler) unguarded(w http.ResponseWriter, r *http.Request) error {
 	})
 }
 
-// methodNotAllowed answers a known path with a method it does not serve.
+// methodNotAllowed answers a known path with a method it does not serve:
+// 405 with Allow. OPTIONS, which every known path serves, gets 204 with
+// Allow instead (a CORS preflight, which carries Origin, never gets here:
+// byteproxy_cors answers it).
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed ...string) error {
+	allowed = append(allowed[:len(allowed):len(allowed)], "OPTIONS")
 	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	if r.Method == http.MethodOptions {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
 	return gateway.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
 		"error":   "Method not allowed",
 		"message": "The endpoint '" + shortPath(r.URL.Path) + "' does not accept " + r.Method,

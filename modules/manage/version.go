@@ -37,7 +37,7 @@ const maxFeedBytes = 4 << 20
 func serveVersionCheck(w http.ResponseWriter, r *http.Request, app *gateway.App) error {
 	if app == nil || app.UpdateCheck == "" {
 		return gateway.WriteJSON(w, http.StatusOK, map[string]any{
-			"currentVersion": gateway.Version,
+			"currentVersion": "v" + gateway.Version,
 			"checked":        false,
 			"message":        "no update_check configured",
 		})
@@ -214,7 +214,7 @@ func pickRelease(body []byte) (*release, error) {
 // the original claimed isLatest:true with no network.
 func (res checkResult) body() map[string]any {
 	out := map[string]any{
-		"currentVersion":   gateway.Version,
+		"currentVersion":   "v" + gateway.Version,
 		"checked":          !res.checkTime.IsZero(),
 		"latestVersion":    nil,
 		"latestReleaseUrl": nil,
@@ -233,7 +233,9 @@ func (res checkResult) body() map[string]any {
 		out["error"] = res.err.Error()
 	}
 	if rel := res.latest; rel != nil {
-		out["latestVersion"] = strings.TrimPrefix(rel.TagName, "v")
+		// "v" and the version, as currentVersion, /version and /health
+		// write it, whether the tag has the "v" or not.
+		out["latestVersion"] = "v" + strings.TrimPrefix(rel.TagName, "v")
 		out["latestReleaseUrl"] = rel.HTMLURL
 		out["isPrerelease"] = rel.Prerelease
 		if !rel.PublishedAt.IsZero() {

@@ -47,7 +47,7 @@ func feed(t *testing.T, body string) (string, *atomic.Int64) {
 
 func TestVersionCheckNotConfigured(t *testing.T) {
 	body := versionCheck(t, &gateway.App{})
-	if body["currentVersion"] != gateway.Version || body["checked"] != false || body["message"] != "no update_check configured" {
+	if body["currentVersion"] != "v"+gateway.Version || body["checked"] != false || body["message"] != "no update_check configured" {
 		t.Fatalf("body %v", body)
 	}
 }
@@ -63,7 +63,7 @@ func TestVersionCheckUpdateAvailable(t *testing.T) {
 	app := &gateway.App{UpdateCheck: url}
 	body := versionCheck(t, app)
 	want := map[string]any{
-		"currentVersion": gateway.Version, "checked": true, "latestVersion": "9.0.0",
+		"currentVersion": "v" + gateway.Version, "checked": true, "latestVersion": "v9.0.0",
 		"latestReleaseUrl": "https://example.test/v9.0.0", "isLatest": false, "updateAvailable": true,
 		"isPrerelease": false, "releaseDate": "2026-10-01T00:00:00Z",
 	}
@@ -88,7 +88,7 @@ func TestVersionCheckUpdateAvailable(t *testing.T) {
 func TestVersionCheckIsLatest(t *testing.T) {
 	url, _ := feed(t, `{"tag_name": "v`+gateway.Version+`", "html_url": "https://example.test/cur", "published_at": "2026-10-01T00:00:00Z"}`)
 	body := versionCheck(t, &gateway.App{UpdateCheck: url})
-	if body["isLatest"] != true || body["updateAvailable"] != false || body["latestVersion"] != gateway.Version {
+	if body["isLatest"] != true || body["updateAvailable"] != false || body["latestVersion"] != "v"+gateway.Version {
 		t.Fatalf("body %v", body)
 	}
 }

@@ -164,6 +164,7 @@ func (f *forwarder) refuseBudget(pw *proxyWriter, r *http.Request, err error) {
 	pw.status = g.Status
 	w := pw.ResponseWriter
 	pw.setPreferenceApplied(w.Header())
+	w.Header().Set("X-Proxy-Service", f.key) // as on the gateway's other answers for a known service
 	_ = gateway.WriteRefusal(w, g)
 }
 

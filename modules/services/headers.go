@@ -25,7 +25,9 @@ import (
 //     the headers that stay at the gateway (clientOnly); `Te: trailers`
 //     passes;
 //   - the service's default headers where the client sent none;
-//   - the service's credential, which always wins;
+//   - the service's credential, which always wins (except on Discord's
+//     routes that a token in the path authenticates, when the client sent
+//     no Authorization: gateway.Service.CredentialFree);
 //   - an empty User-Agent where there is none, so that Go adds none.
 //
 // Header values are shared with in and with the service: the outgoing
@@ -51,7 +53,9 @@ func (f *forwarder) outgoing(h http.Header, u *url.URL, in *http.Request, rt *ro
 			h[d.key] = d.vals
 		}
 	}
-	f.svc.ApplyCredential(h, u)
+	if !f.svc.CredentialFree(in, tail) {
+		f.svc.ApplyCredential(h, u)
+	}
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = emptyValue
 	}

@@ -123,7 +123,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		f.metrics.ProxyRequest(key, status, 0, 0)
 		f.logLocal(r, status)
-		_ = gateway.WriteJSON(w, status, body)
+		_ = gateway.WriteError(w, status, key, body)
 		return nil
 	}
 	f.forward(w, r, rest)
