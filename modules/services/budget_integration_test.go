@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -134,9 +135,14 @@ var simChannels = []string{"100000000000000001", "100000000000000002", "10000000
 // gets a 429 waits its retry_after and sends again; without, it gives the
 // message up. It returns the 429s the bots saw.
 func runDiscordBots(t *testing.T, gw *testutil.Instance, retry bool) (limited int64) {
+	return runDiscordBotsOn(t, []*testutil.Instance{gw}, retry)
+}
+
+// runDiscordBotsOn is runDiscordBots with the bots spread over gateways.
+func runDiscordBotsOn(t *testing.T, gws []*testutil.Instance, retry bool) (limited int64) {
 	var wg sync.WaitGroup
 	var n atomic.Int64
-	do := func(c *http.Client, method, path string) reply {
+	do := func(gw *testutil.Instance, c *http.Client, method, path string) reply {
 		for range 100 {
 			r := send(context.Background(), c, method, gw.URL("/proxy/discord/v10"+path))
 			if r.err != nil {
@@ -157,6 +163,7 @@ func runDiscordBots(t *testing.T, gw *testutil.Instance, retry bool) (limited in
 	}
 	for b := range 8 {
 		c := consumerClient(10 + b)
+		gw := gws[b%len(gws)]
 		for ch, channel := range simChannels {
 			wg.Add(1)
 			go func() {
@@ -165,9 +172,9 @@ func runDiscordBots(t *testing.T, gw *testutil.Instance, retry bool) (limited in
 					if (b+i)%len(simChannels) != ch {
 						continue
 					}
-					r := do(c, "POST", "/channels/"+channel+"/messages")
+					r := do(gw, c, "POST", "/channels/"+channel+"/messages")
 					if id := r.id(); i%10 == 0 && id != "" {
-						do(c, "PUT", "/channels/"+channel+"/messages/"+id+"/reactions/%F0%9F%91%8D/@me")
+						do(gw, c, "PUT", "/channels/"+channel+"/messages/"+id+"/reactions/%F0%9F%91%8D/@me")
 					}
 				}
 			}()
@@ -352,8 +359,8 @@ func TestBudgetPreferWaitZero(t *testing.T) {
 	if got := r.header.Get("Preference-Applied"); got != "wait=0" {
 		t.Errorf("Preference-Applied %q, want wait=0", got)
 	}
-	ms := body.RetryAfter * 1000
-	if ms != float64(int64(ms)) || ms <= 0 || ms > 2100 {
+	ms := math.Round(body.RetryAfter * 1000)
+	if math.Abs(body.RetryAfter*1000-ms) > 1e-6 || ms <= 0 || ms > 2100 {
 		t.Errorf("retry_after %v: want whole milliseconds within the 2s window", body.RetryAfter)
 	}
 	if ra, _ := strconv.Atoi(r.header.Get("Retry-After")); ra < 1 || time.Duration(ra)*time.Second < time.Duration(ms)*time.Millisecond {
