@@ -289,11 +289,24 @@ func consumerOf(r *http.Request) string {
 }
 
 // upstreamLimitScope classifies an upstream answer that refused a request
-// for rate limiting (a 429, or a 403 that says so): Discord's scope
-// (user, global, shared), "exhausted" (x-ratelimit-remaining: 0, GitHub's
-// primary limit), "retry_after" (GitHub's secondary limits, Retry-After),
-// "other". ok is false for a 403 that is about permissions.
+// for rate limiting: a 429 by Discord's scope (user, global, shared),
+// "exhausted" (x-ratelimit-remaining: 0), "retry_after" (Retry-After),
+// else "other"; a 403 only as GitHub refuses with it, "exhausted" for a
+// spent resource (x-ratelimit-remaining: 0 with x-ratelimit-resource) and
+// "retry_after" for a secondary limit. ok is false for any other 403 (a
+// permission error; Discord's carry its bucket's headers, remaining 0
+// included, and are no rate limit).
 func upstreamLimitScope(status int, h http.Header) (string, bool) {
+	spent := len(h["X-Ratelimit-Remaining"]) > 0 && h["X-Ratelimit-Remaining"][0] == "0"
+	if status == http.StatusForbidden {
+		switch {
+		case spent && h["X-Ratelimit-Resource"] != nil:
+			return "exhausted", true
+		case h["Retry-After"] != nil:
+			return "retry_after", true
+		}
+		return "", false
+	}
 	if s := h["X-Ratelimit-Scope"]; len(s) > 0 {
 		switch s[0] {
 		case "user", "global", "shared":
@@ -303,12 +316,10 @@ func upstreamLimitScope(status int, h http.Header) (string, bool) {
 	switch {
 	case h["X-Ratelimit-Global"] != nil:
 		return "global", true
-	case len(h["X-Ratelimit-Remaining"]) > 0 && h["X-Ratelimit-Remaining"][0] == "0":
+	case spent:
 		return "exhausted", true
 	case h["Retry-After"] != nil:
 		return "retry_after", true
-	case status == http.StatusTooManyRequests:
-		return "other", true
 	}
-	return "", false
+	return "other", true
 }
