@@ -637,6 +637,7 @@ func runSmoke(t *testing.T, cfg config, kinds, names []string) *report {
 		if u.UpstreamCPUPerReqUs <= 0 {
 			t.Errorf("%s: upstream cpu/req %v", u.Kind, u.UpstreamCPUPerReqUs)
 		}
+		var opened int64
 		for j, tr := range u.Targets {
 			if tr.Name != names[j] {
 				t.Errorf("%s: target %d is %q, want %q", u.Kind, j, tr.Name, names[j])
@@ -650,9 +651,13 @@ func runSmoke(t *testing.T, cfg config, kinds, names []string) *report {
 			if tr.MachineBusy <= 0 || tr.MachineBusy > 1 {
 				t.Errorf("%s/%s: machine busy %v", u.Kind, tr.Name, tr.MachineBusy)
 			}
-			if c := tr.UpstreamConns; c.H1+c.H2 == 0 {
-				t.Errorf("%s/%s: no upstream connection counted", u.Kind, tr.Name)
-			}
+			opened += tr.UpstreamConns.H1 + tr.UpstreamConns.H2
+		}
+		// The upstream reports each connection on its output, read as it
+		// comes: one opened as a target's phase ends may be counted in the
+		// next target's, so the count is asserted for the upstream kind.
+		if opened == 0 {
+			t.Errorf("%s: no upstream connection counted", u.Kind)
 		}
 		if len(u.Ratios) == 0 || u.Ratios[0].Throughput <= 0 || u.Ratios[0].P99 <= 0 {
 			t.Errorf("%s: ratios missing: %+v", u.Kind, u.Ratios)
