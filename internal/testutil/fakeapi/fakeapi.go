@@ -9,7 +9,10 @@
 // byte.
 //
 // The Go tests (modules/services) and the Node checks (examples/clients)
-// use the same fakes.
+// use the same fakes. internal/upstreamsim is the other kind: simulators
+// of the APIs' rate limits for the upstream-budget tests, which count
+// requests and answer stand-in bodies; these fakes answer the resources a
+// client library parses and keep every request.
 package fakeapi
 
 import (
