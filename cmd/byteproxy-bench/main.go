@@ -16,6 +16,8 @@
 //	go run ./cmd/byteproxy-bench -budgets                    # also the gateway with an upstream budget, ratio to it without
 //	go run ./cmd/byteproxy-bench -metrics                    # Caddy metrics on (every target)
 //	go run ./cmd/byteproxy-bench -profile gw.pprof           # also CPU and allocation profiles of the gateway
+//	go run ./cmd/byteproxy-bench -upstream http -reloads 20 -d 20s   # failed requests during 20 config reloads
+//	go run ./cmd/byteproxy-bench -upstream http -reloads 20 -d 20s -global-options "grace_period 10s"
 //
 // CPU per request is the target process's utime+stime (from
 // /proc/<pid>/stat) over the measured run divided by the requests it served;
@@ -23,6 +25,13 @@
 // processes, so their CPU is not counted. The run fails (exit status 1) when
 // more than -max-errors of the responses are errors or not 2xx, so a broken
 // gateway never produces numbers that look valid.
+//
+// With -reloads N the benchmark measures config reloads instead: while wrk
+// runs at each target, N changed Caddyfiles are loaded through its admin
+// endpoint (POST /load, what `byteproxy reload` does), and the report counts
+// the requests that failed, by wrk's kind of socket error (connect, read,
+// write, timeout) and non-2xx, for plain Caddy and the gateway in the same
+// run. See reloads.go.
 package main
 
 import (
@@ -67,9 +76,13 @@ type config struct {
 	Upstream   string // http, https or both
 	// UpstreamProto is what the HTTPS upstream offers by ALPN: h1, h2 or both.
 	UpstreamProto string
+	// UpstreamDelay is the upstream's wait before each answer.
+	UpstreamDelay time.Duration
 	Extra         string   // extra lines for the byteproxy global option
 	ServiceExtra  string   // extra lines for the gateway's service block
 	CaddyExtra    string   // extra lines for plain Caddy's `transport http` block
+	Global        string   // extra lines for every target's global options block
+	Reloads       int      // reload mode: config reloads per measured run (0: throughput mode)
 	Env           []string // extra environment (K=V) for every target
 }
 
@@ -111,6 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Runs, "runs", 1, "rounds over every target, alternating the order; the median is reported")
 	fs.StringVar(&c.Upstream, "upstream", protoBoth, "upstream kind: http, https (self-signed; both proxies skip verification) or both (one table each)")
 	fs.StringVar(&c.UpstreamProto, "upstream-proto", protoBoth, "what the HTTPS upstream offers by ALPN: h1 (HTTP/1.1 only), h2 (HTTP/2 only; other connections are refused) or both")
+	fs.DurationVar(&c.UpstreamDelay, "upstream-delay", 0, "the upstream waits this long before each answer (an API's latency), so that every target's throughput is bounded by the upstream, e.g. 5ms")
 	fs.BoolVar(&c.Limits, "limits", false, "turn on a service rate_limit and a client_rate_limit high enough never to trigger")
 	fs.BoolVar(&c.Metrics, "metrics", false, "turn on Caddy's metrics (global `metrics` option) on every target")
 	fs.BoolVar(&c.Pipeline, "pipeline", false, "also measure the gateway with the full pipeline (proxy key required and sent, client and service rate limits, metrics) and report its ratio to the bare gateway")
@@ -124,6 +138,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Extra, "gateway-options", "", "extra lines for the gateway's byteproxy global option, e.g. \"pressure off\" or \"cors off\"")
 	fs.StringVar(&c.ServiceExtra, "service-options", "", "extra lines for the gateway's benchmark service block (every upstream kind), e.g. a per-service upstream protocol setting")
 	fs.StringVar(&c.CaddyExtra, "caddy-transport", "", "extra lines for plain Caddy's `transport http` block (every upstream kind), e.g. \"versions 1.1\"")
+	fs.StringVar(&c.Global, "global-options", "", "extra lines for every target's global options block, e.g. \"grace_period 10s\" or \"servers {\\nkeepalive_interval 5s\\n}\"")
+	fs.IntVar(&c.Reloads, "reloads", 0, "reload mode: load a changed Caddyfile this many times during each measured run (admin POST /load, evenly spread) and report the requests that failed; needs wrk")
 	fs.Var(envFlag{&c.Env}, "env", "extra environment K=V for every target, e.g. GOGC=400 (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -154,6 +170,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("-upstream-proto must be h1, h2 or both")
 	case c.Upstream == kindHTTP && c.UpstreamProto != protoBoth:
 		return c, errors.New("-upstream-proto applies to the HTTPS upstream: use it with -upstream https or both")
+	case c.UpstreamDelay < 0 || c.UpstreamDelay > 10*time.Second:
+		return c, errors.New("-upstream-delay must be between 0 and 10s")
+	case c.Reloads < 0 || c.Reloads > 1000:
+		return c, errors.New("-reloads must be between 0 and 1000")
+	case c.Reloads > 0 && c.Gen == "go":
+		return c, errors.New("-reloads needs wrk: Go's client resends a GET whose kept-alive connection was closed, which would hide the failures")
+	case c.Reloads > 0 && c.Profile != "":
+		return c, errors.New("-reloads and -profile cannot be combined")
 	}
 	return c, nil
 }
@@ -203,6 +227,11 @@ type target struct {
 	preflight string // why the first request did not get the upstream's answer
 	samples   []sample
 	conns     connCounts // upstream connections it opened (preflight, warmups, measured runs)
+	// caddyfile is the target's config; generation gen > 0 differs from
+	// the one before in a route no request takes (reload mode).
+	caddyfile  func(gen int) string
+	generation int            // the config generation loaded last
+	reloads    []reloadSample // reload mode: one per measured run
 }
 
 const (
@@ -231,7 +260,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 		profiles = len(kinds) * (perKind - 1)
 	}
 	// Every loop below is bounded; this deadline bounds the whole run too.
-	per := cfg.Warmup + cfg.Duration + 35*time.Second
+	per := cfg.Warmup + cfg.Duration + 35*time.Second + time.Duration(cfg.Reloads)*reloadTimeout
 	budget := 5*time.Minute + time.Duration(cfg.Runs*len(kinds)*perKind)*per +
 		time.Duration(profiles)*(per+time.Duration(cfg.ProfileSec)*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, budget)
@@ -266,7 +295,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 
 	var targets []*target // by upstream kind, then caddy, gateway, pipeline
 	for _, kind := range kinds {
-		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto)
+		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto, cfg.UpstreamDelay)
 		if err != nil {
 			return nil, err
 		}
@@ -291,8 +320,11 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 		Env: cfg.Env, Generator: gen.Name(), Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
 		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline, Budgets: cfg.Budgets,
 		GatewayOptions: cfg.Extra, ServiceOptions: cfg.ServiceExtra, CaddyTransport: cfg.CaddyExtra,
-		Path: cfg.Path, Binary: bin,
+		GlobalOptions: cfg.Global, UpstreamDelay: cfg.UpstreamDelay.String(), Path: cfg.Path, Binary: bin,
 		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others,
+	}
+	if cfg.Reloads > 0 {
+		return runReloads(ctx, cfg, gen, targets, rep, log)
 	}
 	fmt.Fprintf(log, "%s, %s per target, %d run(s) over %d targets, load average %.2f on %d CPUs\n",
 		gen.Name(), cfg.Duration, cfg.Runs, len(targets), rep.LoadBefore, rep.CPUs)
@@ -359,6 +391,9 @@ func pickGenerator(cfg config) (generator, error) {
 		if cfg.Gen == "wrk" {
 			return nil, fmt.Errorf("-gen wrk: %w", err)
 		}
+		if cfg.Reloads > 0 {
+			return nil, fmt.Errorf("-reloads needs wrk: %w", err)
+		}
 	}
 	return goGen{conns: cfg.Conns}, nil
 }
@@ -402,8 +437,12 @@ func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string
 		case nameBudgets:
 			cf = caddyfileGateway(port, admin, up.baseURL(), withBudget(cfg), "")
 		}
+		t.caddyfile = func(int) string { return cf }
+		if cfg.Reloads > 0 {
+			t.caddyfile = func(gen int) string { return withReloadRoute(cf, gen) }
+		}
 		dir := filepath.Join(tmp, up.kind+"-"+name)
-		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, cf, port, cfg.Env); err != nil {
+		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, t.caddyfile(0), port, cfg.Env); err != nil {
 			return nil, err
 		}
 		targets = append(targets, t)
@@ -423,12 +462,15 @@ func randomKey() (string, error) {
 // globalOptions are shared by every target so that they differ only in
 // the handler: own admin port (for pprof; never the default 2019 another
 // process may hold), no HTTPS, optionally metrics.
-func globalOptions(admin int, metrics bool) string {
-	s := fmt.Sprintf("\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", admin)
+// The -global-options lines follow.
+func globalOptions(admin int, metrics bool, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", admin)
 	if metrics {
-		s += "\tmetrics\n"
+		b.WriteString("\tmetrics\n")
 	}
-	return s
+	extraLines(&b, extra, "\t")
+	return b.String()
 }
 
 // extraLines indents each non-empty line of s (a flag's value) by tabs.
@@ -444,7 +486,7 @@ func extraLines(b *strings.Builder, s, tabs string) {
 // verification of an HTTPS upstream (self-signed).
 func caddyfileReverse(port, admin int, upURL string, cfg config) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n%s}\n\n:%d {\n\treverse_proxy %s", globalOptions(admin, cfg.Metrics), port, upURL)
+	fmt.Fprintf(&b, "{\n%s}\n\n:%d {\n\treverse_proxy %s", globalOptions(admin, cfg.Metrics, cfg.Global), port, upURL)
 	https := strings.HasPrefix(upURL, "https://")
 	if https || strings.TrimSpace(cfg.CaddyExtra) != "" {
 		b.WriteString(" {\n\t\ttransport http {\n")
@@ -467,7 +509,7 @@ func caddyfileGateway(port, admin int, upURL string, cfg config, key string) str
 	pipeline := key != ""
 	limits := cfg.Limits || pipeline
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n%s\tbyteproxy {\n", globalOptions(admin, cfg.Metrics || pipeline))
+	fmt.Fprintf(&b, "{\n%s\tbyteproxy {\n", globalOptions(admin, cfg.Metrics || pipeline, cfg.Global))
 	if pipeline {
 		fmt.Fprintf(&b, "\t\tauth proxy {\n\t\t\tkey %s\n\t\t\trequired true\n\t\t}\n", key)
 	} else {

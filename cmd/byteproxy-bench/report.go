@@ -101,6 +101,8 @@ type report struct {
 	GatewayOptions string           `json:"gatewayOptions,omitempty"`
 	ServiceOptions string           `json:"serviceOptions,omitempty"`
 	CaddyTransport string           `json:"caddyTransport,omitempty"`
+	GlobalOptions  string           `json:"globalOptions,omitempty"`
+	UpstreamDelay  string           `json:"upstreamDelay"`
 	Env            []string         `json:"env,omitempty"`
 	Path           string           `json:"path"`
 	Binary         string           `json:"binary"`
@@ -108,9 +110,11 @@ type report struct {
 	LoadBefore     float64          `json:"loadAverageBefore"`
 	LoadAfter      float64          `json:"loadAverageAfter"`
 	OtherLoad      []string         `json:"otherLoadGenerators,omitempty"` // running when the benchmark began
-	Upstreams      []upstreamReport `json:"upstreams"`
+	Upstreams      []upstreamReport `json:"upstreams,omitempty"`
 	Valid          bool             `json:"valid"`
 	Problem        string           `json:"problem,omitempty"`
+	// Reloads is the reload mode's result (-reloads), instead of Upstreams.
+	Reloads *reloadReport `json:"reloads,omitempty"`
 }
 
 // summarize builds one table per upstream kind, in the order the targets
@@ -258,8 +262,13 @@ func (t targetReport) problems(kind string, maxErr float64) []string {
 }
 
 func (r *report) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%s, %s (+%s warmup) per target, median of %d run(s); limits %s, metrics %s\n",
-		r.Generator, r.Duration, r.Warmup, r.Runs, onOff(r.Limits), onOff(r.Metrics))
+	if r.Reloads != nil {
+		fmt.Fprintf(w, "\n%s, %s (+%s warmup) per target with %d config reloads (POST /load, a changed Caddyfile), %d run(s) summed; limits %s, metrics %s\n",
+			r.Generator, r.Duration, r.Warmup, r.Reloads.PerRun, r.Runs, onOff(r.Limits), onOff(r.Metrics))
+	} else {
+		fmt.Fprintf(w, "\n%s, %s (+%s warmup) per target, median of %d run(s); limits %s, metrics %s\n",
+			r.Generator, r.Duration, r.Warmup, r.Runs, onOff(r.Limits), onOff(r.Metrics))
+	}
 	if r.Pipeline {
 		fmt.Fprintf(w, "%s: proxy key required and sent, client_rate_limit and service rate_limit, Caddy metrics on\n", namePipeline)
 	}
@@ -275,6 +284,12 @@ func (r *report) printTable(w io.Writer) {
 	if r.CaddyTransport != "" {
 		fmt.Fprintf(w, "plain Caddy transport options: %q\n", r.CaddyTransport)
 	}
+	if r.UpstreamDelay != "" && r.UpstreamDelay != "0s" {
+		fmt.Fprintf(w, "the upstream waits %s before each answer\n", r.UpstreamDelay)
+	}
+	if r.GlobalOptions != "" {
+		fmt.Fprintf(w, "global options of every target: %q\n", r.GlobalOptions)
+	}
 	if len(r.Env) > 0 {
 		fmt.Fprintf(w, "environment of every target: %s\n", strings.Join(r.Env, " "))
 	}
@@ -284,6 +299,9 @@ func (r *report) printTable(w io.Writer) {
 	}
 	for _, u := range r.Upstreams {
 		u.printTable(w)
+	}
+	if r.Reloads != nil {
+		r.Reloads.print(w)
 	}
 	if !r.Valid && r.Problem != "" {
 		fmt.Fprintf(w, "\nINVALID: %s\n", r.Problem)

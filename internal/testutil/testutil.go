@@ -160,12 +160,17 @@ func (in *Instance) render(caddyfile string) string {
 	return r.Replace(caddyfile)
 }
 
-// addAdmin puts "admin {{ADMIN}}" in the global options block, creating
-// the block if the Caddyfile has none.
+// addAdmin puts "admin {{ADMIN}}" in the global options block (the first
+// thing after blank and comment lines), creating the block if the
+// Caddyfile has none.
 func addAdmin(c string) string {
-	trim := strings.TrimLeft(c, " \t\n")
-	if strings.HasPrefix(trim, "{") {
-		return "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(trim, "{")
+	rest := strings.TrimLeft(c, " \t\r\n")
+	for strings.HasPrefix(rest, "#") {
+		_, rest, _ = strings.Cut(rest, "\n")
+		rest = strings.TrimLeft(rest, " \t\r\n")
+	}
+	if strings.HasPrefix(rest, "{") {
+		return c[:len(c)-len(rest)] + "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(rest, "{")
 	}
 	return "{\n\tadmin {{ADMIN}}\n}\n" + c
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -217,6 +218,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.configServices[key] = svc
 	}
+	a.warnOpenProxy()
 	snapshot := make(map[string]*Service, len(a.configServices))
 	for k, s := range a.configServices {
 		snapshot[k] = s
@@ -228,6 +230,29 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.logger.Error("loading runtime services", zap.Error(err))
 	}
 	return nil
+}
+
+// warnOpenProxy says so at startup when /proxy/* needs no key while a
+// service of the config carries a credential: anyone who reaches the
+// gateway can then call the upstream with it. That is a valid setup on a
+// private network, so it is a warning, not an error.
+func (a *App) warnOpenProxy() {
+	if sc := a.scopes[ScopeProxy]; sc.Required {
+		return
+	}
+	var keys []string
+	for key, svc := range a.configServices {
+		if svc.HasAuth() && svc.TokenConfigured() {
+			keys = append(keys, key)
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	sort.Strings(keys)
+	a.logger.Warn("the proxy needs no API key: anyone who can reach this gateway can call these services with their credentials; "+
+		"set auth proxy { key ... } in the byteproxy global option, or keep the gateway on a private network",
+		zap.Strings("services", keys))
 }
 
 func (a *App) provisionScopes(repl *caddy.Replacer) error {
