@@ -326,12 +326,15 @@ func TestParseFlags(t *testing.T) {
 	if c.Upstream != "both" || c.UpstreamProto != "both" || c.Pipeline || strings.Join(c.kinds(), ",") != "http,https" {
 		t.Errorf("defaults: upstream %q proto %q pipeline %v kinds %v", c.Upstream, c.UpstreamProto, c.Pipeline, c.kinds())
 	}
-	c, err = parseFlags([]string{"-upstream", "https", "-upstream-proto", "h1", "-pipeline",
+	if c.Budgets {
+		t.Error("-budgets is off by default")
+	}
+	c, err = parseFlags([]string{"-upstream", "https", "-upstream-proto", "h1", "-pipeline", "-budgets",
 		"-service-options", "timeout 5s", "-caddy-transport", "versions 1.1"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(c.kinds(), ",") != "https" || c.UpstreamProto != "h1" || !c.Pipeline ||
+	if strings.Join(c.kinds(), ",") != "https" || c.UpstreamProto != "h1" || !c.Pipeline || !c.Budgets ||
 		c.ServiceExtra != "timeout 5s" || c.CaddyExtra != "versions 1.1" {
 		t.Errorf("parsed %+v", c)
 	}
@@ -358,6 +361,7 @@ func TestProfilePath(t *testing.T) {
 	for _, c := range []struct{ base, kind, name, want string }{
 		{"gw.pprof", "http", nameGateway, "gw-http.pprof"},
 		{"/tmp/x/gw.pprof", "https", namePipeline, "/tmp/x/gw-https-pipeline.pprof"},
+		{"gw.pprof", "http", nameBudgets, "gw-http-budgets.pprof"},
 		{"gw", "https", nameGateway, "gw-https"},
 	} {
 		if got := profilePath(c.base, c.kind, c.name); got != c.want {
@@ -405,6 +409,10 @@ func TestRatios(t *testing.T) {
 	}
 	if got := ratios(ts[:2]); len(got) != 1 {
 		t.Errorf("without the pipeline: %+v", got)
+	}
+	got = ratios(append(ts[:2:2], targetReport{Name: nameBudgets, ReqPerSec: 1900, P99Ms: 5.5, CPUPerReqUs: 55}))
+	if len(got) != 3 || got[2].Of != nameBudgets || got[2].To != nameGateway || !near(got[2].Throughput, 0.95) || !near(got[2].CPUPerReq, 1.1) {
+		t.Errorf("with -budgets: %+v, want budgets/caddy and budgets/byteproxy", got)
 	}
 }
 
@@ -567,7 +575,10 @@ func TestCaddyfilesAdapt(t *testing.T) {
 			[]string{`"metrics"`}, 0},
 		{"pipeline https", caddyfileGateway(1234, 1235, "https://127.0.0.1:1236", bare, key),
 			[]string{`"metrics"`, `"tls_insecure_skip_verify":true`, key, `"required":true`},
-			nil, 2},
+			[]string{`"upstream_limits"`}, 2},
+		{"budgets", caddyfileGateway(1234, 1235, "http://127.0.0.1:1236", withBudget(bare), ""),
+			[]string{`"upstream_limits":{}`, `"timeout":7000000000`},
+			[]string{`"metrics"`}, 0},
 		// The reload mode: -global-options on every target, a route per
 		// generation that no request takes.
 		{"gateway reload", withReloadRoute(caddyfileGateway(1234, 1235, "http://127.0.0.1:1236", reload, ""), 7),
@@ -726,6 +737,15 @@ func TestSmokeModes(t *testing.T) {
 		rs := rep.Upstreams[0].Ratios
 		if len(rs) != 3 || rs[2].Of != namePipeline || rs[2].To != nameGateway || rs[2].Throughput <= 0 {
 			t.Errorf("pipeline ratios: %+v", rs)
+		}
+	})
+	t.Run("budgets", func(t *testing.T) {
+		cfg := smokeConfig(t)
+		cfg.Upstream, cfg.Budgets = kindHTTP, true
+		rep := runSmoke(t, cfg, []string{kindHTTP}, []string{nameCaddy, nameGateway, nameBudgets})
+		rs := rep.Upstreams[0].Ratios
+		if len(rs) != 3 || rs[2].Of != nameBudgets || rs[2].To != nameGateway || rs[2].Throughput <= 0 {
+			t.Errorf("budgets ratios: %+v", rs)
 		}
 	})
 	// If the gateway ever defaults to HTTP/1.1 to TLS upstreams, https-h2

@@ -13,6 +13,7 @@
 //	go run ./cmd/byteproxy-bench -upstream-proto h1          # HTTPS upstream offers HTTP/1.1 only
 //	go run ./cmd/byteproxy-bench -pipeline                   # also the full pipeline, ratio to the bare gateway
 //	go run ./cmd/byteproxy-bench -limits                     # service and client rate limits on
+//	go run ./cmd/byteproxy-bench -budgets                    # also the gateway with an upstream budget, ratio to it without
 //	go run ./cmd/byteproxy-bench -metrics                    # Caddy metrics on (every target)
 //	go run ./cmd/byteproxy-bench -profile gw.pprof           # also CPU and allocation profiles of the gateway
 //	go run ./cmd/byteproxy-bench -upstream http -reloads 20 -d 20s   # failed requests during 20 config reloads
@@ -65,6 +66,7 @@ type config struct {
 	Limits     bool
 	Metrics    bool
 	Pipeline   bool
+	Budgets    bool
 	JSON       bool
 	Gen        string // auto, wrk or go
 	Path       string
@@ -126,6 +128,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.Limits, "limits", false, "turn on a service rate_limit and a client_rate_limit high enough never to trigger")
 	fs.BoolVar(&c.Metrics, "metrics", false, "turn on Caddy's metrics (global `metrics` option) on every target")
 	fs.BoolVar(&c.Pipeline, "pipeline", false, "also measure the gateway with the full pipeline (proxy key required and sent, client and service rate limits, metrics) and report its ratio to the bare gateway")
+	fs.BoolVar(&c.Budgets, "budgets", false, "also measure the gateway with an upstream budget on the benchmark service (upstream_limits: every request reserved before it is sent and settled with the answer; the upstream announces no limit, so none binds) and report its ratios to plain Caddy and to the gateway without it")
 	fs.BoolVar(&c.JSON, "json", false, "print machine-readable results on stdout")
 	fs.StringVar(&c.Gen, "gen", "auto", "load generator: auto (wrk if installed), wrk or go")
 	fs.StringVar(&c.Path, "path", "/proxy/bench/ping", "request path (the same on every target)")
@@ -235,6 +238,7 @@ const (
 	nameCaddy    = "caddy-reverse"
 	nameGateway  = "byteproxy"
 	namePipeline = "byteproxy-pipeline"
+	nameBudgets  = "byteproxy-budgets"
 )
 
 // proxyKeyHeader carries the pipeline's proxy key.
@@ -246,7 +250,10 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 	kinds := cfg.kinds()
 	perKind := 2
 	if cfg.Pipeline {
-		perKind = 3
+		perKind++
+	}
+	if cfg.Budgets {
+		perKind++
 	}
 	profiles := 0
 	if cfg.Profile != "" {
@@ -311,7 +318,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 
 	rep := &report{
 		Env: cfg.Env, Generator: gen.Name(), Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
-		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline,
+		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline, Budgets: cfg.Budgets,
 		GatewayOptions: cfg.Extra, ServiceOptions: cfg.ServiceExtra, CaddyTransport: cfg.CaddyExtra,
 		GlobalOptions: cfg.Global, UpstreamDelay: cfg.UpstreamDelay.String(), Path: cfg.Path, Binary: bin,
 		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others,
@@ -365,8 +372,11 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 // gw-https-pipeline.pprof for its full pipeline.
 func profilePath(base, kind, name string) string {
 	suffix := "-" + kind
-	if name == namePipeline {
+	switch name {
+	case namePipeline:
 		suffix += "-pipeline"
+	case nameBudgets:
+		suffix += "-budgets"
 	}
 	ext := filepath.Ext(base)
 	return strings.TrimSuffix(base, ext) + suffix + ext
@@ -388,12 +398,16 @@ func pickGenerator(cfg config) (generator, error) {
 	return goGen{conns: cfg.Conns}, nil
 }
 
-// startTargets starts plain Caddy, the gateway and (-pipeline) the
-// gateway with its full pipeline, in that order, all proxying to up.
+// startTargets starts plain Caddy, the gateway, (-pipeline) the gateway
+// with its full pipeline and (-budgets) the gateway with an upstream
+// budget, in that order, all proxying to up.
 func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string, up *upstream) ([]*target, error) {
 	names := []string{nameCaddy, nameGateway}
 	if cfg.Pipeline {
 		names = append(names, namePipeline)
+	}
+	if cfg.Budgets {
+		names = append(names, nameBudgets)
 	}
 	var targets []*target
 	for _, name := range names {
@@ -420,6 +434,8 @@ func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string
 			}
 			cf = caddyfileGateway(port, admin, up.baseURL(), cfg, key)
 			t.ep.Headers = []string{proxyKeyHeader + ": " + key}
+		case nameBudgets:
+			cf = caddyfileGateway(port, admin, up.baseURL(), withBudget(cfg), "")
 		}
 		t.caddyfile = func(int) string { return cf }
 		if cfg.Reloads > 0 {
@@ -513,6 +529,15 @@ func caddyfileGateway(port, admin int, upURL string, cfg config, key string) str
 	extraLines(&b, cfg.ServiceExtra, "\t\t\t")
 	fmt.Fprintf(&b, "\t\t}\n\t}\n}\n\n:%d {\n\tbyteproxy\n}\n", port)
 	return b.String()
+}
+
+// withBudget is cfg with an upstream budget on the gateway's benchmark
+// service: a generic one (the upstream sends no rate-limit header, so after
+// its first answer nothing limits a request), which costs every request a
+// reservation before it is sent and a settlement with the answer.
+func withBudget(cfg config) config {
+	cfg.ServiceExtra += "\nupstream_limits"
+	return cfg
 }
 
 // measure runs the warmup, then the measured load with CPU readings of the

@@ -81,8 +81,9 @@ type upstreamReport struct {
 	Offered             string         `json:"offered,omitempty"`
 	UpstreamCPUPerReqUs float64        `json:"upstreamCpuPerReqUs"` // over every measured run of this kind
 	Targets             []targetReport `json:"targets"`
-	// byteproxy / caddy-reverse, and with -pipeline byteproxy-pipeline /
-	// caddy-reverse and byteproxy-pipeline / byteproxy.
+	// byteproxy / caddy-reverse, with -pipeline byteproxy-pipeline /
+	// caddy-reverse and byteproxy-pipeline / byteproxy, with -budgets
+	// byteproxy-budgets / caddy-reverse and byteproxy-budgets / byteproxy.
 	Ratios []ratioReport `json:"ratios"`
 }
 
@@ -96,6 +97,7 @@ type report struct {
 	Limits         bool             `json:"limits"`
 	Metrics        bool             `json:"metrics"`
 	Pipeline       bool             `json:"pipeline"`
+	Budgets        bool             `json:"budgets"`
 	GatewayOptions string           `json:"gatewayOptions,omitempty"`
 	ServiceOptions string           `json:"serviceOptions,omitempty"`
 	CaddyTransport string           `json:"caddyTransport,omitempty"`
@@ -189,7 +191,8 @@ func summarizeTarget(t *target) targetReport {
 }
 
 // ratios compares the gateway targets of one table with plain Caddy, and
-// the full pipeline with the bare gateway.
+// the full pipeline and the gateway with an upstream budget with the bare
+// gateway.
 func ratios(ts []targetReport) []ratioReport {
 	find := func(name string) *targetReport {
 		for i := range ts {
@@ -200,7 +203,8 @@ func ratios(ts []targetReport) []ratioReport {
 		return nil
 	}
 	var out []ratioReport
-	for _, pair := range [][2]string{{nameGateway, nameCaddy}, {namePipeline, nameCaddy}, {namePipeline, nameGateway}} {
+	for _, pair := range [][2]string{{nameGateway, nameCaddy}, {namePipeline, nameCaddy}, {namePipeline, nameGateway},
+		{nameBudgets, nameCaddy}, {nameBudgets, nameGateway}} {
 		of, to := find(pair[0]), find(pair[1])
 		if of == nil || to == nil {
 			continue
@@ -267,6 +271,9 @@ func (r *report) printTable(w io.Writer) {
 	}
 	if r.Pipeline {
 		fmt.Fprintf(w, "%s: proxy key required and sent, client_rate_limit and service rate_limit, Caddy metrics on\n", namePipeline)
+	}
+	if r.Budgets {
+		fmt.Fprintf(w, "%s: the gateway with upstream_limits on the service (reserve and settle per request; no limit binds); issue 14: within 5%% of %s\n", nameBudgets, nameGateway)
 	}
 	if r.GatewayOptions != "" {
 		fmt.Fprintf(w, "gateway options: %q\n", r.GatewayOptions)

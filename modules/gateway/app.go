@@ -104,8 +104,9 @@ type App struct {
 	// Guarded by writeMu.
 	records map[string]string
 
-	metrics *Metrics
-	guard   atomic.Pointer[netguard.Guard] // see addrGuard
+	metrics     *Metrics
+	guard       atomic.Pointer[netguard.Guard] // see addrGuard
+	budgetState appBudgets                     // the store of upstream budgets (budget.go)
 
 	statusMu sync.RWMutex
 	statuses map[string]any
@@ -222,6 +223,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	for k, s := range a.configServices {
 		snapshot[k] = s
 	}
+	a.attachBudgets(snapshot)
 	a.services.Store(&snapshot)
 	if err := a.syncRuntime(ctx); err != nil {
 		// Storage trouble must not stop the gateway: config services still work.
@@ -381,13 +383,15 @@ func (a *App) Stop() error {
 }
 
 // Cleanup releases the upstream connections of this config's services:
-// idle ones now, those of requests still in flight when they end.
+// idle ones now, those of requests still in flight when they end; and
+// their upstream budgets, which live on in a newer config that has them.
 func (a *App) Cleanup() error {
 	if m := a.services.Load(); m != nil {
 		for _, s := range *m {
 			s.Close()
 		}
 	}
+	a.releaseStore()
 	return nil
 }
 
