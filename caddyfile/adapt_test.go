@@ -107,6 +107,16 @@ func TestAdaptErrors(t *testing.T) {
 		{"two global blocks", "{\n byteproxy {\n  service github\n }\n byteproxy {\n  service discord\n }\n}", "the byteproxy global option may appear only once", 5},
 		{"max_cpu as a percentage", "{\n byteproxy {\n  pressure {\n   max_cpu 98\n  }\n }\n}", "max_cpu: 98 would mean 9,800% of GOMAXPROCS; it is a fraction between 0 and 1; did you mean 0.98?", 4},
 		{"max_cpu far above 1", "{\n byteproxy {\n  pressure {\n   max_cpu 250\n  }\n }\n}", "max_cpu: 250 would mean 25,000% of GOMAXPROCS; it is a fraction between 0 and 1", 4},
+		{"upstream_limits bad switch", "{\n byteproxy {\n  service github {\n   upstream_limits maybe\n  }\n }\n}", "upstream_limits takes on or off, got 'maybe'", 4},
+		{"upstream_limits off with settings", "{\n byteproxy {\n  service github {\n   upstream_limits off {\n    max_wait 1s\n   }\n  }\n }\n}", "upstream_limits off takes no settings", 5},
+		{"upstream_limits twice", "{\n byteproxy {\n  service github {\n   upstream_limits\n   upstream_limits off\n  }\n }\n}", "upstream_limits may appear only once per service", 5},
+		{"upstream_limits unknown", "{\n byteproxy {\n  service github {\n   upstream_limits {\n    max_hold 1s\n   }\n  }\n }\n}", "unrecognized upstream_limits subdirective 'max_hold'", 5},
+		{"upstream_limits bad max_wait", "{\n byteproxy {\n  service github {\n   upstream_limits {\n    max_wait soon\n   }\n  }\n }\n}", "max_wait: want a duration such as 5s or 1500ms, got 'soon'", 5},
+		{"upstream_limits global_limit", "{\n byteproxy {\n  service discord {\n   upstream_limits {\n    global_limit 0\n   }\n  }\n }\n}", "global_limit: want a positive number of requests, got '0'", 5},
+		{"upstream_limits ban_threshold", "{\n byteproxy {\n  service discord {\n   upstream_limits {\n    ban_threshold many 10m\n   }\n  }\n }\n}", "ban_threshold: want a positive number of invalid responses or off, got 'many'", 5},
+		{"upstream_limits weight", "{\n byteproxy {\n  service discord {\n   upstream_limits {\n    weight key:1 -2\n   }\n  }\n }\n}", "weight: want a positive number, got '-2'", 5},
+		{"upstream_limits headers", "{\n byteproxy {\n  service x {\n   base_url https://x/\n   upstream_limits {\n    headers x-ratelimit soon\n   }\n  }\n }\n}", "headers x-ratelimit: want epoch or delta for X-RateLimit-Reset, got 'soon'", 6},
+		{"upstream_limits max_in_flight", "{\n byteproxy {\n  service github {\n   upstream_limits {\n    max_in_flight 0\n   }\n  }\n }\n}", "max_in_flight: want a number of at least 1, or off, got '0'", 5},
 		{"max_cpu not a number", "{\n byteproxy {\n  pressure {\n   max_cpu most\n  }\n }\n}", "max_cpu: want a fraction between 0 and 1, such as 0.98, got 'most'", 4},
 	}
 	for _, tc := range cases {

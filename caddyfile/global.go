@@ -299,7 +299,7 @@ func parseRuntimeServices(d *caddyfile.Dispenser, app *gateway.App) error {
 	return nil
 }
 
-// service <key> [<preset>] [{ name; base_url; version; header; auth; rate_limit; timeout; retries; tls_insecure_skip_verify }]
+// service <key> [<preset>] [{ name; base_url; version; header; auth; rate_limit; timeout; retries; tls_insecure_skip_verify; upstream_limits }]
 func parseService(d *caddyfile.Dispenser, app *gateway.App) error {
 	if !d.NextArg() {
 		return d.ArgErr()
@@ -379,10 +379,187 @@ func parseServiceOption(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) erro
 			return d.ArgErr()
 		}
 		cfg.TLSInsecureSkipVerify = true
+	case "upstream_limits":
+		return parseUpstreamLimits(d, cfg)
 	default:
 		return d.Errf("unrecognized service subdirective '%s'", d.Val())
 	}
 	return err
+}
+
+// upstream_limits [on|off] [{
+//
+//	max_wait <duration>
+//	reset_slack <duration>
+//	global_limit <n> [<window>]
+//	mutation_spacing <duration>|off
+//	max_in_flight <n>|off
+//	ban_threshold <n>|off [<window>]
+//	unauthorized_lock <duration>|off
+//	max_queue <n>
+//	weight <consumer> <weight>
+//	headers ietf|x-ratelimit [epoch|delta]
+//
+// }]
+func parseUpstreamLimits(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) error {
+	if cfg.UpstreamLimits != nil {
+		return d.Err("upstream_limits may appear only once per service; merge the two blocks")
+	}
+	l := new(gateway.UpstreamLimits)
+	cfg.UpstreamLimits = l
+	if d.NextArg() {
+		on, err := parseBool(d, d.Val())
+		if err != nil {
+			return d.Errf("upstream_limits takes on or off, got '%s'", d.Val())
+		}
+		l.Disabled = !on
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if l.Disabled {
+			return d.Errf("upstream_limits off takes no settings; remove '%s' or the off", d.Val())
+		}
+		if err := parseUpstreamLimit(d, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseUpstreamLimit(d *caddyfile.Dispenser, l *gateway.UpstreamLimits) error {
+	var err error
+	switch name := d.Val(); name {
+	case "max_wait":
+		l.MaxWait, err = durationPtr(d, false)
+	case "reset_slack":
+		l.ResetSlack, err = durationPtr(d, false)
+	case "mutation_spacing":
+		l.MutationSpacing, err = durationPtr(d, true)
+	case "unauthorized_lock":
+		l.UnauthorizedLock, err = durationPtr(d, true)
+	case "global_limit":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.Errf("global_limit takes <requests> [<window>], e.g. global_limit 50 1s")
+		}
+		if l.GlobalLimit, err = strconv.Atoi(args[0]); err != nil || l.GlobalLimit <= 0 {
+			return d.Errf("global_limit: want a positive number of requests, got '%s'", args[0])
+		}
+		if len(args) == 2 {
+			w, perr := caddy.ParseDuration(args[1])
+			if perr != nil || w <= 0 {
+				return d.Errf("global_limit: window must be a positive duration, got '%s'", args[1])
+			}
+			l.GlobalWindow = caddy.Duration(w)
+		}
+	case "max_in_flight":
+		l.MaxInFlight, err = countOrOff(d, 1)
+	case "ban_threshold":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.Errf("ban_threshold takes <invalid_responses>|off [<window>], e.g. ban_threshold 5000 10m")
+		}
+		zero := 0
+		l.BanThreshold = &zero
+		if args[0] != "off" {
+			n, perr := strconv.Atoi(args[0])
+			if perr != nil || n <= 0 {
+				return d.Errf("ban_threshold: want a positive number of invalid responses or off, got '%s'", args[0])
+			}
+			l.BanThreshold = &n
+		}
+		if len(args) == 2 {
+			w, perr := caddy.ParseDuration(args[1])
+			if perr != nil || w <= 0 {
+				return d.Errf("ban_threshold: window must be a positive duration, got '%s'", args[1])
+			}
+			l.BanWindow = caddy.Duration(w)
+		}
+	case "max_queue":
+		var n int
+		if n, err = oneInt(d); err == nil && n == 0 {
+			err = d.Errf("max_queue must be at least 1")
+		}
+		l.MaxQueue = n
+	case "weight":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("weight takes <consumer> <weight>, e.g. weight key:53e07d8c8ec1 2")
+		}
+		w, perr := strconv.ParseFloat(args[1], 64)
+		if perr != nil || !(w > 0) {
+			return d.Errf("weight: want a positive number, got '%s'", args[1])
+		}
+		if l.Weights == nil {
+			l.Weights = map[string]float64{}
+		}
+		if _, dup := l.Weights[args[0]]; dup {
+			return d.Errf("weight: consumer '%s' is weighted twice", args[0])
+		}
+		l.Weights[args[0]] = w
+	case "headers":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.Errf("headers takes ietf or x-ratelimit [epoch|delta]")
+		}
+		switch args[0] {
+		case "ietf":
+			if len(args) == 2 {
+				return d.Errf("headers ietf takes no reset argument (RateLimit's t is always seconds from now)")
+			}
+		case "x-ratelimit":
+			if len(args) == 2 {
+				if args[1] != "epoch" && args[1] != "delta" {
+					return d.Errf("headers x-ratelimit: want epoch or delta for X-RateLimit-Reset, got '%s'", args[1])
+				}
+				l.Reset = args[1]
+			}
+		default:
+			return d.Errf("headers: want ietf or x-ratelimit, got '%s'", args[0])
+		}
+		l.Headers = args[0]
+	default:
+		return d.Errf("unrecognized upstream_limits subdirective '%s'", name)
+	}
+	return err
+}
+
+// durationPtr reads one duration (or, with off, the word off for 0) into
+// a pointer, so that an explicit 0 is kept.
+func durationPtr(d *caddyfile.Dispenser, off bool) (*caddy.Duration, error) {
+	name := d.Val()
+	s, err := oneString(d)
+	if err != nil {
+		return nil, err
+	}
+	if off && s == "off" {
+		zero := caddy.Duration(0)
+		return &zero, nil
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur < 0 {
+		return nil, d.Errf("%s: want a duration such as 5s or 1500ms, got '%s'", name, s)
+	}
+	v := caddy.Duration(dur)
+	return &v, nil
+}
+
+// countOrOff reads `<n>|off` (off is 0) into a pointer; n at least least.
+func countOrOff(d *caddyfile.Dispenser, least int) (*int, error) {
+	name := d.Val()
+	s, err := oneString(d)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	if s != "off" {
+		if n, err = strconv.Atoi(s); err != nil || n < least {
+			return nil, d.Errf("%s: want a number of at least %d, or off, got '%s'", name, least, s)
+		}
+	}
+	return &n, nil
 }
 
 // auth bot|bearer|basic <token> | auth header|api-key|query <name> <token>

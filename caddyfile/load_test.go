@@ -64,6 +64,31 @@ func TestLoadErrors(t *testing.T) {
 			notWant:   "hunter2",
 		},
 		{
+			name:      "global_limit on a custom service",
+			caddyfile: "{\n byteproxy {\n  service custom-api {\n   base_url https://api.example.com/\n   upstream_limits {\n    global_limit 50\n   }\n  }\n }\n}" + site,
+			want:      []string{"byteproxy > service custom-api > upstream_limits > global_limit: applies to services built from the discord preset only"},
+		},
+		{
+			name:      "headers on a preset",
+			caddyfile: "{\n byteproxy {\n  service github {\n   upstream_limits {\n    headers ietf\n   }\n  }\n }\n}" + site,
+			want:      []string{"byteproxy > service github > upstream_limits > headers: the github preset reads github's own headers"},
+		},
+		{
+			name: "max_wait too long in JSON",
+			json: `{"apps":{"byteproxy":{"services":{"discord":{"preset":"discord","upstream_limits":{"max_wait":"2h"}}}},` + jsonSite + `}}`,
+			want: []string{"byteproxy > service discord > upstream_limits > max_wait: must be between 0 and 1h0m0s, got 2h0m0s"},
+		},
+		{
+			name: "weight not positive in JSON",
+			json: `{"apps":{"byteproxy":{"services":{"x":{"base_url":"https://x.example/","upstream_limits":{"weights":{"key:1":0}}}}},` + jsonSite + `}}`,
+			want: []string{`byteproxy > service x > upstream_limits > weight: the weight of "key:1" must be above 0`},
+		},
+		{
+			name: "unknown header family in JSON",
+			json: `{"apps":{"byteproxy":{"services":{"x":{"base_url":"https://x.example/","upstream_limits":{"headers":"draft"}}}},` + jsonSite + `}}`,
+			want: []string{`byteproxy > service x > upstream_limits > headers: unknown header family "draft" (want ietf or x-ratelimit)`},
+		},
+		{
 			name: "max_cpu in JSON",
 			json: `{"apps":{"byteproxy":{"pressure":{"max_cpu":98}},` + jsonSite + `}}`,
 			want: []string{"byteproxy > pressure > max_cpu: 98 would mean 9,800% of GOMAXPROCS; it is a fraction between 0 and 1; did you mean 0.98?"},

@@ -27,6 +27,9 @@ type loadResult struct {
 	P50, P99  time.Duration
 	Non2xx    int64 // completed responses whose status is not 2xx (wrk: not 2xx or 3xx)
 	Errors    int64 // connect, read, write errors and timeouts
+	// Socket is Errors by kind (wrk only; the built-in generator counts
+	// every error in Errors alone).
+	Socket socketErrors
 	// BytesRead is what the generator read: with wrk whole responses, with
 	// the built-in generator bodies. Fewer than len(upstreamBody) bytes per
 	// request means the target is not answering with the upstream's body.
@@ -36,6 +39,18 @@ type loadResult struct {
 	WrongBody int64
 	// GenCPU is the load generator's own CPU time; 0 when unknown.
 	GenCPU time.Duration
+}
+
+// socketErrors are wrk's "Socket errors" by kind.
+type socketErrors struct {
+	Connect int64 `json:"connect"`
+	Read    int64 `json:"read"`
+	Write   int64 `json:"write"`
+	Timeout int64 `json:"timeout"`
+}
+
+func (e socketErrors) add(o socketErrors) socketErrors {
+	return socketErrors{e.Connect + o.Connect, e.Read + o.Read, e.Write + o.Write, e.Timeout + o.Timeout}
 }
 
 // endpoint is what a generator requests: a URL and the request headers
@@ -148,10 +163,12 @@ func parseWrk(out string) (loadResult, error) {
 		r.Non2xx, _ = strconv.ParseInt(m[1], 10, 64)
 	}
 	if m := reWrkSocket.FindStringSubmatch(out); m != nil {
-		for _, s := range m[1:] {
-			n, _ := strconv.ParseInt(s, 10, 64)
-			r.Errors += n
+		n := make([]int64, 4)
+		for i, s := range m[1:] {
+			n[i], _ = strconv.ParseInt(s, 10, 64)
+			r.Errors += n[i]
 		}
+		r.Socket = socketErrors{Connect: n[0], Read: n[1], Write: n[2], Timeout: n[3]}
 	}
 	return r, nil
 }

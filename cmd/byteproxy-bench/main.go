@@ -13,8 +13,11 @@
 //	go run ./cmd/byteproxy-bench -upstream-proto h1          # HTTPS upstream offers HTTP/1.1 only
 //	go run ./cmd/byteproxy-bench -pipeline                   # also the full pipeline, ratio to the bare gateway
 //	go run ./cmd/byteproxy-bench -limits                     # service and client rate limits on
+//	go run ./cmd/byteproxy-bench -budgets                    # also the gateway with an upstream budget, ratio to it without
 //	go run ./cmd/byteproxy-bench -metrics                    # Caddy metrics on (every target)
 //	go run ./cmd/byteproxy-bench -profile gw.pprof           # also CPU and allocation profiles of the gateway
+//	go run ./cmd/byteproxy-bench -upstream http -reloads 20 -d 20s   # failed requests during 20 config reloads
+//	go run ./cmd/byteproxy-bench -upstream http -reloads 20 -d 20s -global-options "grace_period 10s"
 //
 // CPU per request is the target process's utime+stime (from
 // /proc/<pid>/stat) over the measured run divided by the requests it served;
@@ -22,6 +25,13 @@
 // processes, so their CPU is not counted. The run fails (exit status 1) when
 // more than -max-errors of the responses are errors or not 2xx, so a broken
 // gateway never produces numbers that look valid.
+//
+// With -reloads N the benchmark measures config reloads instead: while wrk
+// runs at each target, N changed Caddyfiles are loaded through its admin
+// endpoint (POST /load, what `byteproxy reload` does), and the report counts
+// the requests that failed, by wrk's kind of socket error (connect, read,
+// write, timeout) and non-2xx, for plain Caddy and the gateway in the same
+// run. See reloads.go.
 package main
 
 import (
@@ -56,6 +66,7 @@ type config struct {
 	Limits     bool
 	Metrics    bool
 	Pipeline   bool
+	Budgets    bool
 	JSON       bool
 	Gen        string // auto, wrk or go
 	Path       string
@@ -65,9 +76,13 @@ type config struct {
 	Upstream   string // http, https or both
 	// UpstreamProto is what the HTTPS upstream offers by ALPN: h1, h2 or both.
 	UpstreamProto string
+	// UpstreamDelay is the upstream's wait before each answer.
+	UpstreamDelay time.Duration
 	Extra         string   // extra lines for the byteproxy global option
 	ServiceExtra  string   // extra lines for the gateway's service block
 	CaddyExtra    string   // extra lines for plain Caddy's `transport http` block
+	Global        string   // extra lines for every target's global options block
+	Reloads       int      // reload mode: config reloads per measured run (0: throughput mode)
 	Env           []string // extra environment (K=V) for every target
 }
 
@@ -109,9 +124,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Runs, "runs", 1, "rounds over every target, alternating the order; the median is reported")
 	fs.StringVar(&c.Upstream, "upstream", protoBoth, "upstream kind: http, https (self-signed; both proxies skip verification) or both (one table each)")
 	fs.StringVar(&c.UpstreamProto, "upstream-proto", protoBoth, "what the HTTPS upstream offers by ALPN: h1 (HTTP/1.1 only), h2 (HTTP/2 only; other connections are refused) or both")
+	fs.DurationVar(&c.UpstreamDelay, "upstream-delay", 0, "the upstream waits this long before each answer (an API's latency), so that every target's throughput is bounded by the upstream, e.g. 5ms")
 	fs.BoolVar(&c.Limits, "limits", false, "turn on a service rate_limit and a client_rate_limit high enough never to trigger")
 	fs.BoolVar(&c.Metrics, "metrics", false, "turn on Caddy's metrics (global `metrics` option) on every target")
 	fs.BoolVar(&c.Pipeline, "pipeline", false, "also measure the gateway with the full pipeline (proxy key required and sent, client and service rate limits, metrics) and report its ratio to the bare gateway")
+	fs.BoolVar(&c.Budgets, "budgets", false, "also measure the gateway with an upstream budget on the benchmark service (upstream_limits: every request reserved before it is sent and settled with the answer; the upstream announces no limit, so none binds) and report its ratios to plain Caddy and to the gateway without it")
 	fs.BoolVar(&c.JSON, "json", false, "print machine-readable results on stdout")
 	fs.StringVar(&c.Gen, "gen", "auto", "load generator: auto (wrk if installed), wrk or go")
 	fs.StringVar(&c.Path, "path", "/proxy/bench/ping", "request path (the same on every target)")
@@ -121,6 +138,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Extra, "gateway-options", "", "extra lines for the gateway's byteproxy global option, e.g. \"pressure off\" or \"cors off\"")
 	fs.StringVar(&c.ServiceExtra, "service-options", "", "extra lines for the gateway's benchmark service block (every upstream kind), e.g. a per-service upstream protocol setting")
 	fs.StringVar(&c.CaddyExtra, "caddy-transport", "", "extra lines for plain Caddy's `transport http` block (every upstream kind), e.g. \"versions 1.1\"")
+	fs.StringVar(&c.Global, "global-options", "", "extra lines for every target's global options block, e.g. \"grace_period 10s\" or \"servers {\\nkeepalive_interval 5s\\n}\"")
+	fs.IntVar(&c.Reloads, "reloads", 0, "reload mode: load a changed Caddyfile this many times during each measured run (admin POST /load, evenly spread) and report the requests that failed; needs wrk")
 	fs.Var(envFlag{&c.Env}, "env", "extra environment K=V for every target, e.g. GOGC=400 (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -151,6 +170,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("-upstream-proto must be h1, h2 or both")
 	case c.Upstream == kindHTTP && c.UpstreamProto != protoBoth:
 		return c, errors.New("-upstream-proto applies to the HTTPS upstream: use it with -upstream https or both")
+	case c.UpstreamDelay < 0 || c.UpstreamDelay > 10*time.Second:
+		return c, errors.New("-upstream-delay must be between 0 and 10s")
+	case c.Reloads < 0 || c.Reloads > 1000:
+		return c, errors.New("-reloads must be between 0 and 1000")
+	case c.Reloads > 0 && c.Gen == "go":
+		return c, errors.New("-reloads needs wrk: Go's client resends a GET whose kept-alive connection was closed, which would hide the failures")
+	case c.Reloads > 0 && c.Profile != "":
+		return c, errors.New("-reloads and -profile cannot be combined")
 	}
 	return c, nil
 }
@@ -200,12 +227,18 @@ type target struct {
 	preflight string // why the first request did not get the upstream's answer
 	samples   []sample
 	conns     connCounts // upstream connections it opened (preflight, warmups, measured runs)
+	// caddyfile is the target's config; generation gen > 0 differs from
+	// the one before in a route no request takes (reload mode).
+	caddyfile  func(gen int) string
+	generation int            // the config generation loaded last
+	reloads    []reloadSample // reload mode: one per measured run
 }
 
 const (
 	nameCaddy    = "caddy-reverse"
 	nameGateway  = "byteproxy"
 	namePipeline = "byteproxy-pipeline"
+	nameBudgets  = "byteproxy-budgets"
 )
 
 // proxyKeyHeader carries the pipeline's proxy key.
@@ -217,14 +250,17 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 	kinds := cfg.kinds()
 	perKind := 2
 	if cfg.Pipeline {
-		perKind = 3
+		perKind++
+	}
+	if cfg.Budgets {
+		perKind++
 	}
 	profiles := 0
 	if cfg.Profile != "" {
 		profiles = len(kinds) * (perKind - 1)
 	}
 	// Every loop below is bounded; this deadline bounds the whole run too.
-	per := cfg.Warmup + cfg.Duration + 35*time.Second
+	per := cfg.Warmup + cfg.Duration + 35*time.Second + time.Duration(cfg.Reloads)*reloadTimeout
 	budget := 5*time.Minute + time.Duration(cfg.Runs*len(kinds)*perKind)*per +
 		time.Duration(profiles)*(per+time.Duration(cfg.ProfileSec)*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, budget)
@@ -259,7 +295,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 
 	var targets []*target // by upstream kind, then caddy, gateway, pipeline
 	for _, kind := range kinds {
-		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto)
+		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto, cfg.UpstreamDelay)
 		if err != nil {
 			return nil, err
 		}
@@ -282,10 +318,13 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 
 	rep := &report{
 		Env: cfg.Env, Generator: gen.Name(), Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
-		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline,
+		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline, Budgets: cfg.Budgets,
 		GatewayOptions: cfg.Extra, ServiceOptions: cfg.ServiceExtra, CaddyTransport: cfg.CaddyExtra,
-		Path: cfg.Path, Binary: bin,
+		GlobalOptions: cfg.Global, UpstreamDelay: cfg.UpstreamDelay.String(), Path: cfg.Path, Binary: bin,
 		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others,
+	}
+	if cfg.Reloads > 0 {
+		return runReloads(ctx, cfg, gen, targets, rep, log)
 	}
 	fmt.Fprintf(log, "%s, %s per target, %d run(s) over %d targets, load average %.2f on %d CPUs\n",
 		gen.Name(), cfg.Duration, cfg.Runs, len(targets), rep.LoadBefore, rep.CPUs)
@@ -333,8 +372,11 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 // gw-https-pipeline.pprof for its full pipeline.
 func profilePath(base, kind, name string) string {
 	suffix := "-" + kind
-	if name == namePipeline {
+	switch name {
+	case namePipeline:
 		suffix += "-pipeline"
+	case nameBudgets:
+		suffix += "-budgets"
 	}
 	ext := filepath.Ext(base)
 	return strings.TrimSuffix(base, ext) + suffix + ext
@@ -349,16 +391,23 @@ func pickGenerator(cfg config) (generator, error) {
 		if cfg.Gen == "wrk" {
 			return nil, fmt.Errorf("-gen wrk: %w", err)
 		}
+		if cfg.Reloads > 0 {
+			return nil, fmt.Errorf("-reloads needs wrk: %w", err)
+		}
 	}
 	return goGen{conns: cfg.Conns}, nil
 }
 
-// startTargets starts plain Caddy, the gateway and (-pipeline) the
-// gateway with its full pipeline, in that order, all proxying to up.
+// startTargets starts plain Caddy, the gateway, (-pipeline) the gateway
+// with its full pipeline and (-budgets) the gateway with an upstream
+// budget, in that order, all proxying to up.
 func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string, up *upstream) ([]*target, error) {
 	names := []string{nameCaddy, nameGateway}
 	if cfg.Pipeline {
 		names = append(names, namePipeline)
+	}
+	if cfg.Budgets {
+		names = append(names, nameBudgets)
 	}
 	var targets []*target
 	for _, name := range names {
@@ -385,9 +434,15 @@ func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string
 			}
 			cf = caddyfileGateway(port, admin, up.baseURL(), cfg, key)
 			t.ep.Headers = []string{proxyKeyHeader + ": " + key}
+		case nameBudgets:
+			cf = caddyfileGateway(port, admin, up.baseURL(), withBudget(cfg), "")
+		}
+		t.caddyfile = func(int) string { return cf }
+		if cfg.Reloads > 0 {
+			t.caddyfile = func(gen int) string { return withReloadRoute(cf, gen) }
 		}
 		dir := filepath.Join(tmp, up.kind+"-"+name)
-		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, cf, port, cfg.Env); err != nil {
+		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, t.caddyfile(0), port, cfg.Env); err != nil {
 			return nil, err
 		}
 		targets = append(targets, t)
@@ -407,12 +462,15 @@ func randomKey() (string, error) {
 // globalOptions are shared by every target so that they differ only in
 // the handler: own admin port (for pprof; never the default 2019 another
 // process may hold), no HTTPS, optionally metrics.
-func globalOptions(admin int, metrics bool) string {
-	s := fmt.Sprintf("\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", admin)
+// The -global-options lines follow.
+func globalOptions(admin int, metrics bool, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", admin)
 	if metrics {
-		s += "\tmetrics\n"
+		b.WriteString("\tmetrics\n")
 	}
-	return s
+	extraLines(&b, extra, "\t")
+	return b.String()
 }
 
 // extraLines indents each non-empty line of s (a flag's value) by tabs.
@@ -428,7 +486,7 @@ func extraLines(b *strings.Builder, s, tabs string) {
 // verification of an HTTPS upstream (self-signed).
 func caddyfileReverse(port, admin int, upURL string, cfg config) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n%s}\n\n:%d {\n\treverse_proxy %s", globalOptions(admin, cfg.Metrics), port, upURL)
+	fmt.Fprintf(&b, "{\n%s}\n\n:%d {\n\treverse_proxy %s", globalOptions(admin, cfg.Metrics, cfg.Global), port, upURL)
 	https := strings.HasPrefix(upURL, "https://")
 	if https || strings.TrimSpace(cfg.CaddyExtra) != "" {
 		b.WriteString(" {\n\t\ttransport http {\n")
@@ -451,7 +509,7 @@ func caddyfileGateway(port, admin int, upURL string, cfg config, key string) str
 	pipeline := key != ""
 	limits := cfg.Limits || pipeline
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n%s\tbyteproxy {\n", globalOptions(admin, cfg.Metrics || pipeline))
+	fmt.Fprintf(&b, "{\n%s\tbyteproxy {\n", globalOptions(admin, cfg.Metrics || pipeline, cfg.Global))
 	if pipeline {
 		fmt.Fprintf(&b, "\t\tauth proxy {\n\t\t\tkey %s\n\t\t\trequired true\n\t\t}\n", key)
 	} else {
@@ -471,6 +529,15 @@ func caddyfileGateway(port, admin int, upURL string, cfg config, key string) str
 	extraLines(&b, cfg.ServiceExtra, "\t\t\t")
 	fmt.Fprintf(&b, "\t\t}\n\t}\n}\n\n:%d {\n\tbyteproxy\n}\n", port)
 	return b.String()
+}
+
+// withBudget is cfg with an upstream budget on the gateway's benchmark
+// service: a generic one (the upstream sends no rate-limit header, so after
+// its first answer nothing limits a request), which costs every request a
+// reservation before it is sent and a settlement with the answer.
+func withBudget(cfg config) config {
+	cfg.ServiceExtra += "\nupstream_limits"
+	return cfg
 }
 
 // measure runs the warmup, then the measured load with CPU readings of the

@@ -137,15 +137,16 @@ func (u *upstream) count(line string) {
 }
 
 // startUpstream re-executes this binary as an upstream of the given kind
-// (proto: what an HTTPS upstream offers) and returns it once it reported
-// its address.
-func startUpstream(ctx context.Context, cs *children, kind, proto string) (*upstream, error) {
+// (proto: what an HTTPS upstream offers; delay: how long it waits before
+// each answer) and returns it once it reported its address.
+func startUpstream(ctx context.Context, cs *children, kind, proto string, delay time.Duration) (*upstream, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), roleEnv+"=upstream", upstreamKindEnv+"="+kind, upstreamProtoEnv+"="+proto)
+	cmd.Env = append(os.Environ(), roleEnv+"=upstream", upstreamKindEnv+"="+kind, upstreamProtoEnv+"="+proto,
+		upstreamDelayEnv+"="+delay.String())
 	stdin, err := cmd.StdinPipe() // closed when we exit: the upstream follows
 	if err != nil {
 		return nil, err

@@ -81,8 +81,9 @@ type upstreamReport struct {
 	Offered             string         `json:"offered,omitempty"`
 	UpstreamCPUPerReqUs float64        `json:"upstreamCpuPerReqUs"` // over every measured run of this kind
 	Targets             []targetReport `json:"targets"`
-	// byteproxy / caddy-reverse, and with -pipeline byteproxy-pipeline /
-	// caddy-reverse and byteproxy-pipeline / byteproxy.
+	// byteproxy / caddy-reverse, with -pipeline byteproxy-pipeline /
+	// caddy-reverse and byteproxy-pipeline / byteproxy, with -budgets
+	// byteproxy-budgets / caddy-reverse and byteproxy-budgets / byteproxy.
 	Ratios []ratioReport `json:"ratios"`
 }
 
@@ -96,9 +97,12 @@ type report struct {
 	Limits         bool             `json:"limits"`
 	Metrics        bool             `json:"metrics"`
 	Pipeline       bool             `json:"pipeline"`
+	Budgets        bool             `json:"budgets"`
 	GatewayOptions string           `json:"gatewayOptions,omitempty"`
 	ServiceOptions string           `json:"serviceOptions,omitempty"`
 	CaddyTransport string           `json:"caddyTransport,omitempty"`
+	GlobalOptions  string           `json:"globalOptions,omitempty"`
+	UpstreamDelay  string           `json:"upstreamDelay"`
 	Env            []string         `json:"env,omitempty"`
 	Path           string           `json:"path"`
 	Binary         string           `json:"binary"`
@@ -106,9 +110,11 @@ type report struct {
 	LoadBefore     float64          `json:"loadAverageBefore"`
 	LoadAfter      float64          `json:"loadAverageAfter"`
 	OtherLoad      []string         `json:"otherLoadGenerators,omitempty"` // running when the benchmark began
-	Upstreams      []upstreamReport `json:"upstreams"`
+	Upstreams      []upstreamReport `json:"upstreams,omitempty"`
 	Valid          bool             `json:"valid"`
 	Problem        string           `json:"problem,omitempty"`
+	// Reloads is the reload mode's result (-reloads), instead of Upstreams.
+	Reloads *reloadReport `json:"reloads,omitempty"`
 }
 
 // summarize builds one table per upstream kind, in the order the targets
@@ -185,7 +191,8 @@ func summarizeTarget(t *target) targetReport {
 }
 
 // ratios compares the gateway targets of one table with plain Caddy, and
-// the full pipeline with the bare gateway.
+// the full pipeline and the gateway with an upstream budget with the bare
+// gateway.
 func ratios(ts []targetReport) []ratioReport {
 	find := func(name string) *targetReport {
 		for i := range ts {
@@ -196,7 +203,8 @@ func ratios(ts []targetReport) []ratioReport {
 		return nil
 	}
 	var out []ratioReport
-	for _, pair := range [][2]string{{nameGateway, nameCaddy}, {namePipeline, nameCaddy}, {namePipeline, nameGateway}} {
+	for _, pair := range [][2]string{{nameGateway, nameCaddy}, {namePipeline, nameCaddy}, {namePipeline, nameGateway},
+		{nameBudgets, nameCaddy}, {nameBudgets, nameGateway}} {
 		of, to := find(pair[0]), find(pair[1])
 		if of == nil || to == nil {
 			continue
@@ -254,10 +262,18 @@ func (t targetReport) problems(kind string, maxErr float64) []string {
 }
 
 func (r *report) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%s, %s (+%s warmup) per target, median of %d run(s); limits %s, metrics %s\n",
-		r.Generator, r.Duration, r.Warmup, r.Runs, onOff(r.Limits), onOff(r.Metrics))
+	if r.Reloads != nil {
+		fmt.Fprintf(w, "\n%s, %s (+%s warmup) per target with %d config reloads (POST /load, a changed Caddyfile), %d run(s) summed; limits %s, metrics %s\n",
+			r.Generator, r.Duration, r.Warmup, r.Reloads.PerRun, r.Runs, onOff(r.Limits), onOff(r.Metrics))
+	} else {
+		fmt.Fprintf(w, "\n%s, %s (+%s warmup) per target, median of %d run(s); limits %s, metrics %s\n",
+			r.Generator, r.Duration, r.Warmup, r.Runs, onOff(r.Limits), onOff(r.Metrics))
+	}
 	if r.Pipeline {
 		fmt.Fprintf(w, "%s: proxy key required and sent, client_rate_limit and service rate_limit, Caddy metrics on\n", namePipeline)
+	}
+	if r.Budgets {
+		fmt.Fprintf(w, "%s: the gateway with upstream_limits on the service (reserve and settle per request; no limit binds); issue 14: within 5%% of %s\n", nameBudgets, nameGateway)
 	}
 	if r.GatewayOptions != "" {
 		fmt.Fprintf(w, "gateway options: %q\n", r.GatewayOptions)
@@ -268,6 +284,12 @@ func (r *report) printTable(w io.Writer) {
 	if r.CaddyTransport != "" {
 		fmt.Fprintf(w, "plain Caddy transport options: %q\n", r.CaddyTransport)
 	}
+	if r.UpstreamDelay != "" && r.UpstreamDelay != "0s" {
+		fmt.Fprintf(w, "the upstream waits %s before each answer\n", r.UpstreamDelay)
+	}
+	if r.GlobalOptions != "" {
+		fmt.Fprintf(w, "global options of every target: %q\n", r.GlobalOptions)
+	}
 	if len(r.Env) > 0 {
 		fmt.Fprintf(w, "environment of every target: %s\n", strings.Join(r.Env, " "))
 	}
@@ -277,6 +299,9 @@ func (r *report) printTable(w io.Writer) {
 	}
 	for _, u := range r.Upstreams {
 		u.printTable(w)
+	}
+	if r.Reloads != nil {
+		r.Reloads.print(w)
 	}
 	if !r.Valid && r.Problem != "" {
 		fmt.Fprintf(w, "\nINVALID: %s\n", r.Problem)

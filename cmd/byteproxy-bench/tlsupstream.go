@@ -124,9 +124,12 @@ var (
 )
 
 // answerUpstream is the HTTP/2 upstream's handler: the same answer as the
-// HTTP/1.1 one, after reading the request body.
+// HTTP/1.1 one, after reading the request body and upstreamDelay.
 func answerUpstream(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
+	if upstreamDelay > 0 {
+		time.Sleep(upstreamDelay)
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", upstreamBodyLen)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 )
 
 // roleEnv marks a re-executed copy of this binary (or of its test binary)
@@ -29,7 +30,13 @@ var upstreamResponse = []byte("HTTP/1.1 200 OK\r\n" +
 const (
 	upstreamKindEnv  = "BYTEPROXY_BENCH_UPSTREAM"       // http or https
 	upstreamProtoEnv = "BYTEPROXY_BENCH_UPSTREAM_PROTO" // https only: h1, h2 or both
+	upstreamDelayEnv = "BYTEPROXY_BENCH_UPSTREAM_DELAY" // a Go duration: wait before each answer
 )
+
+// upstreamDelay is how long the upstream waits before each answer (its
+// BYTEPROXY_BENCH_UPSTREAM_DELAY), like a real API's latency: with it the
+// proxies' throughput is bounded by the upstream instead of the CPU.
+var upstreamDelay time.Duration
 
 // Upstream kinds (-upstream) and the protocols the HTTPS upstream offers
 // (-upstream-proto).
@@ -51,6 +58,14 @@ func runUpstream() {
 	kind, proto := os.Getenv(upstreamKindEnv), os.Getenv(upstreamProtoEnv)
 	if kind == "" {
 		kind = kindHTTP
+	}
+	if v := os.Getenv(upstreamDelayEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "upstream:", upstreamDelayEnv, err)
+			os.Exit(1)
+		}
+		upstreamDelay = d
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -120,6 +135,9 @@ func serveUpstreamConn(c net.Conn) {
 			if _, err := io.CopyN(io.Discard, br, head.contentLength); err != nil {
 				return
 			}
+		}
+		if upstreamDelay > 0 {
+			time.Sleep(upstreamDelay)
 		}
 		if _, err := bw.Write(upstreamResponse); err != nil {
 			return

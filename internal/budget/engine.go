@@ -91,6 +91,9 @@ type Config struct {
 	IdleAfter time.Duration
 	// Logger receives a warning per ban-guard trip and rejected credential.
 	Logger *zap.Logger
+	// OnBanTrip, if set, is called once per ban-guard trip (for a metric);
+	// it must not block.
+	OnBanTrip func()
 }
 
 // DiscordConfig is Discord's: 5s wait budget, the global limit of 50 per
@@ -138,7 +141,14 @@ type Request struct {
 	// Wait, when HasWait, is the client's wait preference (Prefer: wait).
 	Wait    time.Duration
 	HasWait bool
+	// Hold, if set, is told when the request is about to be held (and
+	// not otherwise), before it queues: a forwarder that must notice the
+	// client leaving while it waits may read a small body then.
+	Hold Holder
 }
+
+// Holder is told that a request is about to be held.
+type Holder interface{ Holding() }
 
 // Ticket is a reservation: pass it to Done (or Cancel) exactly once.
 type Ticket struct {
@@ -262,6 +272,9 @@ func (e *Engine) Reserve(ctx context.Context, req Request) (Ticket, error) {
 		}
 		first = g
 	}
+	if req.Hold != nil {
+		req.Hold.Holding()
+	}
 	return e.wait(ctx, l, p, req, first, now)
 }
 
@@ -290,6 +303,9 @@ func (e *Engine) Done(t *Ticket, status int, h http.Header) {
 	st, err := e.store.Settle(context.Background(), t.plan, t.grant, o, now)
 	if err == nil && st.Tripped {
 		e.stats.banTrips.Add(1)
+		if e.cfg.OnBanTrip != nil {
+			e.cfg.OnBanTrip()
+		}
 		e.log.Warn("upstream budget: ban guard tripped; the credential is paused",
 			zap.String("credential", t.plan.Cred), zap.Int("invalid_responses", st.Invalid),
 			zap.Duration("window", e.cfg.BanWindow), zap.Time("until", st.Until))

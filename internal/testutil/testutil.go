@@ -173,22 +173,17 @@ func (in *Instance) render(caddyfile string) string {
 	return r.Replace(caddyfile)
 }
 
-// addAdmin puts "admin {{ADMIN}}" in the global options block, creating
-// the block if the Caddyfile has none. Comment lines before the block (the
-// examples start with some) are kept in front of it.
+// addAdmin puts "admin {{ADMIN}}" in the global options block (the first
+// thing after blank and comment lines), creating the block if the
+// Caddyfile has none.
 func addAdmin(c string) string {
-	rest := c
-	for {
-		trim := strings.TrimLeft(rest, " \t\r\n")
-		if !strings.HasPrefix(trim, "#") {
-			rest = trim
-			break
-		}
-		_, rest, _ = strings.Cut(trim, "\n")
+	rest := strings.TrimLeft(c, " \t\r\n")
+	for strings.HasPrefix(rest, "#") {
+		_, rest, _ = strings.Cut(rest, "\n")
+		rest = strings.TrimLeft(rest, " \t\r\n")
 	}
-	head := c[:len(c)-len(rest)]
 	if strings.HasPrefix(rest, "{") {
-		return head + "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(rest, "{")
+		return c[:len(c)-len(rest)] + "{\n\tadmin {{ADMIN}}\n" + strings.TrimPrefix(rest, "{")
 	}
 	return "{\n\tadmin {{ADMIN}}\n}\n" + c
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,8 +104,9 @@ type App struct {
 	// Guarded by writeMu.
 	records map[string]string
 
-	metrics *Metrics
-	guard   atomic.Pointer[netguard.Guard] // see addrGuard
+	metrics     *Metrics
+	guard       atomic.Pointer[netguard.Guard] // see addrGuard
+	budgetState appBudgets                     // the store of upstream budgets (budget.go)
 
 	statusMu sync.RWMutex
 	statuses map[string]any
@@ -216,16 +218,41 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.configServices[key] = svc
 	}
+	a.warnOpenProxy()
 	snapshot := make(map[string]*Service, len(a.configServices))
 	for k, s := range a.configServices {
 		snapshot[k] = s
 	}
+	a.attachBudgets(snapshot)
 	a.services.Store(&snapshot)
 	if err := a.syncRuntime(ctx); err != nil {
 		// Storage trouble must not stop the gateway: config services still work.
 		a.logger.Error("loading runtime services", zap.Error(err))
 	}
 	return nil
+}
+
+// warnOpenProxy says so at startup when /proxy/* needs no key while a
+// service of the config carries a credential: anyone who reaches the
+// gateway can then call the upstream with it. That is a valid setup on a
+// private network, so it is a warning, not an error.
+func (a *App) warnOpenProxy() {
+	if sc := a.scopes[ScopeProxy]; sc.Required {
+		return
+	}
+	var keys []string
+	for key, svc := range a.configServices {
+		if svc.HasAuth() && svc.TokenConfigured() {
+			keys = append(keys, key)
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	sort.Strings(keys)
+	a.logger.Warn("the proxy needs no API key: anyone who can reach this gateway can call these services with their credentials; "+
+		"set auth proxy { key ... } in the byteproxy global option, or keep the gateway on a private network",
+		zap.Strings("services", keys))
 }
 
 func (a *App) provisionScopes(repl *caddy.Replacer) error {
@@ -356,13 +383,15 @@ func (a *App) Stop() error {
 }
 
 // Cleanup releases the upstream connections of this config's services:
-// idle ones now, those of requests still in flight when they end.
+// idle ones now, those of requests still in flight when they end; and
+// their upstream budgets, which live on in a newer config that has them.
 func (a *App) Cleanup() error {
 	if m := a.services.Load(); m != nil {
 		for _, s := range *m {
 			s.Close()
 		}
 	}
+	a.releaseStore()
 	return nil
 }
 

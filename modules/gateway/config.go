@@ -34,8 +34,20 @@ type ServiceConfig struct {
 
 	// At most this many requests per window for the whole service (a fixed
 	// window opened by the first request). The presets set the quota of an
-	// authenticated client: discord 50 per 1s, github 5000 per 1h.
+	// authenticated client, discord 50 per 1s and github 5000 per 1h, but
+	// only while their upstream_limits are off: the upstream budget tracks
+	// the real limits, and a fixed window in front of it would refuse
+	// bursts that the budget holds and sends in time.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// Upstream budgets: the gateway mirrors the upstream's own rate limits
+	// for the service's credential from its responses and never sends a
+	// request the upstream would refuse for rate limiting; it holds the
+	// request until its budget resets (within max_wait) or answers at once
+	// in the upstream's shape (README, Upstream budgets). On by default
+	// for services built from the discord and github presets, off for
+	// other services unless set ({} turns it on with the defaults).
+	UpstreamLimits *UpstreamLimits `json:"upstream_limits,omitempty"`
 
 	// Upstream timeout for this service: dialing, and waiting for the
 	// response headers once the request is sent. Defaults to the gateway's.
@@ -88,6 +100,91 @@ func (r *RateLimit) Validate() error {
 		return fmt.Errorf("window must be positive, got %s", time.Duration(r.Window))
 	}
 	return nil
+}
+
+// UpstreamLimits configures a service's upstream budget. What the gateway
+// tracks depends on the service: Discord's route buckets, global limit and
+// 429 scopes (discord preset); GitHub's resources (core, search, ...),
+// secondary limits and spaced mutations (github preset); Retry-After, and
+// optionally IETF RateLimit or X-RateLimit-* headers, for any other
+// service. Settings left out take the defaults of the service's kind.
+type UpstreamLimits struct {
+	// Switch upstream budgets off for this service (Caddyfile:
+	// upstream_limits off), e.g. for a preset whose token is also used
+	// elsewhere and whose limits another proxy already keeps.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// The longest a request is held waiting for its budget before it is
+	// answered with the upstream's 429 (or 403) instead. A client may ask
+	// for less with the request header Prefer: wait=N (seconds, RFC 7240);
+	// the smaller wins. Default 5s; 0 never holds. Each held request keeps
+	// its client connection open.
+	MaxWait *caddy.Duration `json:"max_wait,omitempty"`
+
+	// Added to every reset and lock the upstream announces, for clock and
+	// rounding effects at the upstream. Defaults: discord 50ms, github
+	// 250ms, other services 100ms. Raise it when the gateway is far from
+	// the upstream.
+	ResetSlack *caddy.Duration `json:"reset_slack,omitempty"`
+
+	// discord only: requests per global_window per bot token (Discord's
+	// global limit). Interaction callbacks and webhooks called with their
+	// token do not count, as on Discord. Default 50 (per 1s); set the
+	// limit Discord granted a large bot.
+	GlobalLimit int `json:"global_limit,omitempty"`
+
+	// discord only: the window of global_limit. Default 1s.
+	GlobalWindow caddy.Duration `json:"global_window,omitempty"`
+
+	// github only: mutating requests (POST, PATCH, PUT, DELETE) go one at a
+	// time per token, each at least this long after the previous one was
+	// answered, as GitHub asks of integrators. Default 1s; 0 turns the
+	// spacing off.
+	MutationSpacing *caddy.Duration `json:"mutation_spacing,omitempty"`
+
+	// At most this many requests of the service's credential in flight at
+	// once. Default: github 50 (GitHub's secondary limit is 100
+	// concurrent), others none (0).
+	MaxInFlight *int `json:"max_in_flight,omitempty"`
+
+	// Ban guard: after this many invalid responses (401, 403, and 429
+	// except Discord's scope "shared") within ban_window, the credential
+	// is paused and requests are answered 503 until the count falls below
+	// it, before the upstream bans the token or the host (Discord: 10,000
+	// invalid requests in 10 minutes). Default: discord 5000, others off
+	// (0).
+	BanThreshold *int `json:"ban_threshold,omitempty"`
+
+	// The ban guard's sliding window. Default 10m.
+	BanWindow caddy.Duration `json:"ban_window,omitempty"`
+
+	// After a 401 for the service's token (the token is wrong or revoked),
+	// the token is not used for this long and requests are answered 503.
+	// Default: discord and github 5m, others off (0).
+	UnauthorizedLock *caddy.Duration `json:"unauthorized_lock,omitempty"`
+
+	// At most this many requests held per credential; when full, the
+	// consumer with the most held requests loses its newest one, or a
+	// newcomer is answered at once. Default 1024.
+	MaxQueue int `json:"max_queue,omitempty"`
+
+	// Fair-share weights by consumer: an API key id as it appears in the
+	// access log ("key:53e07d8c8ec1"), or a client IP for requests without
+	// a key. While requests wait for the credential's budget, each
+	// consumer gets its weight's share of what frees up. Default 1.
+	Weights map[string]float64 `json:"weights,omitempty"`
+
+	// Services other than the presets: which response headers describe
+	// the upstream's limits. "ietf" reads RateLimit and RateLimit-Policy
+	// (draft-ietf-httpapi-ratelimit-headers); "x-ratelimit" reads
+	// X-RateLimit-Limit, -Remaining and -Reset. Default: none, only
+	// Retry-After on a 429 or 503 is honoured.
+	Headers string `json:"headers,omitempty"`
+
+	// With headers "x-ratelimit": whether X-RateLimit-Reset is an epoch
+	// time in seconds ("epoch", as GitHub) or seconds from now ("delta").
+	// Default "epoch".
+	Reset string `json:"reset,omitempty"`
 }
 
 // AuthScope configures the API keys that open one scope of the gateway

@@ -76,6 +76,24 @@ var serviceOption = map[string]string{
 	"retries":           "retries",
 }
 
+// budgetOption maps the settings of upstreamLimits (the management API's
+// names) to the Caddyfile subdirectives of upstream_limits.
+var budgetOption = map[string]string{
+	"maxWait":          "max_wait",
+	"resetSlack":       "reset_slack",
+	"globalLimit":      "global_limit",
+	"globalWindow":     "global_limit",
+	"mutationSpacing":  "mutation_spacing",
+	"maxInFlight":      "max_in_flight",
+	"banThreshold":     "ban_threshold",
+	"banWindow":        "ban_threshold",
+	"unauthorizedLock": "unauthorized_lock",
+	"maxQueue":         "max_queue",
+	"weights":          "weight",
+	"headers":          "headers",
+	"reset":            "headers",
+}
+
 // serviceConfigError names the service and the option of a BuildService
 // error for a service of the config, with a hint when the value holds a
 // placeholder that is not resolved there.
@@ -85,6 +103,9 @@ func serviceConfigError(key string, cfg ServiceConfig, err error) error {
 		return ConfigError(err, "service "+key)
 	}
 	opt, ok := serviceOption[fe.Field]
+	if sub, isBudget := strings.CutPrefix(fe.Field, "upstreamLimits."); isBudget {
+		opt, ok = "upstream_limits > "+budgetOption[sub], budgetOption[sub] != ""
+	}
 	if !ok {
 		return ConfigError(errors.New(fe.Msg), "service "+key)
 	}

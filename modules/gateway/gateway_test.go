@@ -17,6 +17,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/byteproxy/byteproxy/internal/budget"
 )
 
 func TestProxyPath(t *testing.T) {
@@ -135,10 +137,25 @@ func TestPresetsAndOverrides(t *testing.T) {
 	if svc.Retries != 3 || svc.Timeout != time.Second {
 		t.Errorf("retries %d timeout %s", svc.Retries, svc.Timeout)
 	}
-	// An authenticated client's quota (5,000 per hour), not the 60 of an
-	// unauthenticated one (issue 13.5).
-	if rl := svc.Config.RateLimit; rl == nil || rl.MaxRequests != 5000 || time.Duration(rl.Window) != time.Hour {
-		t.Errorf("github preset rate limit %+v, want 5000 per hour", svc.Config.RateLimit)
+	// The upstream budget is on, with GitHub's rules; the preset's fixed
+	// window is not in front of it (issue 14).
+	if svc.budgetSpec == nil || svc.budgetSpec.cfg.Kind != budget.KindGitHub || svc.budgetSpec.cfg.MutationSpacing != time.Second {
+		t.Errorf("github preset budget %+v, want GitHub's rules with mutations 1s apart", svc.budgetSpec)
+	}
+	if svc.Config.RateLimit != nil {
+		t.Errorf("github preset rate limit %+v with upstream_limits on, want none", svc.Config.RateLimit)
+	}
+	// With the budget off, an authenticated client's quota (5,000 per
+	// hour), not the 60 of an unauthenticated one (issue 13.5).
+	off, err := BuildService("github", ServiceConfig{Preset: "github", UpstreamLimits: &UpstreamLimits{Disabled: true}}, "config", BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rl := off.Config.RateLimit; rl == nil || rl.MaxRequests != 5000 || time.Duration(rl.Window) != time.Hour {
+		t.Errorf("github preset rate limit %+v, want 5000 per hour", off.Config.RateLimit)
+	}
+	if off.budgetSpec != nil {
+		t.Error("upstream_limits off still compiled a budget")
 	}
 	if !svc.TokenConfigured() || svc.TokenEnv != "GITHUB_TOKEN" {
 		t.Errorf("token from {env.GITHUB_TOKEN}: configured=%v env=%q", svc.TokenConfigured(), svc.TokenEnv)
@@ -157,9 +174,17 @@ func TestPresetsAndOverrides(t *testing.T) {
 	if discord.Versions["v10"].String() != "https://discord.com/api/v10/" {
 		t.Errorf("discord v10 = %v", discord.Versions["v10"])
 	}
-	// Discord's global limit of a bot: 50 per second, not per minute.
-	if rl := discord.Config.RateLimit; rl == nil || rl.MaxRequests != 50 || time.Duration(rl.Window) != time.Second {
-		t.Errorf("discord preset rate limit %+v, want 50 per second", discord.Config.RateLimit)
+	// Discord's global limit of a bot, 50 per second, in the budget.
+	if b := discord.budgetSpec; b == nil || b.cfg.Kind != budget.KindDiscord || b.cfg.GlobalLimit != 50 || b.cfg.GlobalWindow != time.Second {
+		t.Errorf("discord preset budget %+v, want Discord's rules with 50 per second", b)
+	}
+	// The same as the quota with the budget off, not per minute.
+	off, err = BuildService("discord", ServiceConfig{Preset: "discord", UpstreamLimits: &UpstreamLimits{Disabled: true}}, "config", BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rl := off.Config.RateLimit; rl == nil || rl.MaxRequests != 50 || time.Duration(rl.Window) != time.Second {
+		t.Errorf("discord preset rate limit %+v, want 50 per second", off.Config.RateLimit)
 	}
 }
 

@@ -95,6 +95,81 @@ func (m *Metrics) RateLimited(service, kind string) {
 	}
 }
 
+// Reasons of a request the upstream budget answered itself.
+const (
+	BudgetBucket       = "bucket"       // a route bucket (Discord) or a policy (other services)
+	BudgetResource     = "resource"     // a GitHub resource (core, search, ...)
+	BudgetGlobal       = "global"       // Discord's global limit
+	BudgetShared       = "shared"       // a Discord resource shared with others
+	BudgetRetryAfter   = "retry_after"  // the upstream asked to wait (a 429's Retry-After)
+	BudgetSecondary    = "secondary"    // a GitHub secondary limit
+	BudgetSerial       = "serial"       // GitHub mutations go one at a time, spaced
+	BudgetConcurrency  = "concurrency"  // too many requests of the credential in flight
+	BudgetBan          = "ban"          // the ban guard paused the credential
+	BudgetUnauthorized = "unauthorized" // the upstream rejected the credential (401)
+	BudgetQueue        = "queue"        // no room to wait
+	BudgetUnavailable  = "unavailable"  // the budget could not decide (its config unloaded)
+)
+
+// BudgetHeld records a request the upstream budget held for waited
+// before it was sent.
+func (m *Metrics) BudgetHeld(service string, waited time.Duration) {
+	if m == nil || m.set == nil {
+		return
+	}
+	sm := m.set.service(service)
+	sm.held.Inc()
+	sm.wait.Observe(waited.Seconds())
+}
+
+// BudgetRefused records a request the upstream budget answered itself
+// (429, 403 or 503) for a reason (BudgetBucket, ...), after holding it for
+// waited (0: answered at once).
+func (m *Metrics) BudgetRefused(service, reason string, waited time.Duration) {
+	if m == nil || m.set == nil {
+		return
+	}
+	sm := m.set.service(service)
+	m.set.budgetRefused.WithLabelValues(sm.label, boundedReason(reason)).Inc()
+	if waited > 0 {
+		sm.wait.Observe(waited.Seconds())
+	}
+}
+
+// BudgetBanTrip records a ban-guard trip of a service's credential.
+func (m *Metrics) BudgetBanTrip(service string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	m.set.service(service).banTrips.Inc()
+}
+
+// UpstreamRateLimited records an upstream answer that refused a request for
+// rate limiting, by scope: Discord's X-RateLimit-Scope ("user", "global",
+// "shared"), "exhausted" (x-ratelimit-remaining: 0, GitHub's primary
+// limit), "retry_after" (a 403 or 429 with Retry-After, GitHub's secondary
+// limits), "other" (any other 429).
+func (m *Metrics) UpstreamRateLimited(service, scope string) {
+	if m == nil || m.set == nil {
+		return
+	}
+	switch scope {
+	case "user", "global", "shared", "exhausted", "retry_after":
+	default:
+		scope = otherLabel
+	}
+	m.set.upstreamLimited.WithLabelValues(m.set.service(service).label, scope).Inc()
+}
+
+func boundedReason(r string) string {
+	switch r {
+	case BudgetBucket, BudgetResource, BudgetGlobal, BudgetShared, BudgetRetryAfter, BudgetSecondary,
+		BudgetSerial, BudgetConcurrency, BudgetBan, BudgetUnauthorized, BudgetQueue, BudgetUnavailable:
+		return r
+	}
+	return otherLabel
+}
+
 // AuthFailure records a 401 for a scope ("proxy", "management").
 func (m *Metrics) AuthFailure(scope string) {
 	if m == nil || m.set == nil {
@@ -197,7 +272,7 @@ var sharedMetrics = sync.OnceValue(newMetricSet)
 func newMetricsIn(reg prometheus.Registerer, set *metricSet, app *App) (*Metrics, error) {
 	cs := set.collectors()
 	if app != nil {
-		cs = append(cs, serviceGauge(app, "config"), serviceGauge(app, "runtime"))
+		cs = append(cs, serviceGauge(app, "config"), serviceGauge(app, "runtime"), budgetWaiting{app})
 	}
 	if reg != nil {
 		for _, c := range cs {
@@ -235,25 +310,57 @@ func serviceGauge(app *App, source string) prometheus.Collector {
 	})
 }
 
+// budgetWaiting reports, at scrape time, the requests each service's
+// upstream budget holds now.
+type budgetWaiting struct{ app *App }
+
+var budgetWaitingDesc = prometheus.NewDesc("byteproxy_budget_waiting",
+	"Requests the upstream budget holds now, by service.", []string{"service"}, nil)
+
+func (budgetWaiting) Describe(ch chan<- *prometheus.Desc) { ch <- budgetWaitingDesc }
+
+func (c budgetWaiting) Collect(ch chan<- prometheus.Metric) {
+	p := c.app.services.Load()
+	if p == nil {
+		return
+	}
+	n := 0
+	for _, key := range SortedKeys(*p) {
+		b := (*p)[key].Budget()
+		if b == nil {
+			continue
+		}
+		if n++; n > maxServiceLabels {
+			return
+		}
+		ch <- prometheus.MustNewConstMetric(budgetWaitingDesc, prometheus.GaugeValue, float64(b.Engine.Waiting(b.Credential)), key)
+	}
+}
+
 // metricSet holds the collectors and the per-label children cached for the
 // hot path (WithLabelValues hashes and allocates; a cached child is one
 // atomic add).
 type metricSet struct {
-	requests      *prometheus.CounterVec
-	duration      *prometheus.HistogramVec
-	upstreamDur   *prometheus.HistogramVec
-	upstreamErrs  *prometheus.CounterVec
-	rateLimited   *prometheus.CounterVec
-	authFailures  *labelCache
-	authThrottled *labelCache
-	shed          *labelCache
-	heap          prometheus.Gauge
-	rss           prometheus.Gauge
-	sched         prometheus.Gauge
-	cpu           prometheus.Gauge
-	goroutines    prometheus.Gauge
-	inFlight      prometheus.Gauge
-	redisFallback prometheus.Gauge
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	upstreamDur     *prometheus.HistogramVec
+	upstreamErrs    *prometheus.CounterVec
+	rateLimited     *prometheus.CounterVec
+	budgetHeld      *prometheus.CounterVec
+	budgetRefused   *prometheus.CounterVec
+	budgetBanTrips  *prometheus.CounterVec
+	budgetWait      *prometheus.HistogramVec
+	upstreamLimited *prometheus.CounterVec
+	authFailures    *labelCache
+	authThrottled   *labelCache
+	shed            *labelCache
+	heap            prometheus.Gauge
+	rss             prometheus.Gauge
+	sched           prometheus.Gauge
+	cpu             prometheus.Gauge
+	goroutines      prometheus.Gauge
+	inFlight        prometheus.Gauge
+	redisFallback   prometheus.Gauge
 
 	services     sync.Map // service key -> *serviceMetrics
 	serviceMu    sync.Mutex
@@ -290,6 +397,26 @@ func newMetricSet() *metricSet {
 			Namespace: ns, Name: "rate_limited_total",
 			Help: "Requests refused with 429 by service and limit kind (service, client).",
 		}, []string{"service", "kind"}),
+		budgetHeld: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "budget", Name: "held_total",
+			Help: "Requests the upstream budget held until their budget reset, then sent, by service.",
+		}, []string{"service"}),
+		budgetRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "budget", Name: "refused_total",
+			Help: "Requests the upstream budget answered itself instead of sending them, by service and reason (bucket, resource, global, shared, retry_after, secondary, serial, concurrency, ban, unauthorized, queue, unavailable).",
+		}, []string{"service", "reason"}),
+		budgetBanTrips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "budget", Name: "ban_trips_total",
+			Help: "Times the ban guard paused a service's credential after too many invalid responses.",
+		}, []string{"service"}),
+		budgetWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: "budget", Name: "wait_seconds", Buckets: durationBuckets,
+			Help: "Time requests were held by the upstream budget, sent or refused afterwards, by service.",
+		}, []string{"service"}),
+		upstreamLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "upstream_rate_limited_total",
+			Help: "Upstream answers that refused a request for rate limiting, by service and scope (user, global, shared, exhausted, retry_after, other).",
+		}, []string{"service", "scope"}),
 		authFailures: newLabelCache(prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "auth_failures_total",
 			Help: "Requests refused with 401 by scope (proxy, management).",
@@ -316,6 +443,7 @@ func newMetricSet() *metricSet {
 func (s *metricSet) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		s.requests, s.duration, s.upstreamDur, s.upstreamErrs, s.rateLimited,
+		s.budgetHeld, s.budgetRefused, s.budgetBanTrips, s.budgetWait, s.upstreamLimited,
 		s.authFailures.vec, s.authThrottled.vec, s.shed.vec,
 		s.heap, s.rss, s.sched, s.cpu, s.goroutines, s.inFlight, s.redisFallback,
 	}
@@ -330,6 +458,8 @@ type serviceMetrics struct {
 
 	errDial, errTimeout, errReset, errOther prometheus.Counter
 	limitService, limitClient, limitOther   prometheus.Counter
+	held, banTrips                          prometheus.Counter
+	wait                                    prometheus.Observer
 
 	// codes[status-100] for status 100..599, codes[500] for any other
 	// value; filled on first use so only codes seen become series.
@@ -376,6 +506,9 @@ func (s *metricSet) newServiceMetrics(label string) *serviceMetrics {
 		limitService: lim.WithLabelValues(LimitService),
 		limitClient:  lim.WithLabelValues(LimitClient),
 		limitOther:   lim.WithLabelValues(otherLabel),
+		held:         s.budgetHeld.WithLabelValues(label),
+		banTrips:     s.budgetBanTrips.WithLabelValues(label),
+		wait:         s.budgetWait.WithLabelValues(label),
 	}
 }
 

@@ -83,6 +83,15 @@ func mergePreset(cfg ServiceConfig) ServiceConfig {
 	if cfg.RateLimit != nil {
 		r := *cfg.RateLimit
 		out.RateLimit = &r
+	} else if cfg.UpstreamLimits == nil || !cfg.UpstreamLimits.Disabled {
+		// The preset's quota is a fixed window in front of the upstream
+		// budget, which knows the real limits: it would refuse bursts that
+		// the budget holds and sends in time. It applies only with the
+		// budget off.
+		out.RateLimit = nil
+	}
+	if cfg.UpstreamLimits != nil {
+		out.UpstreamLimits = cfg.UpstreamLimits.clone()
 	}
 	if cfg.Timeout != 0 {
 		out.Timeout = cfg.Timeout

@@ -21,7 +21,7 @@ func TestReferenceListsEveryMetric(t *testing.T) {
 	for _, m := range regexp.MustCompile("(?m)^\\| `(byteproxy_[a-z_]+)` \\|.*$").FindAllSubmatch(doc, -1) {
 		rows[string(m[1])] = string(m[0])
 	}
-	cs := append(newMetricSet().collectors(), serviceGauge(new(App), "config"))
+	cs := append(newMetricSet().collectors(), serviceGauge(new(App), "config"), budgetWaiting{new(App)})
 	descs := make(chan *prometheus.Desc, 64)
 	for _, c := range cs {
 		c.Describe(descs)

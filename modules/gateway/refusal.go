@@ -81,6 +81,16 @@ type refusalBody struct {
 	DocumentationURL string `json:"documentation_url,omitempty"`
 }
 
+// unavailableBody is a 503 refusal's: the gateway cannot use the
+// service's credential for now (docs/BUDGETS.md, ban guard).
+type unavailableBody struct {
+	Error           string          `json:"error"`
+	RetryAfter      jsonSeconds     `json:"retry_after"`
+	Service         string          `json:"service"`
+	Path            string          `json:"path"`
+	Troubleshooting Troubleshooting `json:"troubleshooting"`
+}
+
 type discordBody struct {
 	RetryAfter jsonSeconds `json:"retry_after"`
 	Global     bool        `json:"global"`
@@ -111,6 +121,11 @@ func (s jsonSeconds) MarshalJSON() ([]byte, error) {
 //     and go-github take for a primary rate limit (403 or 429 with
 //     x-ratelimit-remaining 0), waiting until the reset.
 //   - any other service: nothing more; no X-RateLimit-* is invented.
+//
+// A 503 (Status: the upstream budget paused the service's credential) is
+// not a rate limit of the client's and has no upstream shape: its body is
+// {"error", "retry_after" (seconds, millisecond fraction), "service",
+// "path", "troubleshooting"}, with Retry-After.
 func WriteRefusal(w http.ResponseWriter, rf Refusal) error {
 	return writeRefusal(w, rf, time.Now())
 }
@@ -135,6 +150,12 @@ func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
 	var preset string
 	if rf.Service != nil {
 		body.Service, preset = rf.Service.Key, rf.Service.Config.Preset
+	}
+	if status == http.StatusServiceUnavailable {
+		// Not a rate limit of the client's: no upstream shape, no
+		// X-RateLimit-*; the wait to the millisecond in retry_after.
+		return WriteJSON(w, status, unavailableBody{Error: rf.Error, RetryAfter: jsonSeconds(rf.RetryAfter),
+			Service: body.Service, Path: rf.Path, Troubleshooting: body.Troubleshooting})
 	}
 	switch preset {
 	case "discord":

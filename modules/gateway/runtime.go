@@ -460,6 +460,7 @@ func (a *App) swap(change func(map[string]*Service)) {
 		next[k] = v
 	}
 	change(next)
+	a.attachBudgets(next)
 	a.services.Store(&next)
 	closeReplaced(old, next)
 }
@@ -513,6 +514,7 @@ func (a *App) syncRuntime(ctx context.Context) error {
 			records[key] = a.recordText(key, raw)
 		}
 	}
+	a.attachBudgets(next)
 	a.services.Store(&next)
 	a.records = records
 	closeReplaced(old, next)

@@ -60,6 +60,11 @@ type Service struct {
 	proxyMu sync.Mutex
 	proxy   atomic.Pointer[http.Handler]
 	closed  atomic.Bool // Close was called
+
+	budgetSpec *budgetSpec // upstream_limits compiled; nil when off
+	budget     *Budget     // set before the service is published (attachBudgets)
+	budgetKey  string      // the engine's key in the pool
+	budgetOnce sync.Once   // releases the engine once
 }
 
 // Proxy returns the handler that forwards requests to this service,
@@ -93,6 +98,7 @@ func (s *Service) Proxy(build func(*Service) http.Handler) http.Handler {
 // Transport are closed by Finished.
 func (s *Service) Close() {
 	s.closed.Store(true)
+	s.releaseBudget()
 	s.Transport.CloseIdleConnections()
 	if p := s.proxy.Load(); p != nil {
 		closeProxy(*p)
@@ -321,6 +327,9 @@ func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions
 			return nil, fieldErr("retries", "must be between 0 and 10")
 		}
 		s.Retries = *cfg.Retries
+	}
+	if err := s.compileBudget(); err != nil {
+		return nil, err
 	}
 	s.Transport = newTransport(s.Timeout, cfg.TLSInsecureSkipVerify || !opt.StrictTLS, opt.Guard)
 	return s, nil

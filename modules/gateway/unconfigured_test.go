@@ -56,3 +56,36 @@ func logLine(logs, substr string) string {
 	}
 	return ""
 }
+
+// openProxyWarning is the start of the warning logged when /proxy/* needs
+// no key while a service carries a credential.
+const openProxyWarning = "the proxy needs no API key"
+
+// TestWarnsAboutAnOpenProxy: a gateway whose proxy needs no key while a
+// service holds a token says so at startup, naming the service; with a
+// proxy key, or without any credential to give away, it does not.
+func TestWarnsAboutAnOpenProxy(t *testing.T) {
+	const site = ":{{PORT}} {\n\tbind 127.0.0.1\n\tbyteproxy\n}\n"
+	for _, c := range []struct {
+		name, global string
+		warn         bool
+	}{
+		{"token and no proxy key", "service gh github {\n\t\t\tauth bearer test-token-value\n\t\t}", true},
+		{"token and a proxy key", "auth proxy {\n\t\t\tkey a-long-enough-proxy-key-value\n\t\t}\n\t\tservice gh github {\n\t\t\tauth bearer test-token-value\n\t\t}", false},
+		{"no credential", "service open {\n\t\t\tbase_url http://127.0.0.1:9/\n\t\t}", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := testutil.Start(t, "{\n\tbyteproxy {\n\t\t"+c.global+"\n\t}\n}\n"+site, testutil.Options{})
+			line := logLine(in.Logs(), openProxyWarning)
+			if c.warn && (!strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, `"gh"`)) {
+				t.Fatalf("want a warn-level line naming the service gh, got %q\n%s", line, in.Logs())
+			}
+			if !c.warn && line != "" {
+				t.Fatalf("warned although it should not: %s", line)
+			}
+			if strings.Contains(in.Logs(), "test-token-value") {
+				t.Fatal("the log shows the token")
+			}
+		})
+	}
+}

@@ -78,6 +78,7 @@ type serviceBody struct {
 	VersionedBaseUrls map[string]string `json:"versionedBaseUrls"`
 	RateLimit         *rateLimitBody    `json:"rateLimit"`
 	Auth              *authBody         `json:"auth"`
+	UpstreamLimits    *budgetBody       `json:"upstreamLimits"`
 
 	// Read-only and informational fields that a service's description
 	// carries in GET answers (ours or the original's: its config had an
@@ -90,6 +91,22 @@ type serviceBody struct {
 	Timeout        ignored `json:"timeout"`
 	HasAuth        ignored `json:"hasAuth"`
 	AuthConfigured ignored `json:"authConfigured"`
+}
+
+// budgetBody is a runtime service's upstream budget (the Caddyfile's
+// upstream_limits): present turns it on ({} with the defaults), absent or
+// null leaves it off. Durations are milliseconds, as windowMs.
+type budgetBody struct {
+	MaxWaitMs          *int64             `json:"maxWaitMs,omitempty"`
+	ResetSlackMs       *int64             `json:"resetSlackMs,omitempty"`
+	MaxInFlight        *int               `json:"maxInFlight,omitempty"`
+	BanThreshold       *int               `json:"banThreshold,omitempty"`
+	BanWindowMs        int64              `json:"banWindowMs,omitempty"`
+	UnauthorizedLockMs *int64             `json:"unauthorizedLockMs,omitempty"`
+	MaxQueue           int                `json:"maxQueue,omitempty"`
+	Weights            map[string]float64 `json:"weights,omitempty"`
+	Headers            string             `json:"headers,omitempty"`
+	Reset              string             `json:"reset,omitempty"`
 }
 
 // ignored is a field accepted with any JSON value and not used.
@@ -241,6 +258,7 @@ var (
 	configMembers    = memberNames(serviceBody{})
 	rateLimitMembers = memberNames(rateLimitBody{})
 	authMembers      = memberNames(authBody{})
+	budgetMembers    = memberNames(budgetBody{})
 )
 
 func memberNames(v any) []string {
@@ -301,6 +319,11 @@ func unknownInConfig[T any](config members[members[T]]) (string, bool) {
 	}
 	for _, auth := range membersNamed(config, "auth") {
 		if name, ok := unknownIn(auth, authMembers); ok {
+			return name, true
+		}
+	}
+	for _, b := range membersNamed(config, "upstreamLimits") {
+		if name, ok := unknownIn(b, budgetMembers); ok {
 			return name, true
 		}
 	}
@@ -395,6 +418,13 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 			Window:      caddy.Duration(time.Duration(rl.WindowMs) * time.Millisecond),
 		}
 	}
+	if u := b.UpstreamLimits; u != nil {
+		l, e := u.toConfig()
+		if e != nil {
+			return cfg, e
+		}
+		cfg.UpstreamLimits = l
+	}
 	if a := b.Auth; a != nil && (a.Type != "" || a.TokenEnvVar != "" || a.HeaderName != "") {
 		if a.Type == "" {
 			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header (or api-key) or query)")
@@ -411,6 +441,64 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 	return cfg, nil
 }
 
+// toConfig maps upstreamLimits onto the gateway's settings, which
+// validates them (BuildService); here only what would overflow a
+// duration is refused.
+func (b *budgetBody) toConfig() (*gateway.UpstreamLimits, *apiError) {
+	l := &gateway.UpstreamLimits{
+		MaxInFlight: b.MaxInFlight, BanThreshold: b.BanThreshold, MaxQueue: b.MaxQueue,
+		Weights: b.Weights, Headers: b.Headers, Reset: b.Reset,
+	}
+	ms := func(field string, v *int64) (*caddy.Duration, *apiError) {
+		if v == nil {
+			return nil, nil
+		}
+		if *v < 0 || *v > maxWindowMs {
+			return nil, badField("upstreamLimits."+field, "must be between 0 and %d, got %d", maxWindowMs, *v)
+		}
+		d := caddy.Duration(time.Duration(*v) * time.Millisecond)
+		return &d, nil
+	}
+	var e *apiError
+	if l.MaxWait, e = ms("maxWaitMs", b.MaxWaitMs); e != nil {
+		return nil, e
+	}
+	if l.ResetSlack, e = ms("resetSlackMs", b.ResetSlackMs); e != nil {
+		return nil, e
+	}
+	if l.UnauthorizedLock, e = ms("unauthorizedLockMs", b.UnauthorizedLockMs); e != nil {
+		return nil, e
+	}
+	w := b.BanWindowMs
+	if bw, e := ms("banWindowMs", &w); e != nil {
+		return nil, e
+	} else if w != 0 {
+		l.BanWindow = *bw
+	}
+	return l, nil
+}
+
+// budgetView is a service's upstream budget as the management API shows
+// it (the settings that differ from the defaults).
+func budgetView(l *gateway.UpstreamLimits) *budgetBody {
+	if l == nil || l.Disabled {
+		return nil
+	}
+	ms := func(d *caddy.Duration) *int64 {
+		if d == nil {
+			return nil
+		}
+		v := time.Duration(*d).Milliseconds()
+		return &v
+	}
+	return &budgetBody{
+		MaxWaitMs: ms(l.MaxWait), ResetSlackMs: ms(l.ResetSlack), MaxInFlight: l.MaxInFlight,
+		BanThreshold: l.BanThreshold, BanWindowMs: time.Duration(l.BanWindow).Milliseconds(),
+		UnauthorizedLockMs: ms(l.UnauthorizedLock), MaxQueue: l.MaxQueue, Weights: l.Weights,
+		Headers: l.Headers, Reset: l.Reset,
+	}
+}
+
 // fieldNames maps the gateway's config field names onto the API's.
 var fieldNames = map[string]string{
 	"base_url":   "baseUrl",
@@ -418,6 +506,11 @@ var fieldNames = map[string]string{
 	"rate_limit": "rateLimit",
 	"auth.name":  "auth.headerName",
 	"auth.token": "auth.tokenEnvVar",
+	// The settings of upstreamLimits that the API gives in milliseconds.
+	"upstreamLimits.maxWait":          "upstreamLimits.maxWaitMs",
+	"upstreamLimits.resetSlack":       "upstreamLimits.resetSlackMs",
+	"upstreamLimits.unauthorizedLock": "upstreamLimits.unauthorizedLockMs",
+	"upstreamLimits.banWindow":        "upstreamLimits.banWindowMs",
 }
 
 // fromFieldError turns a gateway validation error into a 400 answer.
@@ -443,6 +536,7 @@ type configView struct {
 	VersionedBaseUrls map[string]string  `json:"versionedBaseUrls,omitempty"`
 	RateLimit         *gateway.LimitInfo `json:"rateLimit,omitempty"`
 	Auth              *authView          `json:"auth,omitempty"`
+	UpstreamLimits    *budgetBody        `json:"upstreamLimits,omitempty"`
 }
 
 type authView struct {
@@ -454,7 +548,7 @@ type authView struct {
 
 func viewOf(s *gateway.Service) configView {
 	c := s.Config
-	v := configView{Name: c.Name, BaseURL: s.BaseURL.String(), RateLimit: s.Info().RateLimit}
+	v := configView{Name: c.Name, BaseURL: s.BaseURL.String(), RateLimit: s.Info().RateLimit, UpstreamLimits: budgetView(c.UpstreamLimits)}
 	if len(c.Headers) > 0 {
 		v.Headers = make(map[string]string, len(c.Headers))
 		for k, val := range c.Headers {

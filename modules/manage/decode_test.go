@@ -326,3 +326,62 @@ func checkAccepted(t *testing.T, key string, svc *gateway.Service) {
 		}
 	}
 }
+
+// TestDecodeUpstreamLimits: a runtime service's upstreamLimits (the
+// Caddyfile's upstream_limits, milliseconds for durations) decode, are
+// validated by the gateway with the API's field names, and GET shows them
+// so that a GET body can be PUT back.
+func TestDecodeUpstreamLimits(t *testing.T) {
+	t.Parallel()
+	body := `{"key":"limited","config":{"baseUrl":"https://api.example.com/","upstreamLimits":{"maxWaitMs":0,"headers":"x-ratelimit","reset":"delta","maxQueue":10,"weights":{"key:abc":2}}}}`
+	key, cfg, e := decodeService([]byte(body), "")
+	if e != nil {
+		t.Fatal(e)
+	}
+	l := cfg.UpstreamLimits
+	if l == nil || l.MaxWait == nil || *l.MaxWait != 0 || l.Headers != "x-ratelimit" || l.Reset != "delta" || l.MaxQueue != 10 || l.Weights["key:abc"] != 2 {
+		t.Fatalf("decoded %+v", l)
+	}
+	svc, err := validatorApp().ValidateRuntime(key, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := json.Marshal(viewOf(svc))
+	if !strings.Contains(string(v), `"upstreamLimits":{"maxWaitMs":0,"maxQueue":10,"weights":{"key:abc":2},"headers":"x-ratelimit","reset":"delta"}`) {
+		t.Errorf("view %s", v)
+	}
+	// The view goes back in unchanged.
+	_, again, e := decodeService(append(append([]byte(`{"config":`), v...), '}'), "limited")
+	if e != nil || !reflectEqualLimits(again.UpstreamLimits, cfg.UpstreamLimits) {
+		t.Errorf("PUT of the view: %+v %v", again.UpstreamLimits, e)
+	}
+	// On: {} turns the defaults on; absent leaves it off.
+	_, on, _ := decodeService([]byte(`{"key":"k","config":{"baseUrl":"https://a.example/","upstreamLimits":{}}}`), "")
+	_, off, _ := decodeService([]byte(`{"key":"k","config":{"baseUrl":"https://a.example/"}}`), "")
+	if on.UpstreamLimits == nil || off.UpstreamLimits != nil {
+		t.Errorf("{} → %+v, absent → %+v", on.UpstreamLimits, off.UpstreamLimits)
+	}
+
+	for _, c := range []struct{ body, field string }{
+		{`{"key":"k","config":{"baseUrl":"https://a.example/","upstreamLimits":{"maxWait":5}}}`, "maxWait"},
+		{`{"key":"k","config":{"baseUrl":"https://a.example/","upstreamLimits":{"maxWaitMs":-1}}}`, "upstreamLimits.maxWaitMs"},
+		{`{"key":"k","config":{"baseUrl":"https://a.example/","upstreamLimits":{"headers":"draft"}}}`, "upstreamLimits.headers"},
+		{`{"key":"k","config":{"baseUrl":"https://a.example/","upstreamLimits":{"maxWaitMs":7200000}}}`, "upstreamLimits.maxWaitMs"},
+		{`{"key":"k","config":{"baseUrl":"https://a.example/","upstreamLimits":{"weights":{"x":-1}}}}`, "upstreamLimits.weights"},
+	} {
+		key, cfg, e := decodeService([]byte(c.body), "")
+		if e == nil {
+			_, err := validatorApp().ValidateRuntime(key, cfg)
+			e, _ = fromFieldError(err)
+		}
+		if e == nil || e.Field != c.field {
+			t.Errorf("%s: %v, want an error naming %s", c.body, e, c.field)
+		}
+	}
+}
+
+func reflectEqualLimits(a, b *gateway.UpstreamLimits) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}

@@ -64,6 +64,8 @@ func assertRendered(t *testing.T, dom string) {
 		"/proxy/services", "/proxy/{service}/{path}", "/proxy/services/{service}/rate-limit", "/manage/services/{key}/test",
 		"/manage/diagnostics", "/version/check", "/auth-status", "Try it", "X-API-Key", "api_key",
 		"RateLimited", "Gateway Timeout", "Server under pressure",
+		// info.description's changes, as a list with titles.
+		"<h2>Changes from the original</h2>", "<li><strong>Rate-limit headers.</strong> <span>A 429 carries <code>Retry-After</code>",
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered page lacks %q", want)

@@ -46,10 +46,11 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) 
 	}
 	rl := svc.Config.RateLimit
 	if rl == nil {
-		return gateway.WriteJSON(w, http.StatusOK, limitInfo{
-			Service: key,
-			Message: "Rate limiting is not configured for this service",
-		})
+		msg := "Rate limiting is not configured for this service"
+		if svc.Budget() != nil {
+			msg = "The gateway sets no rate limit of its own for this service; the upstream's limits are kept by its upstream budget (README, Upstream budgets)"
+		}
+		return gateway.WriteJSON(w, http.StatusOK, limitInfo{Service: key, Message: msg})
 	}
 	sl := h.serviceLimitFor(key, rl)
 	now := time.Now()

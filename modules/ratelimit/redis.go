@@ -2,11 +2,8 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/byteproxy/byteproxy/internal/budget"
 )
 
 // keyPrefix starts every key this module writes in Redis.
@@ -44,6 +43,11 @@ type redisTimings struct {
 	probe    time.Duration // between checks while Redis is unreachable
 	announce time.Duration // between announcements while it answers
 	ttl      time.Duration // an instance not announced for this long is no longer counted
+	// instance names this process in the announcements; empty is
+	// budget.InstanceID(), the id the upstream-budget store announces
+	// too, so that a process is counted once (tests of several stores in
+	// one process set their own).
+	instance string
 }
 
 // defaultRedisTimings: an instance is counted until it has missed three
@@ -239,10 +243,13 @@ func newRedisStore(url string, logger *zap.Logger, timings redisTimings) (*redis
 		opt.DialerRetries = 1
 	}
 	opt.DisableIdentity = true
+	if timings.instance == "" {
+		timings.instance = budget.InstanceID()
+	}
 	s := &redisStore{
 		client:    redis.NewClient(opt),
 		addr:      opt.Addr,
-		id:        instanceID(),
+		id:        timings.instance,
 		timings:   timings,
 		listeners: map[int]redisListener{},
 		stop:      make(chan struct{}),
@@ -259,16 +266,6 @@ func newRedisStore(url string, logger *zap.Logger, timings redisTimings) (*redis
 	s.wg.Add(1)
 	go s.run()
 	return s, nil
-}
-
-// instanceID names this process in the announcements: host and pid for
-// an operator reading the set, and random bytes so that two processes
-// never share an id.
-func instanceID() string {
-	host, _ := os.Hostname()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
 // redisReply is the outcome of decideScript.

@@ -21,6 +21,9 @@ func newTestStore(t *testing.T, url string) (*redisStore, *observer.ObservedLogs
 func newTestStoreWith(t *testing.T, url string, timings redisTimings) (*redisStore, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zapcore.InfoLevel)
+	if timings.instance == "" {
+		timings.instance = uniqueName("instance") // several stores in one test process are several instances
+	}
 	s, err := newRedisStore(url, zap.New(core), timings)
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/budget"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
 )
@@ -38,6 +39,7 @@ type forwarder struct {
 	defaults []headerValue
 	rp       *httputil.ReverseProxy
 	pools    []*leanhttp.Pool // the lean path's, one per plain-http host; none when it is off
+	budget   *gateway.Budget  // the upstream budget; nil when upstream_limits are off (budget.go)
 	metrics  *gateway.Metrics
 	logger   *zap.Logger
 }
@@ -58,6 +60,7 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		keyVar:  s.Key,
 		base:    newRoute(s.BaseURL),
 		links:   newLinkBases(s),
+		budget:  s.Budget(),
 		metrics: m,
 		logger:  logger.With(zap.String("service", s.Key)),
 	}
@@ -127,8 +130,12 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // is the escaped path below the service key.
 func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string) {
 	pw := writers.Get().(*proxyWriter)
-	*pw = proxyWriter{ResponseWriter: w, f: f, r: r, rest: rest, start: time.Now()}
+	now := time.Now()
+	*pw = proxyWriter{ResponseWriter: w, f: f, r: r, rest: rest, start: now, sent: now}
 	defer f.finish(pw, r)
+	if b := f.budget; b != nil && !f.reserve(pw, r, rest, b) {
+		return // held, then answered here (or the client left)
+	}
 	if leanMethod(r) {
 		if rt, tail := f.route(rest); rt.pool != nil {
 			f.serveLean(pw, r, rt, tail)
@@ -141,6 +148,11 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string)
 // finish records the request once it is over (also when the response copy
 // was aborted) and recycles its writer.
 func (f *forwarder) finish(pw *proxyWriter, r *http.Request) {
+	if pw.budgeted {
+		// Reserved and not settled by a response head: sent perhaps,
+		// answered never (an error, a timeout, the client gone).
+		f.budget.Engine.Done(&pw.ticket, budget.StatusNoResponse, nil)
+	}
 	total := time.Since(pw.start)
 	status := pw.status
 	if status == 0 {
@@ -213,10 +225,20 @@ type proxyWriter struct {
 	r        *http.Request // the client's request
 	rest     string        // its escaped path below the service key
 	start    time.Time
+	sent     time.Time // when the upstream budget let it go (start without one)
 	status   int
 	upstream time.Duration // until the upstream's response headers
-	failed   bool          // the error handler answered
+	failed   bool          // the gateway answered (an error, a refusal)
 	lean     bool          // sent on the lean path (see lean.go)
+
+	// The upstream budget's (budget.go).
+	ticket        budget.Ticket
+	budgeted      bool // ticket is to be settled
+	consumer      string
+	gwRateLimit   int // lines of RateLimit the gateway set before the upstream's
+	gwPolicy      int // lines of RateLimit-Policy, likewise
+	preferWait    time.Duration
+	preferApplied bool // the client's Prefer: wait bounded the hold
 }
 
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
@@ -235,7 +257,8 @@ func (w *proxyWriter) WriteHeader(code int) {
 	w.status = code
 	d := time.Since(w.start)
 	if !w.failed {
-		w.upstream = d
+		w.upstream = time.Since(w.sent)
+		w.upstreamAnswered(code, h)
 	}
 	w.setProxyHeaders(h, d)
 	// Caddy set its own Server header before the gateway ran; where the
@@ -246,6 +269,20 @@ func (w *proxyWriter) WriteHeader(code int) {
 		h["Server"] = s[len(s)-1:]
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// upstreamAnswered takes note of the upstream's final answer (its headers
+// are in h): the upstream budget settles, a rate-limit refusal is counted.
+func (w *proxyWriter) upstreamAnswered(code int, h http.Header) {
+	if code == http.StatusTooManyRequests || code == http.StatusForbidden {
+		if scope, ok := upstreamLimitScope(code, h); ok {
+			w.f.metrics.UpstreamRateLimited(w.f.key, scope)
+		}
+	}
+	if w.budgeted {
+		w.settle(code, h)
+		w.setPreferenceApplied(h)
+	}
 }
 
 // setProxyHeaders sets X-Proxy-Service (replacing one the upstream sent)
@@ -272,12 +309,14 @@ func (w *proxyWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.status == 0 {
 		// ReverseProxy writes the 101 itself, with these headers, after
 		// this returns: WriteHeader is not called.
-		w.setProxyHeaders(w.ResponseWriter.Header(), time.Since(w.start))
+		h := w.ResponseWriter.Header()
+		w.upstreamAnswered(http.StatusSwitchingProtocols, h)
+		w.setProxyHeaders(h, time.Since(w.start))
 	}
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err == nil && w.status == 0 {
 		w.status = http.StatusSwitchingProtocols
-		w.upstream = time.Since(w.start)
+		w.upstream = time.Since(w.sent)
 	}
 	return conn, brw, err
 }

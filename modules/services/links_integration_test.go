@@ -5,100 +5,50 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-github/v84/github"
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
+	"github.com/byteproxy/byteproxy/internal/testutil/fakeapi"
 )
 
 // The proxy key the clients of these tests hold, and the gateway's GitHub
 // token (tokens["GITHUB_TOKEN"]) that only the gateway holds.
 const linksProxyKey = "proxy-key-links-0123456789abcdef"
 
-// fakeGitHub imitates api.github.com where these tests need it: Link
-// headers with absolute URLs on its own base URL (GitHub's
-// /repositories/{id}/ form), a 301 for a renamed repository, a 302 to
-// another host for an archive, a 201 with Location. It records the
-// credentials of every request.
+// fakeGitHub is fakeapi's GitHub (Link headers with absolute URLs on its
+// own base URL in GitHub's /repositories/{id}/ form, a 301 for a renamed
+// repository, a 302 to another host for an archive, a 201 with Location),
+// plus the paths of the other services these tests put on the same
+// upstream.
 type fakeGitHub struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	reqs []fakeRequest
+	*fakeapi.GitHub
 }
 
-type fakeRequest struct {
-	method, path, query, authorization, apiKey string
-}
+const fakePerPage = 2 // three pages of fakeapi.Issues
 
 func newFakeGitHub(t *testing.T) *fakeGitHub {
 	f := &fakeGitHub{}
-	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
-	t.Cleanup(f.srv.Close)
+	f.GitHub = fakeapi.NewGitHub(t, tokens["GITHUB_TOKEN"], http.HandlerFunc(f.other))
 	return f
 }
 
-const fakeIssues, fakePerPage = 6, 2 // three pages
-
-func (f *fakeGitHub) serve(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.reqs = append(f.reqs, fakeRequest{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"), r.Header.Get("X-Api-Key")})
-	f.mu.Unlock()
-	base := f.srv.URL
+func (f *fakeGitHub) other(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	switch p := r.URL.Path; {
-	case r.Method == "GET" && (p == "/repos/o/r/issues" || p == "/repositories/42/issues"):
-		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
-		page = max(page, 1)
-		last := fakeIssues / fakePerPage
-		at := func(n int) string {
-			return fmt.Sprintf("%s/repositories/42/issues?per_page=%d&page=%d", base, fakePerPage, n)
-		}
-		var links []string
-		if page > 1 {
-			links = append(links, fmt.Sprintf(`<%s>; rel="prev"`, at(page-1)), fmt.Sprintf(`<%s>; rel="first"`, at(1)))
-		}
-		if page < last {
-			links = append(links, fmt.Sprintf(`<%s>; rel="next"`, at(page+1)), fmt.Sprintf(`<%s>; rel="last"`, at(last)))
-		}
-		w.Header().Set("Link", strings.Join(links, ", "))
-		var items []map[string]any
-		for n := (page-1)*fakePerPage + 1; n <= page*fakePerPage && n <= fakeIssues; n++ {
-			items = append(items, map[string]any{"number": n, "title": fmt.Sprint("issue ", n)})
-		}
-		_ = json.NewEncoder(w).Encode(items)
-	case r.Method == "GET" && p == "/repos/o/old-name":
-		w.Header().Set("Location", base+"/repositories/42")
-		w.WriteHeader(http.StatusMovedPermanently)
-		fmt.Fprintf(w, `{"message":"Moved Permanently","url":"%s/repositories/42"}`, base)
-	case r.Method == "GET" && p == "/repositories/42":
-		fmt.Fprint(w, `{"id":42,"name":"new-name","full_name":"o/new-name"}`)
-	case r.Method == "GET" && p == "/repos/o/old-name/tarball/main":
-		w.Header().Set("Location", base+"/repositories/42/tarball/main")
-		w.WriteHeader(http.StatusMovedPermanently)
-	case r.Method == "GET" && p == "/repositories/42/tarball/main":
-		w.Header().Set("Location", "https://codeload.example.invalid/o/new-name/legacy.tar.gz/refs/heads/main?token=signed")
-		w.WriteHeader(http.StatusFound)
-	case r.Method == "POST" && p == "/repos/o/r/issues":
-		w.Header().Set("Location", base+"/repos/o/r/issues/7")
-		w.WriteHeader(http.StatusCreated)
-		fmt.Fprint(w, `{"number":7,"title":"new"}`)
-	case r.Method == "GET" && p == "/repos/o/r/issues/7":
-		fmt.Fprint(w, `{"number":7,"title":"new"}`)
 	case p == "/elsewhere":
 		w.Header().Set("Link", `<https://other.example.invalid/api/x?page=2>; rel="next"`)
 		fmt.Fprint(w, `[]`)
 	case p == "/q/items":
 		// A service with a query credential whose upstream echoes it.
 		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
-		w.Header().Set("Link", fmt.Sprintf(`<%s/q/items?key=%s&page=%d>; rel="next"`, base, url.QueryEscape(r.URL.Query().Get("key")), max(page, 1)+1))
+		w.Header().Set("Link", fmt.Sprintf(`<%s/q/items?key=%s&page=%d>; rel="next"`, f.Srv.URL, url.QueryEscape(r.URL.Query().Get("key")), max(page, 1)+1))
 		fmt.Fprint(w, `[]`)
 	case strings.HasPrefix(p, "/api/"):
 		fmt.Fprint(w, `{"ok":true}`) // the discord service with a moved base URL
@@ -107,39 +57,22 @@ func (f *fakeGitHub) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// requests returns what reached the fake so far.
-func (f *fakeGitHub) requests() []fakeRequest {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]fakeRequest(nil), f.reqs...)
-}
-
 // assertGatewayCredentials checks that every request that reached the fake
 // came through the gateway: with the gateway's GitHub token, never with the
 // client's proxy key.
 func (f *fakeGitHub) assertGatewayCredentials(t *testing.T) {
 	t.Helper()
-	for _, r := range f.requests() {
-		if strings.HasPrefix(r.path, "/q/") || strings.HasPrefix(r.path, "/api/") {
+	for _, r := range f.Requests() {
+		if strings.HasPrefix(r.Path, "/q/") || strings.HasPrefix(r.Path, "/api/") {
 			continue // other services
 		}
-		if r.authorization != "Bearer "+tokens["GITHUB_TOKEN"] || r.apiKey != "" ||
-			strings.Contains(r.authorization+r.query, linksProxyKey) {
+		authz, apiKey := r.Header.Get("Authorization"), r.Header.Get("X-Api-Key")
+		if authz != "Bearer "+tokens["GITHUB_TOKEN"] || apiKey != "" ||
+			strings.Contains(authz+r.RawQuery, linksProxyKey) {
 			t.Errorf("%s %s?%s reached the upstream with Authorization %q, X-API-Key %q: not through the gateway",
-				r.method, r.path, r.query, r.authorization, r.apiKey)
+				r.Method, r.Path, r.RawQuery, authz, apiKey)
 		}
 	}
-}
-
-// seen reports how many requests for path reached the fake.
-func (f *fakeGitHub) seen(method, path string) int {
-	n := 0
-	for _, r := range f.requests() {
-		if r.method == method && r.path == path {
-			n++
-		}
-	}
-	return n
 }
 
 const linksCaddyfile = `{
@@ -195,7 +128,7 @@ func startLinksGateway(t *testing.T, lean bool) *linksGateway {
 	g := &linksGateway{up: newFakeGitHub(t)}
 	mount, trusted := testutil.FreePort(t), testutil.FreePort(t)
 	g.mounted, g.trusted = fmt.Sprintf("http://127.0.0.1:%d/edge/api", mount), fmt.Sprintf("http://127.0.0.1:%d", trusted)
-	cf := strings.NewReplacer("{{UP}}", strings.TrimPrefix(g.up.srv.URL, "http://"), "{{MOUNT}}", fmt.Sprint(mount),
+	cf := strings.NewReplacer("{{UP}}", strings.TrimPrefix(g.up.Srv.URL, "http://"), "{{MOUNT}}", fmt.Sprint(mount),
 		"{{TRUSTED}}", fmt.Sprint(trusted), "{{LEAN}}", map[bool]string{true: "on", false: "off"}[lean]).Replace(linksCaddyfile)
 	g.in = testutil.Start(t, cf, testutil.Options{Env: tokenEnv()})
 	return g
@@ -251,7 +184,7 @@ func TestLinksThroughGateway(t *testing.T) {
 func testPagination(t *testing.T, g *linksGateway, site string) {
 	ctx := testCtx(t)
 	gh := goGitHub(t, site)
-	before := len(g.up.requests())
+	before := len(g.up.Requests())
 
 	opts := &github.IssueListByRepoOptions{ListOptions: github.ListOptions{PerPage: fakePerPage}}
 	var numbers []int
@@ -299,7 +232,7 @@ func testPagination(t *testing.T, g *linksGateway, site string) {
 		if !strings.HasPrefix(m[1], want) {
 			t.Fatalf("page %d: next link %q, want the gateway's %s...", pages+1, m[1], want)
 		}
-		if strings.Contains(link, g.up.srv.URL) {
+		if strings.Contains(link, g.up.Srv.URL) {
 			t.Errorf("page %d: Link %q names the upstream", pages+1, link)
 		}
 		if req, err = gh.NewRequest("GET", m[1], nil); err != nil {
@@ -309,7 +242,7 @@ func testPagination(t *testing.T, g *linksGateway, site string) {
 	if pages != 2 || fmt.Sprint(numbers) != "[1 2 3 4 5 6]" {
 		t.Errorf("by Link: %d next links, issues %v", pages, numbers)
 	}
-	if n := len(g.up.requests()) - before; n != 6 {
+	if n := len(g.up.Requests()) - before; n != 6 {
 		t.Errorf("%d requests reached the upstream, want 6", n)
 	}
 	g.up.assertGatewayCredentials(t)
@@ -322,7 +255,7 @@ func testPagination(t *testing.T, g *linksGateway, site string) {
 func testRenamedRepo(t *testing.T, g *linksGateway, site string) {
 	ctx := testCtx(t)
 	gh := goGitHub(t, site)
-	before := g.up.seen("GET", "/repositories/42")
+	before := g.up.Seen("GET", "/repositories/42")
 	repo, _, err := gh.Repositories.Get(ctx, "o", "old-name")
 	if err != nil {
 		t.Fatalf("Repositories.Get: %v", err)
@@ -330,7 +263,7 @@ func testRenamedRepo(t *testing.T, g *linksGateway, site string) {
 	if repo.GetName() != "new-name" || repo.GetID() != 42 {
 		t.Errorf("repo %v", repo)
 	}
-	if g.up.seen("GET", "/repositories/42") != before+1 {
+	if g.up.Seen("GET", "/repositories/42") != before+1 {
 		t.Error("the redirect target was not fetched once")
 	}
 
@@ -367,12 +300,12 @@ func testCreated(t *testing.T, g *linksGateway, site string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := g.up.seen("GET", "/repos/o/r/issues/7")
+	before := g.up.Seen("GET", "/repos/o/r/issues/7")
 	var got github.Issue
 	if _, err := gh.Do(ctx, req, &got); err != nil || got.GetNumber() != 7 {
 		t.Fatalf("GET Location: %v %v", err, got)
 	}
-	if g.up.seen("GET", "/repos/o/r/issues/7") != before+1 {
+	if g.up.Seen("GET", "/repos/o/r/issues/7") != before+1 {
 		t.Error("the created resource was not fetched through the gateway")
 	}
 	g.up.assertGatewayCredentials(t)
@@ -399,9 +332,9 @@ func testQueryCredentialLink(t *testing.T, g *linksGateway, site string) {
 	if r.status != http.StatusOK || !strings.Contains(r.header.Get("Link"), "page=3") {
 		t.Errorf("following: %d Link %q", r.status, r.header.Get("Link"))
 	}
-	for _, req := range g.up.requests() {
-		if req.path == "/q/items" && !strings.Contains(req.query, "key="+url.QueryEscape(tokens["T_QUERY"])) {
-			t.Errorf("upstream request %s?%s lacks the gateway's credential", req.path, req.query)
+	for _, req := range g.up.Requests() {
+		if req.Path == "/q/items" && !strings.Contains(req.RawQuery, "key="+url.QueryEscape(tokens["T_QUERY"])) {
+			t.Errorf("upstream request %s?%s lacks the gateway's credential", req.Path, req.RawQuery)
 		}
 	}
 	assertNoSecrets(t, "response headers", fmt.Sprint(r.header))
@@ -429,17 +362,17 @@ func testForwardedProto(t *testing.T, g *linksGateway) {
 // shows the effective versions.
 func TestPresetBaseURLMovesVersions(t *testing.T) {
 	g := startLinksGateway(t, true)
-	before := g.up.seen("GET", "/api/v10/users/@me")
+	before := g.up.Seen("GET", "/api/v10/users/@me")
 	r := call(t, "GET", g.in.URL("/proxy/discord/v10/users/@me"), nil, "Authorization", "Bearer "+linksProxyKey)
-	if r.status != http.StatusOK || g.up.seen("GET", "/api/v10/users/@me") != before+1 {
-		t.Fatalf("status %d, upstream saw it %d times: the v10 URL did not move with base_url", r.status, g.up.seen("GET", "/api/v10/users/@me")-before)
+	if r.status != http.StatusOK || g.up.Seen("GET", "/api/v10/users/@me") != before+1 {
+		t.Fatalf("status %d, upstream saw it %d times: the v10 URL did not move with base_url", r.status, g.up.Seen("GET", "/api/v10/users/@me")-before)
 	}
-	for _, req := range g.up.requests() {
-		if req.path == "/api/v10/users/@me" && req.authorization != "Bot "+tokens["DISCORD_BOT_TOKEN"] {
-			t.Errorf("Authorization %q", req.authorization)
+	for _, req := range g.up.Requests() {
+		if req.Path == "/api/v10/users/@me" && req.Header.Get("Authorization") != "Bot "+tokens["DISCORD_BOT_TOKEN"] {
+			t.Errorf("Authorization %q", req.Header.Get("Authorization"))
 		}
 	}
-	want := map[string]string{"v9": g.up.srv.URL + "/api/v9/", "v10": g.up.srv.URL + "/api/v10/"}
+	want := map[string]string{"v9": g.up.Srv.URL + "/api/v9/", "v10": g.up.Srv.URL + "/api/v10/"}
 
 	resp, body := testutil.Do(t, "GET", g.in.URL("/manage/services/discord"), nil, "Authorization", "Bearer manage-key-links-0123456789abcdef")
 	var svc struct {

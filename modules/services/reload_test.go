@@ -188,3 +188,123 @@ func reload(t *testing.T, in *testutil.Instance, caddyfile string) {
 		t.Fatalf("reload: %d %s", resp.StatusCode, body)
 	}
 }
+
+// heldUpstream answers every request with its path, but holds the answers
+// to /api/held/* until release is closed, telling arrived of each arrival.
+type heldUpstream struct {
+	addr    string
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func startHeldUpstream(t *testing.T) *heldUpstream {
+	u := &heldUpstream{arrived: make(chan struct{}, 100), release: make(chan struct{})}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if strings.HasPrefix(r.URL.Path, "/api/held/") {
+			u.arrived <- struct{}{}
+			<-u.release
+		}
+		_, _ = io.WriteString(w, r.URL.Path)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.addr = ln.Addr().String()
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		select {
+		case <-u.release:
+		default:
+			close(u.release)
+		}
+		_ = srv.Close()
+	})
+	return u
+}
+
+const oldConfigCaddyfile = `{
+	byteproxy {
+		client_rate_limit 1000000 1m
+		service svc {
+			base_url http://{{UP}}/api/
+			rate_limit 1000000 1m
+		}
+	}
+}
+
+:{{PORT}} {
+	byteproxy
+}
+`
+
+// Issue 15.4: on a reload Caddy cleans the old config up (App.Cleanup
+// closes the services' upstream pools; the rate-limit, auth-failure and
+// pressure handlers give back their pooled state) as soon as its servers
+// begin to shut down, not when their last request ends. The requests the
+// old config is still serving must not notice: requests in flight across
+// the reload on both proxy paths (GET: lean pool, POST: http.Transport)
+// get their upstream answers. (A request not yet read when the shutdown
+// begins never reaches the old config's handlers: Go's server drops it and
+// closes the connection, for plain Caddy as for the gateway.)
+func TestReloadInFlightRequestsFinish(t *testing.T) {
+	up := startHeldUpstream(t)
+	cf := strings.Replace(oldConfigCaddyfile, "{{UP}}", up.addr, 1)
+	in := testutil.Start(t, cf, testutil.Options{})
+
+	const held = 6
+	type answer struct {
+		status int
+		body   string
+		err    error
+	}
+	answers := make(chan answer, held)
+	for i := range held {
+		go func() {
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			cl := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+			url := in.URL(fmt.Sprintf("/proxy/svc/held/%d", i))
+			var resp *http.Response
+			var err error
+			if i%2 == 0 {
+				resp, err = cl.Get(url)
+			} else {
+				resp, err = cl.Post(url, "application/json", strings.NewReader(`{"a":1}`))
+			}
+			if err != nil {
+				answers <- answer{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			answers <- answer{resp.StatusCode, string(b), err}
+		}()
+	}
+	for range held {
+		select {
+		case <-up.arrived:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the held requests did not reach the upstream in 30s")
+		}
+	}
+
+	// The reload returns once the new config runs and the old one is
+	// cleaned up; its requests are still in flight.
+	reload(t, in, strings.Replace(cf, "\t\tservice svc {", "\t\tservice other {\n\t\t\tbase_url http://127.0.0.1:9/\n\t\t}\n\t\tservice svc {", 1))
+	if resp, _ := testutil.Do(t, "GET", in.URL("/proxy/other/x"), nil); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("the new config is not serving: /proxy/other/x answered %d, want 502 (closed port)", resp.StatusCode)
+	}
+
+	close(up.release)
+	for range held {
+		a := <-answers
+		if a.err != nil || a.status != 200 || !strings.HasPrefix(a.body, "/api/held/") {
+			t.Errorf("a request in flight across the reload: %d %q %v", a.status, a.body, a.err)
+		}
+	}
+	if resp, body := testutil.Do(t, "GET", in.URL("/proxy/svc/after"), nil); resp.StatusCode != 200 || string(body) != "/api/after" {
+		t.Errorf("after the reload: %d %q", resp.StatusCode, body)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/budget"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -106,6 +108,68 @@ func BenchmarkForward(b *testing.B) {
 	})
 }
 
+// BenchmarkForwardBudget is BenchmarkForward through an upstream budget
+// that limits nothing: a service whose upstream describes no limits
+// (generic), and a Discord route whose bucket is learned and has room (the
+// global limit off). Compare with BenchmarkForward: the budget's
+// decision allocates nothing; the discord case writes the consumer's share
+// in RateLimit (a string and its slice).
+func BenchmarkForwardBudget(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		cfg  budget.Config
+		h    http.Header
+	}{
+		{"off", budget.Config{}, benchDiscordHeaders()}, // the discord case's upstream, no budget
+		{"generic", budget.GenericConfig(), nil},
+		// The global limit off: at 50 per second it binds a benchmark loop
+		// (as in internal/budget's benchmarks).
+		{"discord", func() budget.Config { c := budget.DiscordConfig(); c.GlobalLimit = 0; return c }(), benchDiscordHeaders()},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			h := c.h
+			body := []byte(`{"id":1,"name":"small response","ok":true}`)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				for k, v := range h {
+					w.Header()[k] = v
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write(body)
+			}))
+			b.Cleanup(up.Close)
+			f := newForwarder(benchService(b, up.URL), nil, zap.NewNop(), true)
+			if c.name != "off" {
+				f.budget = &gateway.Budget{Engine: budget.New(c.cfg, budget.NewMemStore()), Credential: "cred-bench", Kind: c.cfg.Kind, MaxWait: c.cfg.MaxWait}
+			}
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				w := &discardWriter{h: make(http.Header, 8)}
+				for pb.Next() {
+					r, _ := http.NewRequest("GET", "http://gw/proxy/svc/v10/channels/123456789012345678/messages", nil)
+					clear(w.h)
+					w.status = 0
+					f.ServeHTTP(w, r)
+					if w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			})
+		})
+	}
+}
+
+// benchDiscordHeaders describe a bucket no benchmark exhausts.
+func benchDiscordHeaders() http.Header {
+	h := http.Header{}
+	h.Set("X-RateLimit-Bucket", "abcd")
+	h.Set("X-RateLimit-Limit", "1000000000")
+	h.Set("X-RateLimit-Remaining", "999999999")
+	h.Set("X-RateLimit-Reset", strconv.FormatFloat(float64(time.Now().Add(time.Hour).UnixMilli())/1000, 'f', 3, 64))
+	h.Set("X-RateLimit-Reset-After", "3600.000")
+	return h
+}
+
 // startBenchCaddy runs Caddy in this process with two servers in front of
 // the same upstream: byteproxy_services and Caddy's own reverse_proxy.
 func startBenchCaddy(b *testing.B) (gw, rp string) {
@@ -120,6 +184,9 @@ func startBenchCaddy(b *testing.B) (gw, rp string) {
 			"byteproxy": map[string]any{"services": map[string]any{
 				"bench": map[string]any{"base_url": up.URL + "/api/", "headers": map[string]string{"User-Agent": "bench"},
 					"auth": map[string]string{"type": "bearer", "token": "bench-token"}},
+				// The same with an upstream budget that limits nothing.
+				"budget": map[string]any{"base_url": up.URL + "/api/", "headers": map[string]string{"User-Agent": "bench"},
+					"auth": map[string]string{"type": "bearer", "token": "bench-token"}, "upstream_limits": map[string]any{}},
 			}},
 			"http": map[string]any{"servers": map[string]any{
 				"gw": map[string]any{
@@ -157,12 +224,14 @@ func freePort(b *testing.B) int {
 
 // BenchmarkGateway compares small GETs through a whole Caddy server
 // (in this process, over loopback): byteproxy_services versus Caddy's
-// reverse_proxy to the same upstream. ns/op includes the client, Caddy and
+// reverse_proxy to the same upstream (and byteproxy_services with an
+// upstream budget that limits nothing). ns/op includes the client, Caddy and
 // the upstream; the difference between the two is the proxies'.
 func BenchmarkGateway(b *testing.B) {
 	gw, rp := startBenchCaddy(b)
 	for _, c := range []struct{ name, url string }{
 		{"byteproxy_services", gw + "/proxy/bench/users/1?x=1"},
+		{"byteproxy_services_budget", gw + "/proxy/budget/users/1?x=1"},
 		{"caddy_reverse_proxy", rp + "/users/1?x=1"},
 	} {
 		b.Run(c.name, func(b *testing.B) {

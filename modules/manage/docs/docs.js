@@ -23,6 +23,33 @@
     });
     return e;
   }
+  // markdown renders the little of CommonMark that info.description uses:
+  // blocks split by blank lines, "## " headings, "- " list items with a
+  // leading **title**, and `code` spans (through prose).
+  function markdown(text) {
+    var frag = document.createDocumentFragment();
+    String(text || "").split(/\n{2,}/).forEach(function (block) {
+      var lines = block.split("\n");
+      if (/^## /.test(block)) {
+        frag.appendChild(prose("h2", block.slice(3)));
+      } else if (lines.every(function (l) { return /^- /.test(l); })) {
+        var ul = el("ul");
+        lines.forEach(function (l) {
+          var li = el("li"), m = /^- \*\*(.+?)\*\*\s*(.*)$/.exec(l);
+          if (m) {
+            li.appendChild(prose("strong", m[1]));
+            li.appendChild(document.createTextNode(" "));
+          }
+          li.appendChild(prose("span", m ? m[2] : l.slice(2)));
+          ul.appendChild(li);
+        });
+        frag.appendChild(ul);
+      } else {
+        frag.appendChild(prose("p", block));
+      }
+    });
+    return frag;
+  }
   function resolve(o) {
     var seen = 0;
     while (o && o.$ref && seen++ < 10) {
@@ -214,7 +241,7 @@
     document.title = spec.info.title + " " + spec.info.version;
     document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
     var summary = document.getElementById("summary");
-    summary.replaceWith(prose("p", spec.info.description || spec.info.summary));
+    summary.replaceWith(markdown(spec.info.description || spec.info.summary));
     var main = document.getElementById("ops");
     main.textContent = "";
     var toc = document.getElementById("toc");
