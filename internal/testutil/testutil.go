@@ -2,6 +2,13 @@
 // byteproxy binary built from this module, started as a child process on
 // loopback with a Caddyfile, so multi-instance, reload, kill -9 and restart
 // tests exercise exactly what users run.
+//
+// The binary is built with the tag byteproxy_record, which adds one thing:
+// the Caddyfile is adapted by internal/testutil/record's adapter, which
+// wraps every byteproxy handler in a recorder. Every answer a byteproxy
+// handler makes is written down, and when the test ends each one is checked
+// against the OpenAPI document (internal/testutil/openapicheck): a test that
+// received an answer the document does not describe fails.
 package testutil
 
 import (
@@ -19,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/byteproxy/byteproxy/internal/testutil/record"
 )
 
 var (
@@ -43,7 +52,7 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "byteproxy")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/byteproxy")
+		cmd := exec.Command("go", "build", "-tags", "byteproxy_record", "-o", binPath, "./cmd/byteproxy")
 		cmd.Dir = root
 		if b, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, b)
@@ -135,9 +144,10 @@ func Start(t testing.TB, caddyfile string, opt Options) *Instance {
 		in.DataDir = t.TempDir()
 	}
 	in.write(caddyfile)
-	in.cmd = exec.Command(Binary(t), "run", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", "caddyfile")
+	in.cmd = exec.Command(Binary(t), "run", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", record.Adapter)
 	in.cmd.Dir = in.Dir
-	in.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+in.DataDir, "XDG_CONFIG_HOME="+filepath.Join(in.Dir, "config"), "HOME="+in.Dir)
+	in.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+in.DataDir, "XDG_CONFIG_HOME="+filepath.Join(in.Dir, "config"), "HOME="+in.Dir,
+		record.EnvFile+"="+in.answersFile())
 	in.cmd.Env = append(in.cmd.Env, opt.Env...)
 	in.cmd.Stdout = in.logs
 	in.cmd.Stderr = in.logs
@@ -145,6 +155,9 @@ func Start(t testing.TB, caddyfile string, opt Options) *Instance {
 		t.Fatal(err)
 	}
 	go func() { _ = in.cmd.Wait(); close(in.done) }()
+	// Cleanups run last first: the answers are checked once the process
+	// is gone and has written its last one.
+	t.Cleanup(in.checkAnswers)
 	t.Cleanup(in.Kill)
 	in.waitReady()
 	return in
@@ -216,7 +229,7 @@ func (in *Instance) AdminURL(path string) string {
 func (in *Instance) Reload(caddyfile string) {
 	in.t.Helper()
 	in.write(caddyfile)
-	cmd := exec.Command(Binary(in.t), "reload", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", in.AdminPort), "--force")
+	cmd := exec.Command(Binary(in.t), "reload", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", record.Adapter, "--address", fmt.Sprintf("127.0.0.1:%d", in.AdminPort), "--force")
 	cmd.Env = in.cmd.Env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		in.t.Fatalf("reload: %v\n%s\nlogs:\n%s", err, out, in.Logs())

@@ -25,9 +25,10 @@ const AllowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 func (s *Service) LocalRefusal(r *http.Request, rest string) (status int, body any) {
 	switch r.Method {
 	case http.MethodTrace, http.MethodConnect:
-		return http.StatusMethodNotAllowed, invalidPathBody{
-			Error:   "Method Not Allowed",
+		return http.StatusMethodNotAllowed, methodNotAllowedBody{
+			Error:   "Method not allowed",
 			Message: r.Method + " is not forwarded: the gateway answers it itself.",
+			Allowed: allowedMethods,
 			Service: s.Key,
 		}
 	}
@@ -83,6 +84,19 @@ func UpgradeRefused(h http.Header) bool {
 	}
 	return len(up) != 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket")
 }
+
+// methodNotAllowedBody is the 405 of every endpoint (byteproxy_manage
+// writes the same fields), with the service of a proxy request.
+type methodNotAllowedBody struct {
+	Error   string   `json:"error"`
+	Message string   `json:"message"`
+	Allowed []string `json:"allowed"`
+	Service string   `json:"service"`
+}
+
+// allowedMethods is AllowedMethods as a list, for the 405 body. Read-only:
+// it is marshaled, never handed out to be changed.
+var allowedMethods = strings.Split(AllowedMethods, ", ")
 
 // invalidPathBody is the body of the refusals that name no other fields.
 type invalidPathBody struct {

@@ -63,6 +63,28 @@ func WriteError(w http.ResponseWriter, status int, service string, v any) error 
 	return WriteJSON(w, status, v)
 }
 
+// MountPrefix is the path prefix that Caddy removed before the request
+// reached the gateway (`handle_path /api/*`, `uri strip_prefix`): the start
+// of the path the client sent (Caddy keeps the original request) that the
+// current path ends, compared as sent and, should a rewrite have changed
+// the escaping, decoded; escaped, "" when there is none. Any other rewrite
+// of the path leaves no prefix. The gateway puts it before every URL of
+// its own that it writes (links in JSON bodies, the API page, rewritten
+// Link and Location headers), so that they work for the client.
+func MountPrefix(r *http.Request) string {
+	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+	if !ok || orig.URL == nil {
+		return ""
+	}
+	if op, cp := orig.URL.EscapedPath(), r.URL.EscapedPath(); len(op) > len(cp) && strings.HasSuffix(op, cp) {
+		return op[:len(op)-len(cp)]
+	}
+	if op, cp := orig.URL.Path, r.URL.Path; len(op) > len(cp) && strings.HasSuffix(op, cp) {
+		return (&url.URL{Path: op[:len(op)-len(cp)]}).EscapedPath()
+	}
+	return ""
+}
+
 // ProxyPath splits "/proxy/{service}/{rest}" into the service key and the
 // rest (starting with "/"). ok is false for paths that are not a service
 // call: not under /proxy/, a reserved name in any letter case

@@ -331,7 +331,7 @@ func (h *Handler) diagnostics(w http.ResponseWriter) error {
 	runtimeInfo := map[string]any{}
 	if rs != nil {
 		runtimeInfo = map[string]any{
-			"tokenEnv":              rs.TokenEnv,
+			"tokenEnv":              append([]string{}, rs.TokenEnv...), // [] rather than null
 			"allowPrivateUpstreams": rs.AllowPrivateUpstreams,
 			"syncInterval":          time.Duration(rs.SyncInterval).String(),
 		}

@@ -7,7 +7,13 @@ import (
 	"embed"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
+	"hash/fnv"
+	"html"
+	"maps"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,9 +31,12 @@ var docsFS embed.FS
 // (each response only fills in a fresh CSP nonce) and the OpenAPI document
 // with the running version.
 type docAssets struct {
-	page    string // index.html with {{NONCE}} left in
-	spec    []byte
+	page    string // index.html with {{NONCE}} and {{BASE}} left in
+	spec    []byte // the document for a gateway at the site's root
 	specTag string
+	// The document around its server URL's mount prefix ({{BASE}}), for a
+	// gateway mounted below a path.
+	specHead, specTail []byte
 }
 
 var loadDocs = sync.OnceValue(func() *docAssets {
@@ -41,9 +50,11 @@ var loadDocs = sync.OnceValue(func() *docAssets {
 	// The replacer is one pass, so a "{{...}}" inside the script or style
 	// is never substituted again.
 	page := strings.NewReplacer("{{CSS}}", read("docs.css"), "{{JS}}", read("docs.js")).Replace(read("index.html"))
-	spec := []byte(strings.Replace(read("openapi.json"), "{{VERSION}}", gateway.Version, 1))
-	sum := sha256.Sum256(spec)
-	return &docAssets{page: page, spec: spec, specTag: `"` + hex.EncodeToString(sum[:8]) + `"`}
+	spec := strings.Replace(read("openapi.json"), "{{VERSION}}", gateway.Version, 1)
+	head, tail, _ := strings.Cut(spec, "{{BASE}}")
+	root := []byte(head + tail)
+	sum := sha256.Sum256(root)
+	return &docAssets{page: page, spec: root, specTag: hex.EncodeToString(sum[:8]), specHead: []byte(head), specTail: []byte(tail)}
 })
 
 // serveDocs answers /docs, /docs/openapi.json and /docs/json. It reports
@@ -78,19 +89,53 @@ func servePage(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store") // the nonce must not be reused
-	page := strings.ReplaceAll(loadDocs().page, "{{NONCE}}", nonce)
+	page := strings.NewReplacer("{{NONCE}}", nonce, "{{BASE}}", html.EscapeString(gateway.MountPrefix(r))).Replace(loadDocs().page)
 	http.ServeContent(w, r, "", time.Time{}, strings.NewReader(page))
 }
 
 // serveSpec writes the OpenAPI document; its ETag lets clients revalidate.
+// Its server URL is the gateway's mount prefix as this client reached it,
+// so that tools that call the API from the document reach the gateway.
 func serveSpec(w http.ResponseWriter, r *http.Request) {
 	d := loadDocs()
+	spec, tag := d.spec, d.specTag
+	if prefix := gateway.MountPrefix(r); prefix != "" {
+		quoted, _ := json.Marshal(prefix) // a string always marshals
+		spec = slices.Concat(d.specHead, quoted[1:len(quoted)-1], d.specTail)
+		f := fnv.New64a()
+		_, _ = f.Write([]byte(prefix))
+		tag += "-" + strconv.FormatUint(f.Sum64(), 16)
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-cache")
-	h.Set("ETag", d.specTag)
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(d.spec))
+	h.Set("ETag", `"`+tag+`"`)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(spec))
+}
+
+// operationMethods are the methods an OpenAPI path item may hold, in the
+// order the endpoint list shows them.
+var operationMethods = []string{"get", "post", "put", "patch", "delete", "head", "options", "trace"}
+
+// documentedOperations lists every operation of an OpenAPI document as
+// "METHOD path", by path, then in operationMethods order.
+func documentedOperations(spec []byte) []string {
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(spec, &doc); err != nil {
+		panic(err) // embedded at build time and checked by the tests
+	}
+	var ops []string
+	for _, path := range slices.Sorted(maps.Keys(doc.Paths)) {
+		for _, m := range operationMethods {
+			if _, ok := doc.Paths[path][m]; ok {
+				ops = append(ops, strings.ToUpper(m)+" "+path)
+			}
+		}
+	}
+	return ops
 }
 
 func newNonce() string {

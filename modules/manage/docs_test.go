@@ -118,6 +118,19 @@ func TestOpenAPIDocument(t *testing.T) {
 		}
 	})
 
+	// The 404's list of endpoints is the document's operations: the same
+	// set as the routes (issue 17.1: it had left out /proxy/auth-debug and
+	// /docs/json).
+	t.Run("404 lists every route", func(t *testing.T) {
+		listed := slices.Clone(availableEndpoints())
+		sort.Strings(listed)
+		want := slices.Clone(gatewayRoutes)
+		sort.Strings(want)
+		if !slices.Equal(listed, want) {
+			t.Errorf("availableEndpoints = %q\nwant the routes %q", listed, want)
+		}
+	})
+
 	t.Run("three key transports", func(t *testing.T) {
 		ss := d.Components.SecuritySchemes
 		if s := ss["bearerAuth"]; s.Type != "http" || s.Scheme != "bearer" {

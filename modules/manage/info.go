@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -18,17 +20,11 @@ import (
 // not from the last config reload.
 var processStart = time.Now()
 
-// availableEndpoints is listed in every 404.
-var availableEndpoints = []string{
-	"GET /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
-	"GET /auth-status", "GET /docs", "GET /docs/openapi.json",
-	"GET /proxy/services", "GET /proxy/services/{service}/rate-limit", "GET /proxy/auth-test",
-	"GET /proxy/auth-debug", "GET /proxy/key-debug",
-	"ANY /proxy/{service}/{path}",
-	"GET /manage/services", "POST /manage/services", "GET /manage/services/{key}",
-	"PUT /manage/services/{key}", "DELETE /manage/services/{key}",
-	"POST /manage/services/{key}/test", "GET /manage/diagnostics", "GET /manage/key-debug",
-}
+// availableEndpoints is listed in every 404: every operation of the
+// OpenAPI document (docs/openapi.json), so the list, the document and the
+// routes the gateway serves cannot drift apart (docs_test.go checks the
+// last two agree).
+var availableEndpoints = sync.OnceValue(func() []string { return documentedOperations(loadDocs().spec) })
 
 // serveInfo answers the informational endpoints and the JSON 404.
 func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
@@ -79,26 +75,44 @@ func serveReady(w http.ResponseWriter) error {
 	return gateway.WriteJSON(w, status, body)
 }
 
-// notFound is the JSON 404 of every unknown path, whatever the method.
+// notFound is the JSON 404 of every unknown path, whatever the method. Its
+// paths are the client's: under the mount prefix (see gateway.MountPrefix).
 func notFound(w http.ResponseWriter, r *http.Request) error {
+	prefix := gateway.MountPrefix(r)
 	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{
 		"error":              "Endpoint not found",
-		"message":            "The endpoint '" + shortPath(r.URL.Path) + "' does not exist",
-		"suggestion":         "Proxy calls look like /proxy/{service}/{path}; GET /docs describes the API",
-		"documentation":      "/docs",
-		"availableEndpoints": availableEndpoints,
+		"message":            "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist",
+		"suggestion":         "Proxy calls look like " + prefix + "/proxy/{service}/{path}; GET " + prefix + "/docs describes the API",
+		"documentation":      prefix + "/docs",
+		"availableEndpoints": endpointsUnder(prefix),
 	})
 }
 
-func (h *Handler) welcome(*http.Request) (int, any) {
+// endpointsUnder is availableEndpoints with each path under prefix.
+func endpointsUnder(prefix string) []string {
+	all := availableEndpoints()
+	if prefix == "" {
+		return all
+	}
+	out := make([]string, len(all))
+	for i, op := range all {
+		method, path, _ := strings.Cut(op, " ")
+		out[i] = method + " " + prefix + path
+	}
+	return out
+}
+
+// welcome links the other informational endpoints, under the mount prefix.
+func (h *Handler) welcome(r *http.Request) (int, any) {
+	prefix := gateway.MountPrefix(r)
 	return http.StatusOK, map[string]any{
 		"message":       "Welcome to ByteProxy, an API gateway for Discord, GitHub and any HTTP API",
 		"source":        gateway.ProjectURL,
-		"documentation": "/docs",
-		"status":        "/status",
-		"health":        "/health",
+		"documentation": prefix + "/docs",
+		"status":        prefix + "/status",
+		"health":        prefix + "/health",
 		"version":       "v" + gateway.Version,
-		"checkUpdates":  "/version/check",
+		"checkUpdates":  prefix + "/version/check",
 	}
 }
 

@@ -93,7 +93,7 @@ func methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed ...string)
 	}
 	return gateway.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
 		"error":   "Method not allowed",
-		"message": "The endpoint '" + shortPath(r.URL.Path) + "' does not accept " + r.Method,
+		"message": "The endpoint '" + shortPath(gateway.MountPrefix(r)+r.URL.Path) + "' does not accept " + r.Method,
 		"allowed": allowed,
 	})
 }

@@ -193,7 +193,7 @@ func (lr *linkRewriter) clientOrigin() string {
 }
 
 func clientOrigin(r *http.Request) string {
-	prefix := mountPrefix(r)
+	prefix := gateway.MountPrefix(r)
 	if r.Host == "" {
 		if strings.HasPrefix(prefix, "//") {
 			prefix = "" // would read as a host
@@ -224,25 +224,6 @@ func clientScheme(r *http.Request) string {
 		}
 	}
 	return scheme
-}
-
-// mountPrefix is the path prefix that Caddy removed before the request
-// reached the proxy (`handle_path /api/*`, `uri strip_prefix`): the start
-// of the path the client sent (Caddy keeps the original request) that the
-// current path ends, compared as sent and, should a rewrite have changed
-// the escaping, decoded. Any other rewrite of the path leaves no prefix.
-func mountPrefix(r *http.Request) string {
-	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
-	if !ok || orig.URL == nil {
-		return ""
-	}
-	if op, cp := orig.URL.EscapedPath(), r.URL.EscapedPath(); len(op) > len(cp) && strings.HasSuffix(op, cp) {
-		return op[:len(op)-len(cp)]
-	}
-	if op, cp := orig.URL.Path, r.URL.Path; len(op) > len(cp) && strings.HasSuffix(op, cp) {
-		return (&url.URL{Path: op[:len(op)-len(cp)]}).EscapedPath()
-	}
-	return ""
 }
 
 // matchBase finds the service URL that p lies under, longest first, and

@@ -32,7 +32,7 @@ func testTraceConnect(t *testing.T, g *gatewayUnderTest) {
 		if allow := r.header.Get("Allow"); !strings.Contains(allow, "GET") || strings.Contains(allow, "TRACE") || strings.Contains(allow, "CONNECT") {
 			t.Errorf("%s: Allow %q", c.method, allow)
 		}
-		if m := decode(t, r); m["error"] != "Method Not Allowed" || m["service"] != "up" {
+		if m := decode(t, r); m["error"] != "Method not allowed" || m["service"] != "up" {
 			t.Errorf("%s: body %s", c.method, r.body)
 		}
 		assertNoSecrets(t, c.method+" answer", string(r.body))
