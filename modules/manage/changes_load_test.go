@@ -259,8 +259,13 @@ func TestManageChangesUnderLoadFailNothing(t *testing.T) {
 	if n := h.failures.Load(); n > 0 {
 		t.Errorf("%d requests failed during management changes; the first: %s", n, strings.Join(h.first, "\n\t"))
 	}
-	if n := h.dials.Load(); n != clients {
-		t.Errorf("the clients opened %d connections, want %d: the gateway closed client connections (a reload?)", n, clients)
+	// A reload closes every idle client connection, so the clients would
+	// dial about 50 more per reload. Go's Transport itself may dial one
+	// spare now and then (a request that finds its connection not yet
+	// back in the idle pool starts a dial and uses whichever is ready
+	// first), so a few more than the clients are allowed.
+	if n := h.dials.Load(); n < clients || n > clients+clients/10 {
+		t.Errorf("the clients opened %d connections, want %d (up to %d with the Transport's spare dials): the gateway closed client connections (a reload?)", n, clients, clients+clients/10)
 	}
 	// Each client has at most one request in flight, so the config
 	// service never needs more upstream connections than there are
