@@ -183,6 +183,11 @@ type Engine struct {
 	lanesMu sync.RWMutex
 	lanes   map[string]*lane
 	closed  atomic.Bool
+
+	// queueGranted, set by tests before any request, is told the consumer
+	// of each queued request granted, in the order the queue granted them
+	// (under the lane's lock, so not reordered by goroutine scheduling).
+	queueGranted func(consumer string)
 }
 
 // maxInterned bounds the routes and learned resources an engine keeps.

@@ -302,6 +302,9 @@ func (l *lane) dispatchLocked(now time.Time) {
 			w.granted, w.grant = true, g
 			w.fraction = w.who.weight / l.weights
 			l.vtime = max(l.vtime, w.start)
+			if l.e.queueGranted != nil {
+				l.e.queueGranted(w.req.Consumer)
+			}
 		default:
 			w.last = g
 			if g.Key != "" && nb < len(blocked) {
