@@ -37,7 +37,6 @@ type Shard[K comparable] struct {
 	m    map[K]*rate.Limiter
 	peak int // largest len(m) since the map was last rebuilt
 	s    *Store[K]
-	_    [32]byte // keeps neighbouring shards' locks off one cache line
 }
 
 // New returns the buckets of max tokens per window, in shards shards

@@ -414,7 +414,9 @@ func (h *Handler) setHeaders(hdr http.Header, v *verdict, now time.Time) {
 		b = appendState(b, gateway.LimitClient, v.bucket.remaining, v.bucket.full)
 	}
 	// A slice of this request's own (Caddy's header directive edits
-	// values in place); the keys are already canonical.
+	// values in place); the keys are already canonical. One allocation
+	// for both (BenchmarkHeaders: 2 allocs/op against 3 with a slice
+	// each, 80 B/op both).
 	vals := []string{policy, string(b)}
 	hdr["Ratelimit-Policy"] = vals[0:1:1]
 	hdr["Ratelimit"] = vals[1:2:2]
