@@ -203,9 +203,10 @@ var envPlaceholder = regexp.MustCompile(`^\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$`)
 var ServiceKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // CheckServiceKey reports why key cannot name a service: it does not match
-// ServiceKeyPattern, holds "..", or is reserved (routes.IsReservedKey). Keys are used as they are
-// in /proxy/{key}/ (letter case counts) and in storage keys
-// (byteproxy/services/{key}.json), where ".." could climb out.
+// ServiceKeyPattern, holds "..", or is reserved (routes.IsReservedKey).
+// Keys are used as they are in /proxy/{key}/ (letter case counts) and in
+// storage keys (byteproxy/services/{key}.json), where ".." could climb
+// out.
 func CheckServiceKey(key string) error {
 	switch {
 	case !ServiceKeyPattern.MatchString(key):
