@@ -4,26 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/fleet"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
-
-// infoPath matches /proxy/services/{service}/rate-limit. gateway.ProxyPath
-// does not: "services" is reserved.
-func infoPath(p string) (string, bool) {
-	const prefix, suffix = "/proxy/services/", "/rate-limit"
-	if !strings.HasPrefix(p, prefix) || !strings.HasSuffix(p, suffix) || len(p) <= len(prefix)+len(suffix) {
-		return "", false
-	}
-	key := p[len(prefix) : len(p)-len(suffix)]
-	if strings.Contains(key, "/") {
-		return "", false
-	}
-	return key, true
-}
 
 // limitInfo is the body of GET /proxy/services/{service}/rate-limit, in
 // the original ByteProxy's fields.

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/fleet"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -196,11 +197,11 @@ func redisURLError(err error, raw string) error {
 // ServeHTTP answers the rate-limit endpoint and enforces the limits of
 // service requests.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if key, ok := infoPath(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	if key, ok := routes.RateLimitPath(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return h.serveInfo(w, r, key)
 	}
 	// The escaped path, as byteproxy_services reads it.
-	key, rest, ok := gateway.ProxyPath(r.URL.EscapedPath())
+	key, rest, ok := routes.ProxyPath(r.URL.EscapedPath())
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -448,7 +449,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, svc *gateway.Se
 	key := svc.Key
 	h.app.Metrics().RateLimited(key, v.refused)
 	gateway.AddLogField(r, zap.String("rate_limited", v.refused))
-	_, path, _ := gateway.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
+	_, path, _ := routes.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
 	rf := gateway.Refusal{Service: svc, Path: path}
 	if v.refused == gateway.LimitClient {
 		rf.RetryAfter, rf.Limit = v.bucket.retry, int64(v.clientMax)

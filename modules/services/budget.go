@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -160,7 +161,7 @@ func (f *forwarder) refuseBudget(pw *proxyWriter, r *http.Request, err error) {
 		ce.Write(zap.String("method", r.Method), zap.String("reason", reason),
 			zap.Duration("retry_after", rf.RetryAfter), zap.Duration("waited", rf.Waited))
 	}
-	_, path, _ := gateway.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
+	_, path, _ := routes.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
 	g := f.shapeRefusal(rf, reason, path)
 	pw.status = g.Status
 	w := pw.ResponseWriter
