@@ -390,6 +390,9 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 		}
 		return http.StatusBadGateway, gateway.UpstreamErrDial,
 			"Could not connect to " + upstream + ": " + reason + "."
+	case errors.Is(err, gateway.ErrNoHTTP2):
+		return http.StatusBadGateway, gateway.UpstreamErrOther,
+			"The upstream " + upstream + " did not negotiate HTTP/2, which the service's http_version 2 requires."
 	case isTLSError(err):
 		return http.StatusBadGateway, gateway.UpstreamErrOther,
 			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."

@@ -21,6 +21,11 @@ import (
 // WebSocket upgrades, other methods). The byteproxy app's `lean_path off`
 // sends everything through ReverseProxy.
 
+// leanTLSByDefault: whether bodiless requests to an https upstream with
+// http_version auto take the lean HTTP/1.1 path while lean_path is on
+// (http_version 1.1 always does, 2 never).
+const leanTLSByDefault = false
+
 // leanMethod reports whether r, a request the server received, may take
 // the lean path: a method that may be sent again, no body (a length of 0
 // and not chunked: r.Body itself is never nil, and Caddy may wrap it), no
