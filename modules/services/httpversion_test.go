@@ -22,6 +22,11 @@ func versionGateway(t *testing.T, base, version string, lean bool) string {
 	svc := testService(t, gateway.ServiceConfig{BaseURL: base, HTTPVersion: version, TLSInsecureSkipVerify: true})
 	f := newForwarder(svc, nil, zap.NewNop(), lean)
 	t.Cleanup(svc.Close)
+	// The lean path takes the https route exactly when http_version allows
+	// HTTP/1.1 there (1.1, or auto by leanTLSByDefault).
+	if want := lean && (version == "1.1" || version == "auto" && leanTLSByDefault); (f.base.pool != nil) != want {
+		t.Fatalf("http_version %s, lean %v: lean pool %v, want %v", version, lean, f.base.pool != nil, want)
+	}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	return srv.URL
