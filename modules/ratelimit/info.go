@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/byteproxy/byteproxy/internal/fleet"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -74,7 +75,7 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) 
 // (during an outage: what is left of this instance's share).
 func (h *Handler) peek(ctx context.Context, now time.Time, sl *serviceLimit) windowState {
 	if h.redis != nil && h.redis.up.Load() {
-		cctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
+		cctx, cancel := context.WithTimeout(ctx, fleet.CallTimeout)
 		count, ttl, err := h.redis.peek(cctx, sl.redisKey)
 		cancel()
 		if err == nil {

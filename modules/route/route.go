@@ -70,6 +70,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	h.compile(mods)
+	return nil
+}
+
+// compile builds the three chains from the handlers by name (cors,
+// pressure, ratelimit, services, manage, auth_proxy, auth_management).
+func (h *Handler) compile(mods map[string]caddyhttp.MiddlewareHandler) {
 	h.cors = mods["cors"]
 	manage := terminal(mods["manage"])
 	proxy := chain(manage, mods["pressure"], mods["auth_proxy"], mods["ratelimit"], mods["services"])
@@ -83,7 +90,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		return manage.ServeHTTP(w, r)
 	})
-	return nil
 }
 
 // ServeHTTP runs the gateway on the request.

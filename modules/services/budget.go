@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -279,13 +280,10 @@ func consumerOf(r *http.Request) string {
 	if ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ip != "" {
 		return ip
 	}
-	// The host of "ip:port" or "[ip]:port", without net.SplitHostPort's
-	// allocation when there is no port.
-	addr := r.RemoteAddr
-	if i := strings.LastIndexByte(addr, ':'); i >= 0 && !strings.HasSuffix(addr[:i], ":") {
-		addr = addr[:i]
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
 	}
-	return strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
+	return strings.TrimSuffix(strings.TrimPrefix(r.RemoteAddr, "["), "]")
 }
 
 // upstreamLimitScope classifies an upstream answer that refused a request

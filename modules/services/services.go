@@ -174,8 +174,7 @@ func (f *forwarder) logLocal(r *http.Request, status int) {
 
 // durationMS formats d as the original's X-Proxy-Duration value, "12ms".
 func durationMS(d time.Duration) string {
-	var buf [24]byte
-	return string(append(strconv.AppendInt(buf[:0], max(d.Milliseconds(), 0), 10), 'm', 's'))
+	return strconv.FormatInt(max(d.Milliseconds(), 0), 10) + "ms"
 }
 
 // Interface guards
