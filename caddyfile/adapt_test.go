@@ -109,6 +109,8 @@ func TestAdaptErrors(t *testing.T) {
 		{"max_cpu far above 1", "{\n byteproxy {\n  pressure {\n   max_cpu 250\n  }\n }\n}", "max_cpu: 250 would mean 25,000% of GOMAXPROCS; it is a fraction between 0 and 1", 4},
 		{"upstream_limits bad switch", "{\n byteproxy {\n  service github {\n   upstream_limits maybe\n  }\n }\n}", "upstream_limits takes on or off, got 'maybe'", 4},
 		{"upstream_limits off with settings", "{\n byteproxy {\n  service github {\n   upstream_limits off {\n    max_wait 1s\n   }\n  }\n }\n}", "upstream_limits off takes no settings", 5},
+		{"http_version unknown", "{\n byteproxy {\n  service api {\n   base_url https://a.example/\n   http_version 3\n  }\n }\n}", "http_version takes auto, 1.1 or 2, got '3'", 5},
+		{"http_version no value", "{\n byteproxy {\n  service api {\n   base_url https://a.example/\n   http_version\n  }\n }\n}", "wrong argument count", 5},
 		{"upstream_limits twice", "{\n byteproxy {\n  service github {\n   upstream_limits\n   upstream_limits off\n  }\n }\n}", "upstream_limits may appear only once per service", 5},
 		{"upstream_limits unknown", "{\n byteproxy {\n  service github {\n   upstream_limits {\n    max_hold 1s\n   }\n  }\n }\n}", "unrecognized upstream_limits subdirective 'max_hold'", 5},
 		{"upstream_limits bad max_wait", "{\n byteproxy {\n  service github {\n   upstream_limits {\n    max_wait soon\n   }\n  }\n }\n}", "max_wait: want a duration such as 5s or 1500ms, got 'soon'", 5},

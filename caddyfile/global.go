@@ -299,7 +299,7 @@ func parseRuntimeServices(d *caddyfile.Dispenser, app *gateway.App) error {
 	return nil
 }
 
-// service <key> [<preset>] [{ name; base_url; version; header; auth; rate_limit; timeout; retries; tls_insecure_skip_verify; upstream_limits }]
+// service <key> [<preset>] [{ name; base_url; version; header; auth; rate_limit; timeout; retries; tls_insecure_skip_verify; http_version; upstream_limits }]
 func parseService(d *caddyfile.Dispenser, app *gateway.App) error {
 	if !d.NextArg() {
 		return d.ArgErr()
@@ -379,6 +379,15 @@ func parseServiceOption(d *caddyfile.Dispenser, cfg *gateway.ServiceConfig) erro
 			return d.ArgErr()
 		}
 		cfg.TLSInsecureSkipVerify = true
+	case "http_version":
+		if cfg.HTTPVersion, err = oneString(d); err != nil {
+			return err
+		}
+		switch cfg.HTTPVersion {
+		case gateway.HTTPAuto, gateway.HTTP1, gateway.HTTP2:
+		default:
+			return d.Errf("http_version takes auto, 1.1 or 2, got '%s'", cfg.HTTPVersion)
+		}
 	case "upstream_limits":
 		return parseUpstreamLimits(d, cfg)
 	default:

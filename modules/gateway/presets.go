@@ -100,6 +100,9 @@ func mergePreset(cfg ServiceConfig) ServiceConfig {
 		out.Retries = cfg.Retries
 	}
 	out.TLSInsecureSkipVerify = out.TLSInsecureSkipVerify || cfg.TLSInsecureSkipVerify
+	if cfg.HTTPVersion != "" {
+		out.HTTPVersion = cfg.HTTPVersion
+	}
 	return out
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -46,6 +47,12 @@ type Service struct {
 	Retries int
 	// Transport is this service's own connection pool.
 	Transport *http.Transport
+	// HTTPVersion is the effective http_version: "auto", "1.1" or "2".
+	HTTPVersion string
+	// TLSConfig is what Transport verifies an https upstream with; the
+	// proxy's lean path clones it (ServerName, ALPN and session cache are
+	// set per pool), so that both paths trust the same certificates.
+	TLSConfig *tls.Config
 
 	// TokenEnv is the environment variable the token comes from, if the
 	// token is an {env.X} placeholder; used in hints, never a secret.
@@ -313,7 +320,11 @@ func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions
 	if err := s.compileBudget(); err != nil {
 		return nil, err
 	}
-	s.Transport = newTransport(s.Timeout, cfg.TLSInsecureSkipVerify || !opt.StrictTLS, opt.Guard)
+	if s.HTTPVersion, err = checkHTTPVersion(cfg.HTTPVersion, s.BaseURL, s.Versions); err != nil {
+		return nil, err
+	}
+	s.TLSConfig = &tls.Config{InsecureSkipVerify: cfg.TLSInsecureSkipVerify || !opt.StrictTLS} //nolint:gosec // asked for by strict_tls off / tls_insecure_skip_verify
+	s.Transport = newTransport(s.Timeout, s.TLSConfig, opt.Guard, s.HTTPVersion)
 	return s, nil
 }
 
@@ -437,15 +448,54 @@ func validHeaderName(name string) bool {
 	return true
 }
 
+// HTTP versions of a service (http_version).
+const (
+	HTTPAuto = "auto"
+	HTTP1    = "1.1"
+	HTTP2    = "2"
+)
+
+// checkHTTPVersion validates http_version and returns its effective value
+// ("auto" when unset). HTTP/2 is only negotiated over TLS, so "2" needs
+// https base URLs.
+func checkHTTPVersion(v string, base *url.URL, versions map[string]*url.URL) (string, error) {
+	switch v {
+	case "", HTTPAuto:
+		return HTTPAuto, nil
+	case HTTP1:
+		return v, nil
+	case HTTP2:
+		if base.Scheme != "https" {
+			return "", fieldErr("http_version", "2 needs an https base URL (HTTP/2 is negotiated over TLS), got %s", base.Scheme)
+		}
+		for name, u := range versions {
+			if u.Scheme != "https" {
+				return "", fieldErr("http_version", "2 needs https base URLs; version %s is %s", name, u.Scheme)
+			}
+		}
+		return v, nil
+	}
+	return "", fieldErr("http_version", "unknown HTTP version %q (want auto, 1.1 or 2)", v)
+}
+
+// ErrNoHTTP2 is the error of a request to a service with http_version 2
+// whose upstream did not negotiate HTTP/2.
+var ErrNoHTTP2 = errors.New("the upstream did not negotiate HTTP/2 (ALPN h2), which the service's http_version 2 requires")
+
 // newTransport builds a service's connection pool: a large idle pool, no
 // transparent compression (bodies pass through as the upstream sent them),
-// HTTP/2 to TLS upstreams, and an optional dial-time address guard.
-func newTransport(timeout time.Duration, insecure bool, guard DialGuard) *http.Transport {
+// TLS session resumption, the HTTP versions http_version allows (auto:
+// HTTP/2 to TLS upstreams that offer it), and an optional dial-time
+// address guard.
+func newTransport(timeout time.Duration, tlsConf *tls.Config, guard DialGuard, version string) *http.Transport {
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 	dialer.Control = guard
+	tlsConf = tlsConf.Clone()
+	tlsConf.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	t := &http.Transport{
 		Proxy:                  nil,
 		DialContext:            dialer.DialContext,
+		TLSClientConfig:        tlsConf,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           1024,
 		MaxIdleConnsPerHost:    512,
@@ -458,10 +508,55 @@ func newTransport(timeout time.Duration, insecure bool, guard DialGuard) *http.T
 		WriteBufferSize:        32 << 10,
 		ReadBufferSize:         32 << 10,
 	}
-	if insecure {
-		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by strict_tls off / tls_insecure_skip_verify
+	switch version {
+	case HTTP1:
+		t.ForceAttemptHTTP2 = false
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetHTTP1(true)
+	case HTTP2:
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetHTTP2(true)
+		t.DialTLSContext = dialH2(dialer, tlsConf, timeout)
 	}
 	return t
+}
+
+// dialH2 dials a TLS connection offering only HTTP/2 and fails with
+// ErrNoHTTP2 when the upstream does not choose it (one without ALPN would
+// otherwise be spoken to in HTTP/1.1).
+func dialH2(dialer *net.Dialer, conf *tls.Config, timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		c := conf.Clone()
+		c.NextProtos = []string{"h2"}
+		if c.ServerName == "" {
+			c.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(nc, c)
+		hctx := ctx
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			hctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		if err := tc.HandshakeContext(hctx); err != nil {
+			_ = nc.Close()
+			var opErr *net.OpError
+			if errors.As(err, &opErr) && opErr.Op == "remote error" && strings.Contains(opErr.Error(), "no application protocol") {
+				// An upstream with ALPN but without h2 refuses the handshake.
+				return nil, fmt.Errorf("%w: %w", ErrNoHTTP2, err)
+			}
+			return nil, err
+		}
+		if tc.ConnectionState().NegotiatedProtocol != "h2" {
+			_ = tc.Close()
+			return nil, ErrNoHTTP2
+		}
+		return tc, nil
+	}
 }
 
 // ServiceInfo is the public description of a service in listings.

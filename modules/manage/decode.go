@@ -79,6 +79,9 @@ type serviceBody struct {
 	RateLimit         *rateLimitBody    `json:"rateLimit"`
 	Auth              *authBody         `json:"auth"`
 	UpstreamLimits    *budgetBody       `json:"upstreamLimits"`
+	// HTTPVersion is the Caddyfile's http_version: "auto" (or absent),
+	// "1.1" or "2".
+	HTTPVersion string `json:"httpVersion"`
 
 	// Read-only and informational fields that a service's description
 	// carries in GET answers (ours or the original's: its config had an
@@ -402,6 +405,9 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 		BaseURL:  b.BaseURL,
 		Headers:  b.Headers,
 		Versions: b.VersionedBaseUrls,
+		// Validated by BuildService (field http_version, named httpVersion
+		// here by fieldNames).
+		HTTPVersion: b.HTTPVersion,
 	}
 	if b.BaseURL == "" {
 		return cfg, badField("baseUrl", "baseUrl is required")
@@ -501,11 +507,12 @@ func budgetView(l *gateway.UpstreamLimits) *budgetBody {
 
 // fieldNames maps the gateway's config field names onto the API's.
 var fieldNames = map[string]string{
-	"base_url":   "baseUrl",
-	"versions":   "versionedBaseUrls",
-	"rate_limit": "rateLimit",
-	"auth.name":  "auth.headerName",
-	"auth.token": "auth.tokenEnvVar",
+	"base_url":     "baseUrl",
+	"versions":     "versionedBaseUrls",
+	"rate_limit":   "rateLimit",
+	"auth.name":    "auth.headerName",
+	"auth.token":   "auth.tokenEnvVar",
+	"http_version": "httpVersion",
 	// The settings of upstreamLimits that the API gives in milliseconds.
 	"upstreamLimits.maxWait":          "upstreamLimits.maxWaitMs",
 	"upstreamLimits.resetSlack":       "upstreamLimits.resetSlackMs",
@@ -537,6 +544,7 @@ type configView struct {
 	RateLimit         *gateway.LimitInfo `json:"rateLimit,omitempty"`
 	Auth              *authView          `json:"auth,omitempty"`
 	UpstreamLimits    *budgetBody        `json:"upstreamLimits,omitempty"`
+	HTTPVersion       string             `json:"httpVersion,omitempty"` // omitted for auto
 }
 
 type authView struct {
@@ -549,6 +557,9 @@ type authView struct {
 func viewOf(s *gateway.Service) configView {
 	c := s.Config
 	v := configView{Name: c.Name, BaseURL: s.BaseURL.String(), RateLimit: s.Info().RateLimit, UpstreamLimits: budgetView(c.UpstreamLimits)}
+	if s.HTTPVersion != gateway.HTTPAuto {
+		v.HTTPVersion = s.HTTPVersion
+	}
 	if len(c.Headers) > 0 {
 		v.Headers = make(map[string]string, len(c.Headers))
 		for k, val := range c.Headers {

@@ -25,8 +25,8 @@ import (
 )
 
 // forwarder forwards requests to one service, with everything a request
-// needs computed once: bodiless GET/HEAD/OPTIONS to a plain-http route on
-// the lean path (lean.go) unless the operator turned it off, everything
+// needs computed once: bodiless GET/HEAD/OPTIONS to a plain-http route (or
+// an https one, as http_version says) on the lean path (lean.go) unless the operator turned it off, everything
 // else through a ReverseProxy over the service's own Transport; both build
 // the outgoing request with outgoing (headers.go). There is one per
 // *gateway.Service (see Service.Proxy).
@@ -39,7 +39,7 @@ type forwarder struct {
 	links    []linkBase // the URLs response headers are rewritten from (links.go)
 	defaults []headerValue
 	rp       *httputil.ReverseProxy
-	pools    []*leanhttp.Pool // the lean path's, one per plain-http host; none when it is off
+	pools    []*leanhttp.Pool // the lean path's, one per scheme and host (poolRoutes); none when it is off
 	budget   *gateway.Budget  // the upstream budget; nil when upstream_limits are off (budget.go)
 	metrics  *gateway.Metrics
 	logger   *zap.Logger
@@ -92,19 +92,29 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 	return f
 }
 
-// poolRoutes gives each plain-http route a connection pool for the lean
-// path, one per host.
+// poolRoutes gives each route the lean path may take a connection pool,
+// one per scheme and host: plain-http routes, and https routes while the
+// service's http_version allows HTTP/1.1 there (1.1, or auto when
+// leanTLSByDefault). An https pool verifies the upstream as the Transport
+// does (the service's TLSConfig) and dials with the Transport's dialer, so
+// the address guard applies to both paths.
 func (f *forwarder) poolRoutes() {
 	pools := make(map[string]*leanhttp.Pool)
+	leanTLS := f.svc.HTTPVersion == gateway.HTTP1 || f.svc.HTTPVersion == gateway.HTTPAuto && leanTLSByDefault
 	add := func(rt *route) {
-		if rt.scheme != "http" {
+		if rt.scheme != "http" && (rt.scheme != "https" || !leanTLS) {
 			return
 		}
-		if pools[rt.host] == nil {
-			pools[rt.host] = leanhttp.NewPool(rt.host, f.svc.Transport.DialContext)
-			f.pools = append(f.pools, pools[rt.host])
+		k := rt.scheme + "://" + rt.host
+		if pools[k] == nil {
+			if rt.scheme == "https" {
+				pools[k] = leanhttp.NewTLSPool(rt.host, f.svc.Transport.DialContext, f.svc.TLSConfig)
+			} else {
+				pools[k] = leanhttp.NewPool(rt.host, f.svc.Transport.DialContext)
+			}
+			f.pools = append(f.pools, pools[k])
 		}
-		rt.pool = pools[rt.host]
+		rt.pool = pools[k]
 	}
 	add(&f.base)
 	for _, rt := range f.versions {
@@ -391,6 +401,9 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 		}
 		return http.StatusBadGateway, gateway.UpstreamErrDial,
 			"Could not connect to " + upstream + ": " + reason + "."
+	case errors.Is(err, gateway.ErrNoHTTP2):
+		return http.StatusBadGateway, gateway.UpstreamErrOther,
+			"The upstream " + upstream + " did not negotiate HTTP/2, which the service's http_version 2 requires."
 	case isTLSError(err):
 		return http.StatusBadGateway, gateway.UpstreamErrOther,
 			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."

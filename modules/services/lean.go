@@ -14,12 +14,18 @@ import (
 )
 
 // The lean path: how the forwarder sends the bulk of an API gateway's
-// traffic — GET, HEAD and OPTIONS without a body to a plain-http upstream
-// — through the lean HTTP/1.1 client (internal/leanhttp: why, and its
-// guarantees) instead of httputil.ReverseProxy and http.Transport, which
-// keep everything else (TLS and HTTP/2 upstreams, request bodies,
+// traffic — GET, HEAD and OPTIONS without a body to a plain-http upstream,
+// or to an https one in HTTP/1.1 over TLS as the service's http_version
+// allows (poolRoutes) — through the lean HTTP/1.1 client (internal/leanhttp:
+// why, and its guarantees) instead of httputil.ReverseProxy and
+// http.Transport, which keep everything else (HTTP/2, request bodies,
 // WebSocket upgrades, other methods). The byteproxy app's `lean_path off`
 // sends everything through ReverseProxy.
+
+// leanTLSByDefault: whether bodiless requests to an https upstream with
+// http_version auto take the lean HTTP/1.1 path while lean_path is on
+// (http_version 1.1 always does, 2 never).
+const leanTLSByDefault = false
 
 // leanMethod reports whether r, a request the server received, may take
 // the lean path: a method that may be sent again, no body (a length of 0

@@ -3,6 +3,7 @@ package leanhttp
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"math"
@@ -23,7 +24,9 @@ type conn struct {
 
 	// For the check before reuse (quiet): the socket, and the check as a
 	// method value made once, so that a check allocates nothing.
-	raw     syscall.RawConn // nil when the connection cannot be checked
+	raw     syscall.RawConn // nil when the connection cannot be checked (or is TLS)
+	tc      *tls.Conn       // the TLS connection of a pool made by NewTLSPool, else nil
+	wire    *wire           // its socket (tls.go)
 	peek    func(fd uintptr) bool
 	peekN   int
 	peekErr error
@@ -41,7 +44,7 @@ func newConn(nc net.Conn, p *Pool) *conn {
 
 // checkable reports whether the connection can be checked before reuse;
 // one that cannot is never pooled.
-func (c *conn) checkable() bool { return c.raw != nil }
+func (c *conn) checkable() bool { return c.raw != nil || c.wire != nil && c.wire.nb.checkable() }
 
 // ErrHeadTooLarge: the upstream's response head exceeds MaxHeaderBytes.
 var ErrHeadTooLarge = errors.New("response head too large")

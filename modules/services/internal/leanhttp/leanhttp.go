@@ -1,6 +1,7 @@
 // Package leanhttp is the proxy's lean HTTP/1.1 client: a pool of
-// keep-alive connections to one upstream address, for bodiless requests
-// that may be sent again (GET, HEAD, OPTIONS), without http.Transport.
+// keep-alive connections to one upstream address, over TCP or TLS
+// (NewTLSPool; tls.go), for bodiless requests that may be sent again
+// (GET, HEAD, OPTIONS), without http.Transport.
 //
 // Why: for each exchange http.Transport hands the request to a writer
 // goroutine and the response back from a reader goroutine, through
@@ -35,6 +36,7 @@ package leanhttp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -72,6 +74,7 @@ type Informer interface {
 type Pool struct {
 	addr        string
 	dial        Dialer
+	tls         *tls.Config // set by NewTLSPool
 	idleTimeout time.Duration
 
 	mu       sync.Mutex
@@ -87,7 +90,10 @@ func NewPool(host string, dial Dialer) *Pool {
 }
 
 // dialAddr adds the default port to a host of an http URL.
-func dialAddr(host string) string {
+func dialAddr(host string) string { return dialAddrPort(host, "80") }
+
+// dialAddrPort adds port to host unless it has one.
+func dialAddrPort(host, port string) string {
 	if _, _, err := net.SplitHostPort(host); err == nil {
 		return host
 	}
@@ -95,7 +101,7 @@ func dialAddr(host string) string {
 	if len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']' {
 		h = h[1 : len(h)-1]
 	}
-	return net.JoinHostPort(h, "80")
+	return net.JoinHostPort(h, port)
 }
 
 // RoundTrip sends req, a bodiless request to this pool's address with a
@@ -106,7 +112,7 @@ func dialAddr(host string) string {
 // the exchange, body included.
 func (p *Pool) RoundTrip(ctx context.Context, req *http.Request, timeout time.Duration, info Informer) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
-		c, reused, err := p.get(ctx)
+		c, reused, err := p.get(ctx, timeout)
 		if err != nil {
 			return nil, err
 		}
@@ -159,9 +165,10 @@ func closedBeforeAnswer(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// get returns an idle connection (reused) or dials a new one. An idle
-// connection with anything to read is closed and skipped.
-func (p *Pool) get(ctx context.Context) (c *conn, reused bool, err error) {
+// get returns an idle connection (reused) or dials a new one (its TLS
+// handshake bounded by timeout). An idle connection with anything to read
+// is closed and skipped.
+func (p *Pool) get(ctx context.Context, timeout time.Duration) (c *conn, reused bool, err error) {
 	now := time.Now()
 	p.mu.Lock()
 	for n := len(p.idle); n > 0; n = len(p.idle) {
@@ -183,6 +190,10 @@ func (p *Pool) get(ctx context.Context) (c *conn, reused bool, err error) {
 	nc, err := p.dial(ctx, "tcp", p.addr)
 	if err != nil {
 		return nil, false, err
+	}
+	if p.tls != nil {
+		c, err = p.handshake(ctx, nc, timeout)
+		return c, false, err
 	}
 	return newConn(nc, p), false, nil
 }

@@ -3,6 +3,7 @@
 package leanhttp
 
 import (
+	"io"
 	"net"
 	"syscall"
 )
@@ -25,6 +26,9 @@ func rawConn(nc net.Conn) syscall.RawConn {
 // taking anything and without waiting (recv with MSG_PEEK|MSG_DONTWAIT),
 // one system call per reuse.
 func (c *conn) quiet() bool {
+	if c.tc != nil {
+		return c.quietTLS()
+	}
 	if c.raw == nil {
 		return false
 	}
@@ -41,3 +45,46 @@ func (c *conn) peekFD(fd uintptr) bool {
 	c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return true
 }
+
+// nbReader reads a socket without waiting (one recv with MSG_DONTWAIT).
+type nbReader struct {
+	raw syscall.RawConn
+	fn  func(fd uintptr) bool
+	buf []byte
+	n   int
+	err error
+}
+
+func (r *nbReader) init(nc net.Conn) {
+	r.raw = rawConn(nc)
+	r.fn = r.readFD
+}
+
+// read returns what the socket holds now: bytes, io.EOF at its end, or
+// errWouldBlock when nothing has arrived.
+func (r *nbReader) read(p []byte) (int, error) {
+	if r.raw == nil || len(p) == 0 {
+		return 0, errWouldBlock
+	}
+	r.buf = p
+	err := r.raw.Read(r.fn)
+	r.buf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case r.err == syscall.EAGAIN || r.err == syscall.EWOULDBLOCK:
+		return 0, errWouldBlock
+	case r.err != nil:
+		return 0, r.err
+	case r.n <= 0:
+		return 0, io.EOF
+	}
+	return r.n, nil
+}
+
+func (r *nbReader) readFD(fd uintptr) bool {
+	r.n, _, r.err = syscall.Recvfrom(int(fd), r.buf, syscall.MSG_DONTWAIT)
+	return true
+}
+
+func (r *nbReader) checkable() bool { return r.raw != nil }

@@ -6,6 +6,7 @@ package rawup
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -30,6 +31,13 @@ type Upstream struct {
 // returning false closes the connection. The server stops with the test.
 func Start(t testing.TB, serve func(n int, req *http.Request, w *bufio.Writer) bool) *Upstream {
 	t.Helper()
+	return StartTLS(t, nil, serve)
+}
+
+// StartTLS is Start for an upstream that speaks TLS with conf (nil: plain
+// TCP).
+func StartTLS(t testing.TB, conf *tls.Config, serve func(n int, req *http.Request, w *bufio.Writer) bool) *Upstream {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +54,9 @@ func Start(t testing.TB, serve func(n int, req *http.Request, w *bufio.Writer) b
 				return
 			}
 			u.Accepted.Add(1)
+			if conf != nil {
+				c = tls.Server(c, conf)
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
