@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -29,6 +30,7 @@ func init() { redis.SetLogger(quietRedisLog{}) }
 // skipped, except under CI, where it fails.
 func testRedisURL(t *testing.T) string {
 	t.Helper()
+	short.Skip(t, "needs Redis")
 	if url := os.Getenv("BYTEPROXY_TEST_REDIS"); url != "" {
 		if err := pingRedis(url); err != nil {
 			t.Fatalf("BYTEPROXY_TEST_REDIS is set but Redis does not answer: %v", err)
@@ -55,6 +57,7 @@ type redisServer struct {
 // startRedis runs redis-server on port until the test ends (or kill).
 func startRedis(t *testing.T, port int) *redisServer {
 	t.Helper()
+	short.Skip(t, "starts redis-server")
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true but redis-server is not installed")

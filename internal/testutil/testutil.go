@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/testutil/record"
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 )
 
 var (
@@ -37,8 +38,11 @@ var (
 )
 
 // Binary builds ./cmd/byteproxy once per test process and returns its path.
+// Under -short (without CI=true) it skips t: building and spawning the
+// binary is the full suite's part (see package short).
 func Binary(t testing.TB) string {
 	t.Helper()
+	short.Skip(t, "builds and spawns the gateway binary")
 	buildOnce.Do(func() {
 		out, err := exec.Command("go", "env", "GOMOD").Output()
 		if err != nil {
@@ -133,8 +137,11 @@ type Options struct {
 // the site port and {{ADMIN}} by the admin address; the global options
 // block gets an admin line if {{ADMIN}} is not used. It waits until the
 // admin endpoint answers and the site port accepts connections.
+//
+// Under -short (without CI=true) it skips t, as Binary does.
 func Start(t testing.TB, caddyfile string, opt Options) *Instance {
 	t.Helper()
+	short.Skip(t, "spawns the gateway binary")
 	in := &Instance{t: t, Dir: t.TempDir(), AdminPort: FreePort(t), Port: opt.Port, logs: new(syncBuffer), done: make(chan struct{})}
 	if in.Port == 0 {
 		in.Port = FreePort(t)
