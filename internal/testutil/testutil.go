@@ -121,6 +121,8 @@ type Instance struct {
 	Port      int // the site port ({{PORT}} in the Caddyfile)
 	logs      *syncBuffer
 	done      chan struct{}
+	inProcess bool // run by InProcess: no child process
+	stopped   bool // an in-process gateway was stopped
 }
 
 // Options for Start.
@@ -236,6 +238,12 @@ func (in *Instance) AdminURL(path string) string {
 func (in *Instance) Reload(caddyfile string) {
 	in.t.Helper()
 	in.write(caddyfile)
+	if in.inProcess {
+		if err := in.load(); err != nil {
+			in.t.Fatalf("reload: %v\nlogs:\n%s", err, in.Logs())
+		}
+		return
+	}
 	cmd := exec.Command(Binary(in.t), "reload", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", record.Adapter, "--address", fmt.Sprintf("127.0.0.1:%d", in.AdminPort), "--force")
 	cmd.Env = in.cmd.Env
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -245,13 +253,29 @@ func (in *Instance) Reload(caddyfile string) {
 
 // PID is the process id of the gateway, e.g. to read its peak resident
 // memory from /proc/<pid>/status.
-func (in *Instance) PID() int { return in.cmd.Process.Pid }
+func (in *Instance) PID() int {
+	if in.inProcess {
+		in.t.Fatal("PID: the gateway runs in the test process (InProcess); use Start")
+	}
+	return in.cmd.Process.Pid
+}
 
 // Logs is everything the process printed so far.
-func (in *Instance) Logs() string { return in.logs.String() }
+func (in *Instance) Logs() string {
+	if in.inProcess {
+		b, _ := os.ReadFile(in.logFile())
+		return in.logs.String() + string(b)
+	}
+	return in.logs.String()
+}
 
 // Kill ends the process with SIGKILL (no graceful shutdown) and waits.
+// In process it stops the config, as Stop does.
 func (in *Instance) Kill() {
+	if in.inProcess {
+		in.Stop()
+		return
+	}
 	if in.cmd.Process != nil {
 		_ = in.cmd.Process.Signal(syscall.SIGKILL)
 		<-in.done
@@ -260,6 +284,13 @@ func (in *Instance) Kill() {
 
 // Stop ends the process gracefully (SIGTERM) and waits at most 10s.
 func (in *Instance) Stop() {
+	if in.inProcess {
+		if !in.stopped {
+			in.stopped = true
+			in.stopInProcess()
+		}
+		return
+	}
 	_ = in.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-in.done:
