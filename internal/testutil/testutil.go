@@ -1,7 +1,9 @@
 // Package testutil runs the real gateway for integration tests: the
 // byteproxy binary built from this module, started as a child process on
-// loopback with a Caddyfile, so multi-instance, reload, kill -9 and restart
-// tests exercise exactly what users run.
+// loopback with a Caddyfile (Start), so multi-instance, reload, kill -9 and
+// restart tests exercise exactly what users run; or the same config inside
+// the test process (InProcess), which is what `go test -short` runs (Start
+// skips there: see package short).
 //
 // The binary is built with the tag byteproxy_record, which adds one thing:
 // the Caddyfile is adapted by internal/testutil/record's adapter, which
