@@ -26,6 +26,7 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
 	"github.com/byteproxy/byteproxy/internal/testutil/fakeapi"
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 )
 
 // Bounds of the Node part: installing the locked packages (from npm's
@@ -104,6 +105,7 @@ func TestNodeClients(t *testing.T) {
 // except in CI, where it fails.
 func nodeTools(t *testing.T) (node, npm string) {
 	t.Helper()
+	short.Skip(t, "runs the Node clients (npm install)")
 	missing := func(why string) {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s; CI must run the Node client checks (.ci/run installs nodejs and npm)", why)

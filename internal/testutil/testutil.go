@@ -1,7 +1,9 @@
 // Package testutil runs the real gateway for integration tests: the
 // byteproxy binary built from this module, started as a child process on
-// loopback with a Caddyfile, so multi-instance, reload, kill -9 and restart
-// tests exercise exactly what users run.
+// loopback with a Caddyfile (Start), so multi-instance, reload, kill -9 and
+// restart tests exercise exactly what users run; or the same config inside
+// the test process (InProcess), which is what `go test -short` runs (Start
+// skips there: see package short).
 //
 // The binary is built with the tag byteproxy_record, which adds one thing:
 // the Caddyfile is adapted by internal/testutil/record's adapter, which
@@ -28,6 +30,7 @@ import (
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/testutil/record"
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 )
 
 var (
@@ -37,8 +40,11 @@ var (
 )
 
 // Binary builds ./cmd/byteproxy once per test process and returns its path.
+// Under -short (without CI=true) it skips t: building and spawning the
+// binary is the full suite's part (see package short).
 func Binary(t testing.TB) string {
 	t.Helper()
+	short.Skip(t, "builds and spawns the gateway binary")
 	buildOnce.Do(func() {
 		out, err := exec.Command("go", "env", "GOMOD").Output()
 		if err != nil {
@@ -117,6 +123,8 @@ type Instance struct {
 	Port      int // the site port ({{PORT}} in the Caddyfile)
 	logs      *syncBuffer
 	done      chan struct{}
+	inProcess bool // run by InProcess: no child process
+	stopped   bool // an in-process gateway was stopped
 }
 
 // Options for Start.
@@ -133,8 +141,11 @@ type Options struct {
 // the site port and {{ADMIN}} by the admin address; the global options
 // block gets an admin line if {{ADMIN}} is not used. It waits until the
 // admin endpoint answers and the site port accepts connections.
+//
+// Under -short (without CI=true) it skips t, as Binary does.
 func Start(t testing.TB, caddyfile string, opt Options) *Instance {
 	t.Helper()
+	short.Skip(t, "spawns the gateway binary")
 	in := &Instance{t: t, Dir: t.TempDir(), AdminPort: FreePort(t), Port: opt.Port, logs: new(syncBuffer), done: make(chan struct{})}
 	if in.Port == 0 {
 		in.Port = FreePort(t)
@@ -229,6 +240,12 @@ func (in *Instance) AdminURL(path string) string {
 func (in *Instance) Reload(caddyfile string) {
 	in.t.Helper()
 	in.write(caddyfile)
+	if in.inProcess {
+		if err := in.load(); err != nil {
+			in.t.Fatalf("reload: %v\nlogs:\n%s", err, in.Logs())
+		}
+		return
+	}
 	cmd := exec.Command(Binary(in.t), "reload", "--config", filepath.Join(in.Dir, "Caddyfile"), "--adapter", record.Adapter, "--address", fmt.Sprintf("127.0.0.1:%d", in.AdminPort), "--force")
 	cmd.Env = in.cmd.Env
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -238,13 +255,29 @@ func (in *Instance) Reload(caddyfile string) {
 
 // PID is the process id of the gateway, e.g. to read its peak resident
 // memory from /proc/<pid>/status.
-func (in *Instance) PID() int { return in.cmd.Process.Pid }
+func (in *Instance) PID() int {
+	if in.inProcess {
+		in.t.Fatal("PID: the gateway runs in the test process (InProcess); use Start")
+	}
+	return in.cmd.Process.Pid
+}
 
 // Logs is everything the process printed so far.
-func (in *Instance) Logs() string { return in.logs.String() }
+func (in *Instance) Logs() string {
+	if in.inProcess {
+		b, _ := os.ReadFile(in.logFile())
+		return in.logs.String() + string(b)
+	}
+	return in.logs.String()
+}
 
 // Kill ends the process with SIGKILL (no graceful shutdown) and waits.
+// In process it stops the config, as Stop does.
 func (in *Instance) Kill() {
+	if in.inProcess {
+		in.Stop()
+		return
+	}
 	if in.cmd.Process != nil {
 		_ = in.cmd.Process.Signal(syscall.SIGKILL)
 		<-in.done
@@ -253,6 +286,13 @@ func (in *Instance) Kill() {
 
 // Stop ends the process gracefully (SIGTERM) and waits at most 10s.
 func (in *Instance) Stop() {
+	if in.inProcess {
+		if !in.stopped {
+			in.stopped = true
+			in.stopInProcess()
+		}
+		return
+	}
 	_ = in.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-in.done:

@@ -1,7 +1,7 @@
 package cors_test
 
-// Integration tests: the real byteproxy binary, one instance per cors
-// setting, each case a request a browser would send.
+// Integration tests: the gateway in the test process (testutil.InProcess),
+// one config per cors setting, each case a request a browser would send.
 
 import (
 	"fmt"
@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/byteproxy/byteproxy"
 	"github.com/byteproxy/byteproxy/internal/testutil"
 )
 
@@ -123,7 +126,7 @@ func start(t *testing.T, cors string) *testutil.Instance {
 }
 `
 	cfg := global + strings.ReplaceAll(routes, "{{UPSTREAM}}", strings.TrimPrefix(up.URL, "http://"))
-	return testutil.Start(t, cfg, testutil.Options{})
+	return testutil.InProcess(t, cfg, testutil.Options{})
 }
 
 func TestAnyOrigin(t *testing.T) {
@@ -287,7 +290,7 @@ func TestCORSOff(t *testing.T) {
 // a proxy call is answered before authentication.
 func TestSiteDirective(t *testing.T) {
 	t.Parallel()
-	in := testutil.Start(t, `{
+	in := testutil.InProcess(t, `{
 	byteproxy {
 		auth proxy {
 			key `+proxyKey+`
@@ -332,7 +335,7 @@ func githubLike(t *testing.T) string {
 // a GitHub-like upstream; mgmt is the management auth block.
 func gatewayWith(t *testing.T, mgmt string) *testutil.Instance {
 	t.Helper()
-	return testutil.Start(t, `{
+	return testutil.InProcess(t, `{
 	byteproxy {
 		auth proxy {
 			key `+proxyKey+`

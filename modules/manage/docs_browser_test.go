@@ -11,12 +11,14 @@ import (
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/routes"
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 )
 
 // chromium returns the headless browser's path; without one the test is
 // skipped, except in CI where the browser is part of the setup.
 func chromium(t *testing.T) string {
 	t.Helper()
+	short.Skip(t, "runs headless Chromium")
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
 		if p, err := exec.LookPath(name); err == nil {
 			return p

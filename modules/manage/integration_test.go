@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/byteproxy/byteproxy"
 	"github.com/byteproxy/byteproxy/internal/testutil"
 )
 
@@ -71,6 +74,14 @@ func conf(runtimeOpts string) string {
 func start(t *testing.T, cf string, dataDir string) *testutil.Instance {
 	t.Helper()
 	return testutil.Start(t, cf, testutil.Options{Env: secretEnv, DataDir: dataDir})
+}
+
+// startHere runs the gateway in the test process, for the tests that need
+// no process of their own (no restart on the same storage, no kill -9):
+// they also run under -short.
+func startHere(t *testing.T, cf string) *testutil.Instance {
+	t.Helper()
+	return testutil.InProcess(t, cf, testutil.Options{Env: secretEnv})
 }
 
 // api sends a management request with the management key and decodes the
@@ -136,7 +147,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 
 func TestInformationalEndpoints(t *testing.T) {
 	t.Parallel()
-	in := start(t, conf(""), "")
+	in := start(t, conf(""), "") // /version reads the binary's build info
 	get := func(path string, want int) map[string]any {
 		t.Helper()
 		resp, raw := testutil.Do(t, "GET", in.URL(path), nil)
@@ -240,7 +251,7 @@ func TestManageServicesCRUD(t *testing.T) {
 	t.Parallel()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) }))
 	defer up.Close()
-	in := start(t, conf(""), "")
+	in := startHere(t, conf(""))
 
 	if resp, raw := testutil.Do(t, "GET", in.URL("/manage/services"), nil); resp.StatusCode != 401 {
 		t.Fatalf("no key: %d %s", resp.StatusCode, raw)
@@ -353,7 +364,7 @@ func TestManageServicesCRUD(t *testing.T) {
 // gateway and checks the 400 and the field it names.
 func TestManageValidation(t *testing.T) {
 	t.Parallel()
-	in := start(t, conf("token_env CUSTOM_*"), "") // private upstreams refused
+	in := startHere(t, conf("token_env CUSTOM_*")) // private upstreams refused
 	ok := `"baseUrl":"https://api.example.com/"`
 	cases := []struct{ name, body, ct, field string }{
 		{"malformed", `{"key":"a",`, "", "body"},
@@ -468,12 +479,12 @@ func trim(m map[string]any) string {
 // by default none may.
 func TestTokenEnvGuard(t *testing.T) {
 	t.Parallel()
-	in := start(t, conf("token_env CUSTOM_*"), "")
+	in := startHere(t, conf("token_env CUSTOM_*"))
 	body := `{"key":"c","config":{"baseUrl":"https://api.example.com/","auth":{"type":"bot","tokenEnvVar":"CUSTOM_TOKEN"}}}`
 	if st, m := api(t, in, "POST", "/manage/services", body); st != 201 || m["config"].(map[string]any)["auth"].(map[string]any)["tokenConfigured"] != true {
 		t.Fatalf("CUSTOM_TOKEN: %d %v", st, m)
 	}
-	in2 := start(t, conf("allow_private_upstreams"), "")
+	in2 := startHere(t, conf("allow_private_upstreams"))
 	if st, m := api(t, in2, "POST", "/manage/services", body); st != 400 || m["field"] != "auth.tokenEnvVar" {
 		t.Fatalf("default token_env: %d %v", st, m)
 	}
@@ -634,7 +645,7 @@ func TestSharedStorage(t *testing.T) {
 // keeps every runtime service, at once.
 func TestReloadKeepsRuntimeServices(t *testing.T) {
 	t.Parallel()
-	in := start(t, conf(""), "")
+	in := startHere(t, conf(""))
 	for _, k := range []string{"r1", "r2"} {
 		if st, _ := api(t, in, "POST", "/manage/services", addBody(k, "http://127.0.0.1:9/")); st != 201 {
 			t.Fatal(st)
@@ -675,7 +686,7 @@ func TestProbe(t *testing.T) {
 	closedURL := closed.URL
 	closed.Close()
 
-	in := start(t, conf(""), "")
+	in := startHere(t, conf(""))
 	for key, u := range map[string]string{"up": up.URL, "down": closedURL, "tls": tlsUp.URL} {
 		body := fmt.Sprintf(`{"key":%q,"config":{"baseUrl":%q,"headers":{"User-Agent":"probe-ua"},"auth":{"type":"bearer","tokenEnvVar":"CUSTOM_TOKEN"}}}`, key, u)
 		if st, m := api(t, in, "POST", "/manage/services", body); st != 201 {
@@ -715,7 +726,7 @@ func TestProbe(t *testing.T) {
 
 func TestDiagnostics(t *testing.T) {
 	t.Parallel()
-	in := start(t, conf(""), "")
+	in := startHere(t, conf(""))
 	st, m := api(t, in, "GET", "/manage/diagnostics", "")
 	if st != 200 {
 		t.Fatalf("%d %v", st, m)
@@ -744,7 +755,7 @@ func TestRuntimeServiceProxies(t *testing.T) {
 		io.WriteString(w, `{"ok":true}`)
 	}))
 	defer up.Close()
-	in := start(t, conf(""), "")
+	in := startHere(t, conf(""))
 	body := `{"key":"rt","config":{"baseUrl":"` + up.URL + `/base/","versionedBaseUrls":{"v2":"` + up.URL + `/v2base/"},
 		"headers":{"X-Default":"rt-default"},"rateLimit":{"maxRequests":2,"windowMs":60000},"auth":{"type":"bearer","tokenEnvVar":"CUSTOM_TOKEN"}}}`
 	if st, m := api(t, in, "POST", "/manage/services", body); st != 201 {
@@ -779,7 +790,7 @@ func TestNoSecretInManagementResponses(t *testing.T) {
 	t.Parallel()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer up.Close()
-	in := start(t, conf(""), "")
+	in := startHere(t, conf(""))
 	var bodies []string
 	record := func(method, path, body string, hdr ...string) {
 		hdr = append([]string{"X-API-Key", mgmtKey, "Content-Type", "application/json"}, hdr...)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 	discordsim "github.com/byteproxy/byteproxy/internal/upstreamsim/discord"
 )
 
@@ -18,6 +19,7 @@ import (
 // either the test is skipped, except under CI, where it fails.
 func testRedisURL(t *testing.T) string {
 	t.Helper()
+	short.Skip(t, "needs Redis")
 	if url := os.Getenv("BYTEPROXY_TEST_REDIS"); url != "" {
 		return url
 	}

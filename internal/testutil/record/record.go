@@ -186,6 +186,28 @@ var (
 	opened bool
 )
 
+// SetFile makes the answers of this process go to the file name from now
+// on (none if name is empty), in place of $BYTEPROXY_TEST_RECORD: a
+// gateway run inside the test process (testutil.InProcess) records to its
+// own instance's file.
+func SetFile(name string) error {
+	fileMu.Lock()
+	defer fileMu.Unlock()
+	if file != nil {
+		file.Close()
+	}
+	opened, file = true, nil
+	if name == "" {
+		return nil
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	file = f
+	return nil
+}
+
 // write appends the answer as one line, in one write, so a kill -9 loses at
 // most the line being written.
 func write(a *Answer) {

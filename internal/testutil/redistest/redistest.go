@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/byteproxy/byteproxy/internal/testutil/short"
 )
 
 // URL is the Redis for tests: BYTEPROXY_TEST_REDIS, else one started here
@@ -20,6 +22,7 @@ import (
 // except under CI, where it fails.
 func URL(t *testing.T) string {
 	t.Helper()
+	short.Skip(t, "needs Redis")
 	if url := os.Getenv("BYTEPROXY_TEST_REDIS"); url != "" {
 		if err := Ping(url); err != nil {
 			t.Fatalf("BYTEPROXY_TEST_REDIS is set but Redis does not answer: %v", err)
@@ -55,6 +58,7 @@ type Server struct {
 // Start runs redis-server on port until the test ends (or Kill).
 func Start(t *testing.T, port int) *Server {
 	t.Helper()
+	short.Skip(t, "starts redis-server")
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true but redis-server is not installed")
