@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -242,6 +241,12 @@ func newRedisStore(url string, logger *zap.Logger, timings redisTimings) (*redis
 	if opt.DialerRetries == 0 {
 		opt.DialerRetries = 1
 	}
+	// go-redis logs through one logger for the whole process
+	// (redis.SetLogger; there is no per-client logger), so byteproxy leaves
+	// it alone: another go-redis user in the process keeps its own. In an
+	// outage go-redis writes at most PoolSize "failed to dial" lines per
+	// client to stderr, then stops dialling and probes quietly; markDown
+	// logs the outage itself, once, in Caddy's log.
 	opt.DisableIdentity = true
 	if timings.instance == "" {
 		timings.instance = budget.InstanceID()
@@ -544,17 +549,4 @@ func redisServiceKey(service string, max int, size time.Duration) string {
 // redisClientPrefix starts the name of every client bucket of one limit.
 func redisClientPrefix(max int, size time.Duration) string {
 	return keyPrefix + "client:" + strconv.Itoa(max) + ":" + strconv.FormatInt(millis(size), 10) + ":"
-}
-
-// redisLogger sends go-redis's own messages (one per failed dial) to
-// Caddy's log at debug level: the outage itself is logged once by
-// markDown.
-type redisLogger struct{}
-
-func (redisLogger) Printf(_ context.Context, format string, v ...any) {
-	caddy.Log().Named("redis").Debug(fmt.Sprintf(format, v...))
-}
-
-func init() {
-	redis.SetLogger(redisLogger{})
 }
