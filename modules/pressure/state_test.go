@@ -3,6 +3,7 @@ package pressure
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/byteproxy/byteproxy/internal/testutil/inproc"
 )
@@ -22,7 +23,9 @@ func pooled() (*Monitor, int) {
 // once; unloading the last config stops the sampler and releases it.
 func TestReloadKeepsMonitor(t *testing.T) {
 	app := func(maxHeap int64) map[string]any {
-		return map[string]any{"pressure": map[string]any{"max_heap": maxHeap, "interval": "10ms"}}
+		// Only max_heap can fire, also on a loaded machine.
+		return map[string]any{"pressure": map[string]any{"max_heap": maxHeap, "max_rss": int64(1) << 40,
+			"max_sched_latency": "1h", "max_cpu": 1, "interval": "10ms"}}
 	}
 	handlers := []any{map[string]any{"handler": "byteproxy_pressure"}, map[string]any{"handler": "static_response", "body": "ok"}}
 	status := func(in *inproc.Instance) int {
@@ -50,8 +53,13 @@ func TestReloadKeepsMonitor(t *testing.T) {
 	if m2 != m1 || n != 1 {
 		t.Fatalf("after a reload: monitor %p (was %p) held %d times, want the same once", m2, m1, n)
 	}
-	if got := status(in); got != http.StatusOK {
-		t.Fatalf("max_heap 1 TiB after the reload: status %d, want 200 (the newest settings apply)", got)
+	// The sampler applies the new settings when it next wakes.
+	deadline := time.Now().Add(10 * time.Second)
+	for got := status(in); got != http.StatusOK; got = status(in) {
+		if time.Now().After(deadline) {
+			t.Fatalf("max_heap 1 TiB after the reload: status %d, want 200 (the newest settings apply)", got)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if got := m2.reserved.Load(); got != 1000 {
 		t.Fatalf("reserved %d after the reload, want the 1000 bytes the old config's request holds", got)
