@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -106,7 +107,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // anything that is not a service call to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	// The escaped path, so that an encoded slash stays one.
-	key, rest, ok := gateway.ProxyPath(r.URL.EscapedPath())
+	key, rest, ok := routes.ProxyPath(r.URL.EscapedPath())
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -174,8 +175,7 @@ func (f *forwarder) logLocal(r *http.Request, status int) {
 
 // durationMS formats d as the original's X-Proxy-Duration value, "12ms".
 func durationMS(d time.Duration) string {
-	var buf [24]byte
-	return string(append(strconv.AppendInt(buf[:0], max(d.Milliseconds(), 0), 10), 'm', 's'))
+	return strconv.FormatInt(max(d.Milliseconds(), 0), 10) + "ms"
 }
 
 // Interface guards
