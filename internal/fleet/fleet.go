@@ -61,6 +61,12 @@ func Options(url string) (*redis.Options, error) {
 	if o.DialerRetries == 0 {
 		o.DialerRetries = 1
 	}
+	// go-redis logs through one logger for the whole process
+	// (redis.SetLogger; there is no per-client logger), so byteproxy leaves
+	// it alone: another go-redis user in the process keeps its own. In an
+	// outage go-redis writes at most PoolSize "failed to dial" lines per
+	// client to stderr, then stops dialling and probes quietly; the stores
+	// log the outage itself, once, in Caddy's log.
 	o.DisableIdentity = true
 	return o, nil
 }

@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/byteproxy/byteproxy/internal/testutil/inproc"
 	"github.com/byteproxy/byteproxy/internal/testutil/record"
 	"github.com/byteproxy/byteproxy/internal/testutil/short"
 )
@@ -73,45 +73,12 @@ func Binary(t testing.TB) string {
 // FreePort returns a loopback TCP port that was free a moment ago and that
 // no other caller in this process has been given.
 //
-// Caddy listens with SO_REUSEPORT, so two gateways given the same port
-// would both start and share its connections: a test would then talk to
-// another test's gateway. Ports therefore come from a counter that starts
-// at a random point of 20000–31999 (below the kernel's ephemeral range, so
-// a bind to :0 elsewhere never takes them), are never handed out twice in
-// this process, and are checked free before they are returned.
+// FreePort returns a loopback port no other test of this process got
+// (inproc.FreePort).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	portMu.Lock()
-	defer portMu.Unlock()
-	if nextPort == 0 {
-		nextPort = 20000 + rand.IntN(12000)
-	}
-	for range 2000 {
-		port := nextPort
-		nextPort++
-		if nextPort >= 32000 {
-			nextPort = 20000
-		}
-		if portsGiven[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue // in use
-		}
-		l.Close()
-		portsGiven[port] = true
-		return port
-	}
-	t.Fatal("no free loopback port in 20000-31999")
-	return 0
+	return inproc.FreePort(t)
 }
-
-var (
-	portMu     sync.Mutex
-	nextPort   int
-	portsGiven = map[int]bool{}
-)
 
 // Instance is one running gateway process.
 type Instance struct {

@@ -105,6 +105,8 @@ type App struct {
 	records map[string]string
 
 	metrics     *Metrics
+	peers       *peerSet                       // the apps of this process (runtime.go), nil until joined
+	warned      sync.Map                       // key -> raw record warned about (warnOnce)
 	guard       atomic.Pointer[netguard.Guard] // see addrGuard
 	budgetState appBudgets                     // the store of upstream budgets (budget.go)
 
@@ -225,6 +227,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.attachBudgets(snapshot)
 	a.services.Store(&snapshot)
+	if err := a.joinPeers(); err != nil {
+		return err
+	}
 	if err := a.syncRuntime(ctx); err != nil {
 		// Storage trouble must not stop the gateway: config services still work.
 		a.logger.Error("loading runtime services", zap.Error(err))
@@ -383,8 +388,9 @@ func (a *App) Stop() error {
 }
 
 // Cleanup releases the upstream connections of this config's services:
-// idle ones now, those of requests still in flight when they end; and
-// their upstream budgets, which live on in a newer config that has them.
+// idle ones now, those of requests still in flight when they end; and its
+// share of what outlives a config (upstream budgets, metrics, the peer
+// set), which lives on in a newer config that has it.
 func (a *App) Cleanup() error {
 	if m := a.services.Load(); m != nil {
 		for _, s := range *m {
@@ -392,6 +398,8 @@ func (a *App) Cleanup() error {
 		}
 	}
 	a.releaseStore()
+	a.leavePeers()
+	a.metrics.release()
 	return nil
 }
 

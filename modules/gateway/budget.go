@@ -23,7 +23,7 @@ import (
 // engines and the store they keep their state in; the proxy
 // (modules/services) borrows a service's engine through Service.Budget.
 //
-// Engines and the store live in a caddy.UsagePool, so that a config reload
+// Engines and the store live in appState (a caddy.UsagePool), so that a config reload
 // forgets nothing (a bucket Discord said is spent stays spent, a held
 // request keeps its place): an engine is keyed by the store, the service,
 // its credential and its settings, and is acquired when its service is
@@ -53,9 +53,6 @@ type budgetSpec struct {
 	cred string
 	id   string // the settings, for the pool key
 }
-
-// budgets holds the engines and stores of every config of the process.
-var budgets = caddy.NewUsagePool()
 
 // Budget returns the service's upstream budget, or nil when its
 // upstream_limits are off (or the service was never published).
@@ -157,7 +154,7 @@ func (a *App) attachBudget(s *Service) error {
 	if log == nil {
 		log = zap.NewNop() // an app used without Provision (unit tests)
 	}
-	v, _, err := budgets.LoadOrNew(key, func() (caddy.Destructor, error) {
+	v, _, err := appState.LoadOrNew(key, func() (caddy.Destructor, error) {
 		cfg := spec.cfg
 		cfg.Logger = log.With(zap.String("service", service))
 		cfg.OnBanTrip = func() { metrics.BudgetBanTrip(service) }
@@ -183,7 +180,7 @@ func (a *App) acquireStore() (budget.Store, string, error) {
 		return nil, "", fmt.Errorf("the configuration was unloaded")
 	}
 	key, open := a.budgetStore()
-	v, _, err := budgets.LoadOrNew(key, open)
+	v, _, err := appState.LoadOrNew(key, open)
 	if err != nil {
 		return nil, "", err
 	}
@@ -199,7 +196,7 @@ func (a *App) releaseStore() {
 	defer b.mu.Unlock()
 	b.released = true
 	if b.store != nil {
-		_, _ = budgets.Delete(b.storeKey)
+		_, _ = appState.Delete(b.storeKey)
 		b.store = nil
 	}
 }
@@ -208,7 +205,7 @@ func (a *App) releaseStore() {
 func (s *Service) releaseBudget() {
 	s.budgetOnce.Do(func() {
 		if s.budgetKey != "" {
-			_, _ = budgets.Delete(s.budgetKey)
+			_, _ = appState.Delete(s.budgetKey)
 		}
 	})
 }

@@ -22,7 +22,8 @@ import (
 // never from a request path, and at most maxServiceLabels distinct
 // services get their own label value (the rest are counted as "other").
 type Metrics struct {
-	set *metricSet
+	set    *metricSet
+	pooled bool // set holds a reference in appState (newMetrics)
 }
 
 // Upstream error kinds.
@@ -247,25 +248,42 @@ func AddLogField(r *http.Request, f zap.Field) {
 // (the one behind the admin endpoint's /metrics and the `metrics`
 // directive) and returns the recorder for app.
 //
-// Caddy gives every config load a fresh registry; the counters themselves
-// are process-wide (sharedMetrics), so a config reload does not reset them
-// and registering them again in the new registry never collides. The
-// service gauge is per app: it reads this config's registry of services.
+// Caddy gives every config load a fresh registry. The collectors are
+// shared by every config alive (appState, as Caddy's reverse_proxy shares
+// its upstream gauge), so a config reload does not reset the counters and
+// registering them again in the new registry never collides. The service
+// gauge is per app: it reads this config's registry of services.
 func newMetrics(ctx caddy.Context, app *App) *Metrics {
+	v, _, err := appState.LoadOrNew(metricsKey, func() (caddy.Destructor, error) { return newMetricSet(), nil })
+	if err != nil { // newMetricSet cannot fail
+		return new(Metrics)
+	}
 	var reg prometheus.Registerer
 	if r := ctx.GetMetricsRegistry(); r != nil {
 		reg = r
 	}
-	m, err := newMetricsIn(reg, sharedMetrics(), app)
+	m, err := newMetricsIn(reg, v.(*metricSet), app)
 	if err != nil {
 		// A metrics failure must not stop the gateway.
 		app.logger.Error("registering metrics", zap.Error(err))
+		_, _ = appState.Delete(metricsKey)
 		return new(Metrics)
 	}
+	m.pooled = true
 	return m
 }
 
-var sharedMetrics = sync.OnceValue(newMetricSet)
+// release gives a recorder of newMetrics back to appState (App.Cleanup).
+func (m *Metrics) release() {
+	if m != nil && m.pooled {
+		m.pooled = false
+		_, _ = appState.Delete(metricsKey)
+	}
+}
+
+// Destruct lets a metricSet live in a caddy.UsagePool; it holds nothing
+// to close.
+func (*metricSet) Destruct() error { return nil }
 
 // newMetricsIn registers set (and a service gauge reading app, if not nil)
 // in reg. Registering a collector that reg already holds is not an error.

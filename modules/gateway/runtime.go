@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -480,7 +481,6 @@ func closeReplaced(old, next map[string]*Service) {
 // It holds writeMu throughout, so a record read here is never older than a
 // change this instance has already answered.
 func (a *App) syncRuntime(ctx context.Context) error {
-	a.joinPeers()
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
 	keys, err := a.storage.List(ctx, storagePrefix, false)
@@ -606,60 +606,79 @@ func sameConfig(live, stored ServiceConfig) bool {
 	return string(a) == string(b)
 }
 
-// warned remembers which bad records were logged, so a sync every few
-// seconds does not repeat the same warning.
-var warned sync.Map // key -> raw record
-
+// warnOnce logs a bad record once per config: a sync every few seconds
+// does not repeat the warning; a reload (whose rules may differ) says it
+// once more.
 func (a *App) warnOnce(key string, raw []byte, msg string, err error) {
-	if prev, ok := warned.Load(key); ok && prev.(string) == string(raw) {
+	if prev, ok := a.warned.Load(key); ok && prev.(string) == string(raw) {
 		return
 	}
-	warned.Store(key, string(raw))
+	a.warned.Store(key, string(raw))
 	a.logger.Warn(msg, zap.String("service", key), zap.Error(err))
 }
 
-// peers are the byteproxy apps alive in this process. During a config
-// reload the old and the new config overlap: a change answered by one is
-// applied at once to the others instead of after sync_interval.
-var peers struct {
-	sync.Mutex
+// peerSet is the byteproxy apps alive in this process, kept in appState.
+// During a config reload the old and the new config overlap: a change
+// answered by one is applied at once to the others instead of after
+// sync_interval.
+type peerSet struct {
+	mu   sync.Mutex
 	apps map[*App]struct{}
 }
 
-// joinPeers registers the app until its config is unloaded.
-func (a *App) joinPeers() {
-	if a.ctx.Context == nil {
-		return // not provisioned by Caddy (unit tests)
+// Destruct lets a peerSet live in a caddy.UsagePool; it holds nothing.
+func (*peerSet) Destruct() error { return nil }
+
+// joinPeers registers the app in the process's peer set until Cleanup
+// (Provision).
+func (a *App) joinPeers() error {
+	if a.ctx.Context == nil || a.peers != nil {
+		return nil // not provisioned by Caddy (unit tests), or joined
 	}
-	peers.Lock()
-	defer peers.Unlock()
-	if _, ok := peers.apps[a]; ok {
+	v, _, err := appState.LoadOrNew(peersKey, func() (caddy.Destructor, error) {
+		return &peerSet{apps: map[*App]struct{}{}}, nil
+	})
+	if err != nil {
+		return err
+	}
+	ps := v.(*peerSet)
+	ps.mu.Lock()
+	ps.apps[a] = struct{}{}
+	ps.mu.Unlock()
+	a.peers = ps
+	return nil
+}
+
+// leavePeers undoes joinPeers (Cleanup).
+func (a *App) leavePeers() {
+	ps := a.peers // never reset: requests still in flight may read it
+	if ps == nil {
 		return
 	}
-	if peers.apps == nil {
-		peers.apps = map[*App]struct{}{}
+	ps.mu.Lock()
+	_, in := ps.apps[a]
+	delete(ps.apps, a)
+	ps.mu.Unlock()
+	if in {
+		_, _ = appState.Delete(peersKey)
 	}
-	peers.apps[a] = struct{}{}
-	done := a.ctx.Done()
-	go func() {
-		<-done
-		peers.Lock()
-		delete(peers.apps, a)
-		peers.Unlock()
-	}()
 }
 
 // notifyPeers makes the other apps of this process re-read key. Each reads
 // storage itself, so the result is right whatever its config.
 func (a *App) notifyPeers(key string) {
-	peers.Lock()
-	others := make([]*App, 0, len(peers.apps))
-	for p := range peers.apps {
+	ps := a.peers
+	if ps == nil {
+		return
+	}
+	ps.mu.Lock()
+	others := make([]*App, 0, len(ps.apps))
+	for p := range ps.apps {
 		if p != a {
 			others = append(others, p)
 		}
 	}
-	peers.Unlock()
+	ps.mu.Unlock()
 	for _, p := range others {
 		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
 		if err := p.refreshKey(ctx, key); err != nil {

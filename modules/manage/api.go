@@ -16,7 +16,6 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
-	"github.com/byteproxy/byteproxy/modules/pressure"
 )
 
 // serveManage routes /manage and /manage/* (p), a trailing slash ignored.
@@ -90,9 +89,9 @@ func (h *Handler) listServices(w http.ResponseWriter) error {
 }
 
 func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
-	release, ok := pressure.Reserve(bodyHold(r))
+	release, ok := h.pressure.Reserve(bodyHold(r))
 	if !ok {
-		return pressure.Refuse(w, r, maxBodyBytes)
+		return h.pressure.Refuse(w, r, maxBodyBytes)
 	}
 	defer release()
 	body, e := readBody(w, r)
@@ -120,9 +119,9 @@ func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key str
 	if e := checkKey(key); e != nil {
 		return serviceNotFound(w, key)
 	}
-	release, ok := pressure.Reserve(bodyHold(r))
+	release, ok := h.pressure.Reserve(bodyHold(r))
 	if !ok {
-		return pressure.Refuse(w, r, maxBodyBytes)
+		return h.pressure.Refuse(w, r, maxBodyBytes)
 	}
 	defer release()
 	body, e := readBody(w, r)

@@ -24,7 +24,7 @@ import (
 const maxBodyBytes = 1 << 20
 
 // What a management write may allocate while it runs, for admission
-// (pressure.Reserve). Per byte of body: a body of many small members
+// (pressure.Monitor.Reserve). Per byte of body: a body of many small members
 // decodes to maps that hold about 20 times its size before validation
 // refuses them (BenchmarkReadDecodeLargeBody/POST_many_headers: 22.7 MB
 // allocated for 1 MiB; a body that is mostly one string: 2.1 MB). Per

@@ -31,19 +31,19 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 	case routes.Status:
 		body = h.status
 	case routes.Up:
-		body = func(*http.Request) (int, any) { return pressure.Up() }
+		body = func(*http.Request) (int, any) { return h.pressure.Up() }
 	case routes.Ready:
 		if !isRead(r) {
 			return methodNotAllowed(w, r, route)
 		}
-		return serveReady(w)
+		return h.serveReady(w)
 	case routes.Version, routes.Version + "/":
 		route, body = routes.Version, h.version
 	case routes.VersionCheck:
 		if !isRead(r) {
 			return methodNotAllowed(w, r, route)
 		}
-		return serveVersionCheck(w, r, h.app)
+		return serveVersionCheck(w, r, h.checker)
 	case routes.AuthStatus:
 		body = func(r *http.Request) (int, any) { return http.StatusOK, auth.Status(h.app, r) }
 	case routes.ProxyServices, routes.ProxyServices + "/":
@@ -60,8 +60,8 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 
 // serveReady answers /ready: readiness for load balancers, 503 with
 // Retry-After while the gateway sheds load or its health check fails.
-func serveReady(w http.ResponseWriter) error {
-	status, retryAfter, body := pressure.Ready()
+func (h *Handler) serveReady(w http.ResponseWriter) error {
+	status, retryAfter, body := h.pressure.Ready()
 	w.Header().Set("Cache-Control", "no-store")
 	if retryAfter != "" {
 		w.Header().Set("Retry-After", retryAfter)
@@ -110,7 +110,7 @@ func (h *Handler) health(r *http.Request) (int, any) {
 	if truncated {
 		listed["truncated"] = true
 	}
-	under, kind := pressure.UnderPressure()
+	under, kind := h.pressure.UnderPressure()
 	status := "healthy"
 	pr := map[string]any{"underPressure": under}
 	if under {
@@ -188,7 +188,7 @@ func (h *Handler) corsInfo() map[string]any {
 func (h *Handler) status(r *http.Request) (int, any) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	_, up := pressure.Up()
+	_, up := h.pressure.Up()
 	services := h.app.AllServices()
 	keys, truncated := gateway.ListedKeys(services)
 	proxy, mgmt := h.app.ScopeFor(gateway.ScopeProxy), h.app.ScopeFor(gateway.ScopeManagement)

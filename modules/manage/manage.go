@@ -14,6 +14,7 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
+	"github.com/byteproxy/byteproxy/modules/pressure"
 )
 
 func init() {
@@ -29,8 +30,10 @@ func init() {
 // are public and show nothing secret; /status omits base URLs, which the
 // authenticated /manage/services and /proxy/services show.
 type Handler struct {
-	app    *gateway.App
-	logger *zap.Logger
+	app      *gateway.App
+	logger   *zap.Logger
+	checker  *updateChecker    // update_check's, nil if none
+	pressure *pressure.Monitor // the process's: /up, /ready, /health, admission of bodies
 }
 
 // CaddyModule returns the Caddy module information.
@@ -41,7 +44,8 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision borrows the byteproxy app.
+// Provision borrows the byteproxy app, the process's pressure monitor and
+// the checker of the app's update_check feed.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	app, err := gateway.FromContext(ctx)
 	if err != nil {
@@ -49,6 +53,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.app = app
 	h.logger = ctx.Logger()
+	if h.pressure, err = pressure.Open(); err != nil {
+		return err
+	}
+	if app.UpdateCheck != "" {
+		if h.checker, err = acquireChecker(app.UpdateCheck, app.Logger()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Cleanup lets go of what Provision acquired.
+func (h *Handler) Cleanup() error {
+	releaseChecker(h.checker)
+	h.checker = nil
+	if h.pressure != nil {
+		h.pressure.Close()
+	}
 	return nil
 }
 
@@ -142,5 +164,6 @@ func shortPath(p string) string {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

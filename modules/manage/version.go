@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/Masterminds/semver/v3"
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
@@ -33,42 +34,52 @@ var (
 // maxFeedBytes caps the feed body (a GitHub releases page is ~100 KiB).
 const maxFeedBytes = 4 << 20
 
-// serveVersionCheck answers /version/check.
-func serveVersionCheck(w http.ResponseWriter, r *http.Request, app *gateway.App) error {
-	if app == nil || app.UpdateCheck == "" {
+// serveVersionCheck answers /version/check with c, the checker of the
+// app's update_check feed (nil when none is configured).
+func serveVersionCheck(w http.ResponseWriter, r *http.Request, c *updateChecker) error {
+	if c == nil {
 		return gateway.WriteJSON(w, http.StatusOK, map[string]any{
 			"currentVersion": "v" + gateway.Version,
 			"checked":        false,
 			"message":        "no update_check configured",
 		})
 	}
-	c := checkerFor(app.UpdateCheck, app.Logger())
 	res := c.result(r.Context())
 	return gateway.WriteJSON(w, http.StatusOK, res.body())
 }
 
-// checkers are process-wide, by feed URL, so the last result survives a
-// config reload and a reload does not trigger a new fetch.
-var (
-	checkersMu sync.Mutex
-	checkers   = map[string]*updateChecker{}
-)
+// checkers holds an update checker per feed URL while a config uses it,
+// so the last result survives a config reload and a reload does not
+// trigger a new fetch.
+var checkers = caddy.NewUsagePool()
 
-func checkerFor(feed string, logger *zap.Logger) *updateChecker {
-	checkersMu.Lock()
-	defer checkersMu.Unlock()
-	c, ok := checkers[feed]
-	if !ok {
-		c = &updateChecker{feed: feed, client: &http.Client{Timeout: updateCheckTimeout}}
-		checkers[feed] = c
+// acquireChecker returns the checker of feed; pair it with
+// releaseChecker.
+func acquireChecker(feed string, logger *zap.Logger) (*updateChecker, error) {
+	v, _, err := checkers.LoadOrNew(feed, func() (caddy.Destructor, error) {
+		return &updateChecker{feed: feed, client: &http.Client{Timeout: updateCheckTimeout}}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	c := v.(*updateChecker)
 	if logger != nil {
-		c.logger = logger
+		c.mu.Lock()
+		c.logger = logger // the newest config's
+		c.mu.Unlock()
 	}
-	return c
+	return c, nil
+}
+
+func releaseChecker(c *updateChecker) {
+	if c != nil {
+		_, _ = checkers.Delete(c.feed)
+	}
 }
 
 // updateChecker reads one release feed at most every updateCheckEvery.
+// A fetch in flight when the last config lets go of it ends on its own
+// timeout.
 type updateChecker struct {
 	feed   string
 	client *http.Client
@@ -94,6 +105,13 @@ type release struct {
 	Prerelease  bool      `json:"prerelease"`
 	Draft       bool      `json:"draft"`
 	PublishedAt time.Time `json:"published_at"`
+}
+
+// Destruct lets a checker live in a caddy.UsagePool; it holds nothing to
+// close (its client keeps no idle connection past a fetch).
+func (c *updateChecker) Destruct() error {
+	c.client.CloseIdleConnections()
+	return nil
 }
 
 // result returns the latest result, starting a fetch in the background if

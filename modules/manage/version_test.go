@@ -16,7 +16,15 @@ import (
 func versionCheck(t *testing.T, app *gateway.App) map[string]any {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	if err := serveVersionCheck(rec, httptest.NewRequest(http.MethodGet, "/version/check", nil), app); err != nil {
+	var c *updateChecker
+	if app.UpdateCheck != "" {
+		var err error
+		if c, err = acquireChecker(app.UpdateCheck, nil); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { releaseChecker(c) })
+	}
+	if err := serveVersionCheck(rec, httptest.NewRequest(http.MethodGet, "/version/check", nil), c); err != nil {
 		t.Fatal(err)
 	}
 	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json; charset=utf-8" {

@@ -29,9 +29,6 @@ const reservableShare = 8
 // decode, not for a load to pass.
 const reserveRetryAfter = "1"
 
-// reserved is what requests hold now, in bytes.
-var reserved atomic.Int64
-
 // Reserve reserves n bytes of memory for a request that will hold them (a
 // body it reads whole and what it decodes to) and reports whether they fit:
 // what requests hold at once stays within an eighth of the smaller of
@@ -40,8 +37,8 @@ var reserved atomic.Int64
 // are done. With `pressure off` every request is admitted. The caller
 // calls release once it no longer holds the memory; a refused caller
 // answers with Refuse.
-func Reserve(n int64) (release func(), ok bool) {
-	s := mon.cfg.Load()
+func (m *Monitor) Reserve(n int64) (release func(), ok bool) {
+	s := m.cfg.Load()
 	if s == nil {
 		s = defaults()
 	}
@@ -49,15 +46,15 @@ func Reserve(n int64) (release func(), ok bool) {
 		return func() {}, true
 	}
 	for {
-		cur := reserved.Load()
+		cur := m.reserved.Load()
 		if cur > 0 && cur+n > s.reservable {
 			return nil, false
 		}
-		if reserved.CompareAndSwap(cur, cur+n) {
+		if m.reserved.CompareAndSwap(cur, cur+n) {
 			var once atomic.Bool
 			return func() {
 				if once.CompareAndSwap(false, true) {
-					reserved.Add(-n)
+					m.reserved.Add(-n)
 				}
 			}, true
 		}
@@ -67,14 +64,14 @@ func Reserve(n int64) (release func(), ok bool) {
 // Refuse answers a request whose Reserve failed: 503 with Retry-After, in
 // the shape of every shed request, at once, then discards what the client
 // still sends of its body (discardAfter).
-func Refuse(w http.ResponseWriter, r *http.Request, limit int64) error {
-	s := mon.cfg.Load()
+func (m *Monitor) Refuse(w http.ResponseWriter, r *http.Request, limit int64) error {
+	s := m.cfg.Load()
 	if s == nil {
 		s = defaults()
 	}
 	s.metrics.Shed(TypeReserved)
 	gateway.AddLogField(r, zap.String("pressure", TypeReserved))
-	held := reserved.Load()
+	held := m.reserved.Load()
 	duplex := startDuplex(w, r)
 	w.Header().Set("Retry-After", reserveRetryAfter)
 	err := gateway.WriteJSON(w, http.StatusServiceUnavailable, shedBody{

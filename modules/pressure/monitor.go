@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/modules/gateway"
@@ -139,12 +140,13 @@ type snapshot struct {
 	message  string     // for the 503 body when exceeded
 }
 
-// monitor is the one sampler of the process. Every provisioned handler
-// holds a lease on it; the sampling goroutine runs while a lease exists,
-// so a config reload (new config provisioned, then the old one cleaned
-// up) keeps it running and never starts a second one. The newest live
-// lease's settings apply.
-type monitor struct {
+// Monitor is the process's load monitor: one sampler, the requests in
+// flight, the memory reserved. It lives in monitors (a caddy.UsagePool)
+// while a config uses it, so a reload (new config provisioned, then the
+// old one cleaned up) keeps it and never starts a second one. Every
+// provisioned handler holds a lease on it; the sampling goroutine runs
+// while a lease exists, and the newest live lease's settings apply.
+type Monitor struct {
 	mu     sync.Mutex
 	leases []*lease // oldest first
 	stop   chan struct{}
@@ -154,10 +156,38 @@ type monitor struct {
 	cfg      atomic.Pointer[settings] // the newest live lease's settings
 	snap     atomic.Pointer[snapshot]
 	inFlight atomic.Int64
+	reserved atomic.Int64 // bytes requests hold now (Reserve)
 }
 
-// mon is the process's monitor.
-var mon = &monitor{wake: make(chan struct{}, 1)}
+// monitors holds the process's Monitor under monitorKey while a config
+// uses it.
+var monitors = caddy.NewUsagePool()
+
+const monitorKey = "monitor"
+
+// Open returns the process's monitor, creating it for its first user.
+// Each Open is paired with a Close, in the user's Cleanup.
+func Open() (*Monitor, error) {
+	v, _, err := monitors.LoadOrNew(monitorKey, func() (caddy.Destructor, error) {
+		return &Monitor{wake: make(chan struct{}, 1)}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Monitor), nil
+}
+
+// Close gives back what Open returned.
+func (m *Monitor) Close() { _, _ = monitors.Delete(monitorKey) }
+
+// Destruct stops the sampler if a lease was never released; the last
+// release stops it already.
+func (m *Monitor) Destruct() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stopLocked()
+	return nil
+}
 
 // lease is one handler's claim on the monitor.
 type lease struct{ s *settings }
@@ -165,7 +195,7 @@ type lease struct{ s *settings }
 // acquire registers settings (they apply from now on) and starts the
 // sampler if it is not running. The first snapshot is published before
 // acquire returns, so a handler never sees an unsampled process.
-func (m *monitor) acquire(s *settings) *lease {
+func (m *Monitor) acquire(s *settings) *lease {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	l := &lease{s: s}
@@ -184,7 +214,7 @@ func (m *monitor) acquire(s *settings) *lease {
 
 // release drops a lease; the last one stops the sampler and waits for it
 // (and its health probe) to end, so nothing outlives the last config.
-func (m *monitor) release(l *lease) {
+func (m *Monitor) release(l *lease) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i, x := range m.leases {
@@ -198,8 +228,13 @@ func (m *monitor) release(l *lease) {
 		m.notify()
 		return
 	}
+	m.stopLocked()
+}
+
+// stopLocked stops the sampler and waits for it (and its health probe) to
+// end. run never takes m.mu, so waiting here cannot deadlock.
+func (m *Monitor) stopLocked() {
 	if m.stop != nil {
-		// run never takes m.mu, so waiting here cannot deadlock.
 		close(m.stop)
 		<-m.done
 		m.stop, m.done = nil, nil
@@ -208,7 +243,7 @@ func (m *monitor) release(l *lease) {
 }
 
 // notify wakes the sampler to apply the newest settings.
-func (m *monitor) notify() {
+func (m *Monitor) notify() {
 	select {
 	case m.wake <- struct{}{}:
 	default:
@@ -217,7 +252,7 @@ func (m *monitor) notify() {
 
 // publish judges a reading and makes it the snapshot. prev is the
 // previous snapshot, to log when the state changes.
-func (m *monitor) publish(r reading, s *settings, prev *snapshot) *snapshot {
+func (m *Monitor) publish(r reading, s *settings, prev *snapshot) *snapshot {
 	snap := &snapshot{reading: r, s: s, exceeded: evaluate(r, s)}
 	if snap.exceeded != nil {
 		snap.message = snap.exceeded.message(s.retryAfter)
@@ -238,7 +273,7 @@ func (m *monitor) publish(r reading, s *settings, prev *snapshot) *snapshot {
 
 // run samples every interval and probes the health check URL until stop
 // is closed. It owns sm.
-func (m *monitor) run(sm *sampler, stop, done chan struct{}) {
+func (m *Monitor) run(sm *sampler, stop, done chan struct{}) {
 	defer close(done)
 	ctx, cancel := context.WithCancel(context.Background())
 	var probes sync.WaitGroup

@@ -58,7 +58,19 @@ func waitGoroutines(t testing.TB, want int) {
 	}
 }
 
+// openMonitor opens the process's monitor for a test.
+func openMonitor(t *testing.T) *Monitor {
+	t.Helper()
+	m, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
 func TestMonitorLeases(t *testing.T) {
+	mon := openMonitor(t)
 	base := runtime.NumGoroutine()
 	a := testSettings(t, gateway.PressureConfig{})
 	la := mon.acquire(a)
@@ -105,6 +117,7 @@ func TestMonitorLeases(t *testing.T) {
 }
 
 func TestMonitorHealthCheck(t *testing.T) {
+	mon := openMonitor(t)
 	base := runtime.NumGoroutine()
 	var status atomic.Int32
 	status.Store(http.StatusOK)
@@ -128,7 +141,7 @@ func TestMonitorHealthCheck(t *testing.T) {
 		e := mon.snap.Load().exceeded
 		return e != nil && e.Type == TypeHealthCheck && e.Value == 0
 	})
-	if ok, typ := UnderPressure(); !ok || typ != TypeHealthCheck {
+	if ok, typ := mon.UnderPressure(); !ok || typ != TypeHealthCheck {
 		t.Errorf("UnderPressure = %v, %q", ok, typ)
 	}
 	mon.release(l)
@@ -136,15 +149,16 @@ func TestMonitorHealthCheck(t *testing.T) {
 }
 
 func TestUp(t *testing.T) {
+	mon := openMonitor(t)
 	// Without a handler, Up measures once.
-	code, body := Up()
+	code, body := mon.Up()
 	b := body.(UpBody)
 	if code != 200 || b.Status != "ok" || b.HeapUsed == 0 || b.Goroutines == 0 || !b.Healthy {
 		t.Fatalf("Up without a monitor: %d %+v", code, b)
 	}
 
 	l := mon.acquire(testSettings(t, gateway.PressureConfig{MaxHeap: 1}))
-	code, body = Up()
+	code, body = mon.Up()
 	raw, _ := json.Marshal(body)
 	var m map[string]any
 	_ = json.Unmarshal(raw, &m)
@@ -156,7 +170,7 @@ func TestUp(t *testing.T) {
 	if code != 200 || m["status"] != "under_pressure" || m["exceeded"].(map[string]any)["type"] != TypeHeap {
 		t.Errorf("under pressure: %d %s", code, raw)
 	}
-	if ok, typ := UnderPressure(); !ok || typ != TypeHeap {
+	if ok, typ := mon.UnderPressure(); !ok || typ != TypeHeap {
 		t.Errorf("UnderPressure = %v, %q", ok, typ)
 	}
 	mon.release(l)
@@ -164,12 +178,12 @@ func TestUp(t *testing.T) {
 	// The in-flight cap counts as pressure once it is reached.
 	l = mon.acquire(testSettings(t, gateway.PressureConfig{MaxInFlight: 1}))
 	defer mon.release(l)
-	if ok, _ := UnderPressure(); ok {
+	if ok, _ := mon.UnderPressure(); ok {
 		t.Fatal("calm process under pressure")
 	}
 	mon.inFlight.Add(1)
 	defer mon.inFlight.Add(-1)
-	_, body = Up()
+	_, body = mon.Up()
 	if b := body.(UpBody); b.Status != "under_pressure" || b.Exceeded.Type != TypeInFlight || b.InFlight != 1 {
 		t.Errorf("at the in-flight cap: %+v", b)
 	}
@@ -177,7 +191,8 @@ func TestUp(t *testing.T) {
 
 // TestHandler drives ServeHTTP directly with a fake next handler.
 func TestHandler(t *testing.T) {
-	h := &Handler{app: new(gateway.App), logger: zap.NewNop()}
+	mon := openMonitor(t)
+	h := &Handler{app: new(gateway.App), mon: mon, logger: zap.NewNop()}
 	serve := func(path string) (*httptest.ResponseRecorder, bool) {
 		called := false
 		next := nextFunc(func(http.ResponseWriter, *http.Request) error { called = true; return nil })
@@ -218,40 +233,41 @@ func (f nextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { retu
 // share; a lone request is always admitted; release is idempotent;
 // `pressure off` admits everything (issue 15.2).
 func TestReserve(t *testing.T) {
+	mon := openMonitor(t)
 	l := mon.acquire(testSettings(t, gateway.PressureConfig{MaxHeap: 8 << 20})) // reservable 1 MiB
 	defer mon.release(l)
 	const kib = 1 << 10
-	r1, ok := Reserve(600 * kib)
+	r1, ok := mon.Reserve(600 * kib)
 	if !ok {
 		t.Fatal("the first reservation was refused")
 	}
-	if _, ok := Reserve(600 * kib); ok {
+	if _, ok := mon.Reserve(600 * kib); ok {
 		t.Fatal("1.2 MiB reserved against 1 MiB")
 	}
-	r2, ok := Reserve(400 * kib)
+	r2, ok := mon.Reserve(400 * kib)
 	if !ok {
 		t.Fatal("1000 KiB refused against 1 MiB")
 	}
 	r1()
 	r1() // a second release gives back nothing
-	if got := reserved.Load(); got != 400*kib {
+	if got := mon.reserved.Load(); got != 400*kib {
 		t.Fatalf("reserved %d after releasing 600 KiB twice, want %d", got, 400*kib)
 	}
 	r2()
-	big, ok := Reserve(4 << 20)
+	big, ok := mon.Reserve(4 << 20)
 	if !ok {
 		t.Fatal("a lone 4 MiB reservation was refused")
 	}
 	big()
 
 	off := mon.acquire(testSettings(t, gateway.PressureConfig{Disabled: true, MaxHeap: 8 << 20}))
-	hold, _ := Reserve(1 << 20)
-	if _, ok := Reserve(1 << 30); !ok {
+	hold, _ := mon.Reserve(1 << 20)
+	if _, ok := mon.Reserve(1 << 30); !ok {
 		t.Error("pressure off refused a reservation")
 	}
 	hold()
 	mon.release(off)
-	if got := reserved.Load(); got != 0 {
+	if got := mon.reserved.Load(); got != 0 {
 		t.Errorf("reserved %d after every release", got)
 	}
 }
@@ -260,12 +276,13 @@ func TestReserve(t *testing.T) {
 // still sending a large body, every time, and the server reads the rest of
 // the body only to drop it (no client sees a reset connection).
 func TestRefuse(t *testing.T) {
+	mon := openMonitor(t)
 	l := mon.acquire(testSettings(t, gateway.PressureConfig{}))
 	defer mon.release(l)
 	var discarded atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = countingBody{r.Body, &discarded}
-		_ = Refuse(w, r, 1<<20)
+		_ = mon.Refuse(w, r, 1<<20)
 	}))
 	defer srv.Close()
 	body := bytes.Repeat([]byte("x"), 1<<20)
@@ -303,10 +320,11 @@ func (c countingBody) Read(p []byte) (int, error) {
 // threshold is exceeded, at the in-flight cap, and while the health check
 // fails, even with pressure off (issue 15.5); /up stays 200 throughout.
 func TestReady(t *testing.T) {
+	mon := openMonitor(t)
 	check := func(name string, wantStatus int, wantType string) {
 		t.Helper()
-		status, retryAfter, b := Ready()
-		if upStatus, _ := Up(); upStatus != 200 {
+		status, retryAfter, b := mon.Ready()
+		if upStatus, _ := mon.Up(); upStatus != 200 {
 			t.Errorf("%s: /up %d, want 200 (liveness)", name, upStatus)
 		}
 		if status != wantStatus {

@@ -29,6 +29,7 @@ func init() {
 // fills the cap.
 type Handler struct {
 	app    *gateway.App
+	mon    *Monitor
 	lease  *lease
 	logger *zap.Logger
 }
@@ -56,7 +57,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	s.metrics = app.Metrics()
 	s.logger = h.logger
-	h.lease = mon.acquire(s)
+	if h.mon, err = Open(); err != nil {
+		return err
+	}
+	h.lease = h.mon.acquire(s)
 	return nil
 }
 
@@ -67,7 +71,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if routes.IsProbe(path) {
 		return next.ServeHTTP(w, r)
 	}
-	snap := mon.snap.Load()
+	snap := h.mon.snap.Load()
 	if snap == nil { // only between a last Cleanup and shutdown
 		return next.ServeHTTP(w, r)
 	}
@@ -77,8 +81,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if routes.IsManagement(path) {
 		return next.ServeHTTP(w, r)
 	}
-	n := mon.inFlight.Add(1)
-	defer mon.inFlight.Add(-1)
+	n := h.mon.inFlight.Add(1)
+	defer h.mon.inFlight.Add(-1)
 	if limit := snap.s.maxInFlight; limit > 0 && n > limit && !snap.s.disabled {
 		e := Threshold{Type: TypeInFlight, Value: float64(n - 1), Limit: float64(limit)}
 		return h.shed(w, r, snap.s, e.Type, e.Value, e.message(snap.s.retryAfter))
@@ -107,11 +111,13 @@ type shedBody struct {
 	Message string  `json:"message"`
 }
 
-// Cleanup returns the lease; the last one stops the monitor.
+// Cleanup returns the lease (the last one stops the sampler) and the
+// monitor.
 func (h *Handler) Cleanup() error {
 	if h.lease != nil {
-		mon.release(h.lease)
+		h.mon.release(h.lease)
 		h.lease = nil
+		h.mon.Close()
 	}
 	return nil
 }

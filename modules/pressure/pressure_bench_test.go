@@ -21,9 +21,14 @@ func (w *benchWriter) WriteHeader(int)             {}
 // load, plus the in-flight counter when max_in_flight is set. The monitor
 // samples in the background meanwhile (every 10ms here, 1s by default).
 func benchHandler(b *testing.B, c gateway.PressureConfig) {
+	mon, err := Open()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer mon.Close()
 	l := mon.acquire(testSettings(b, c))
 	defer mon.release(l)
-	h := &Handler{app: new(gateway.App), logger: zap.NewNop()}
+	h := &Handler{app: new(gateway.App), mon: mon, logger: zap.NewNop()}
 	next := nextFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -34,8 +34,8 @@ type UpBody struct {
 // "under_pressure", "exceeded"), so a liveness probe never restarts a busy
 // instance. Readiness, which a load balancer uses to drain an instance, is
 // /ready (Ready).
-func Up() (status int, body any) {
-	return http.StatusOK, upBody(current())
+func (m *Monitor) Up() (status int, body any) {
+	return http.StatusOK, m.upBody(m.current())
 }
 
 // Ready returns the status code, the Retry-After value ("" for none) and
@@ -44,9 +44,9 @@ func Up() (status int, body any) {
 // proxied requests (a threshold exceeded, or max_in_flight reached) and
 // while the health_check dependency fails, even with `pressure off`: a
 // request would fail there too. Otherwise 200. The body is /up's.
-func Ready() (status int, retryAfter string, body UpBody) {
-	snap := current()
-	b := upBody(snap)
+func (m *Monitor) Ready() (status int, retryAfter string, body UpBody) {
+	snap := m.current()
+	b := m.upBody(snap)
 	if b.Exceeded == nil && !snap.healthy {
 		b.Status = "under_pressure"
 		b.Exceeded = &Threshold{Type: TypeHealthCheck, Value: float64(snap.healthCode)}
@@ -57,8 +57,8 @@ func Ready() (status int, retryAfter string, body UpBody) {
 	return http.StatusServiceUnavailable, snap.s.retryAfterHdr, b
 }
 
-func upBody(snap *snapshot) UpBody {
-	inFlight := mon.inFlight.Load()
+func (m *Monitor) upBody(snap *snapshot) UpBody {
+	inFlight := m.inFlight.Load()
 	b := UpBody{
 		Status:            "ok",
 		EventLoopDelay:    ms(snap.sched),
@@ -82,11 +82,11 @@ func upBody(snap *snapshot) UpBody {
 // UnderPressure reports whether a threshold is exceeded now, and which
 // type ("heapUsed", "rssBytes", "eventLoopDelay", "cpu", "inFlight",
 // "healthCheck"); /health reports it. Always false with `pressure off`.
-func UnderPressure() (bool, string) {
-	snap := current()
+func (m *Monitor) UnderPressure() (bool, string) {
+	snap := m.current()
 	e := snap.exceeded
 	if e == nil {
-		e = inFlightAtCap(snap.s, mon.inFlight.Load())
+		e = inFlightAtCap(snap.s, m.inFlight.Load())
 	}
 	if e == nil {
 		return false, ""
@@ -106,8 +106,8 @@ func inFlightAtCap(s *settings, n int64) *Threshold {
 // current is the latest snapshot; with no handler provisioned (the
 // monitor is not running) it measures once, judged by the default
 // settings.
-func current() *snapshot {
-	if snap := mon.snap.Load(); snap != nil {
+func (m *Monitor) current() *snapshot {
+	if snap := m.snap.Load(); snap != nil {
 		return snap
 	}
 	s, _ := resolve(nil)

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -459,17 +458,4 @@ func redisServiceKey(service string, max int, size time.Duration) string {
 // redisClientPrefix starts the name of every client bucket of one limit.
 func redisClientPrefix(max int, size time.Duration) string {
 	return keyPrefix + "client:" + strconv.Itoa(max) + ":" + strconv.FormatInt(millis(size), 10) + ":"
-}
-
-// redisLogger sends go-redis's own messages (one per failed dial) to
-// Caddy's log at debug level: the outage itself is logged once by
-// markDown.
-type redisLogger struct{}
-
-func (redisLogger) Printf(_ context.Context, format string, v ...any) {
-	caddy.Log().Named("redis").Debug(fmt.Sprintf(format, v...))
-}
-
-func init() {
-	redis.SetLogger(redisLogger{})
 }
