@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -290,7 +291,7 @@ func (h *Handler) allowOrigin(origin string) string {
 // allows the request headers the browser asks for (not on /manage/*).
 func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, hdr http.Header, v *values, allowed string, reflect bool) error {
 	if allowed == "" {
-		return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+		return httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
 			"error":   "Forbidden",
 			"message": "This origin is not allowed by the gateway's CORS policy.",
 		})
@@ -360,7 +361,7 @@ func (h *Handler) withRequested(requested []string) string {
 // refuseManagementPreflight answers a preflight for the management API
 // while it has no key: no web page may call it from another origin.
 func refuseManagementPreflight(w http.ResponseWriter) error {
-	return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+	return httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
 		"error": "Forbidden",
 		"message": "The management API (/manage/*) has no key, so it answers local programs only and no web page of another origin. " +
 			"Set a management key (auth management { key ... } in the byteproxy global option) to call it from a browser app.",

@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
@@ -149,7 +150,7 @@ func (s *Service) ApplyCredential(h http.Header, u *url.URL) bool {
 	if s.queryName != "" {
 		// Replace any client value of the parameter, and leave the rest of
 		// the query byte for byte as the client sent it.
-		q := StripQueryParam(u.RawQuery, s.queryName)
+		q := httpx.StripQueryParam(u.RawQuery, s.queryName)
 		if q == "" {
 			u.RawQuery = s.queryPair
 		} else {
@@ -214,7 +215,7 @@ func IsReservedKey(key string) bool {
 		return false
 	}
 	for _, r := range [...]string{"services", "auth-test", "auth-debug", "key-debug"} { // ReservedKeys
-		if equalFoldASCII(key, r) {
+		if httpx.EqualFoldASCII(key, r) {
 			return true
 		}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/pressure"
 )
@@ -62,7 +63,7 @@ func (h *Handler) serveService(w http.ResponseWriter, r *http.Request, key strin
 		if svc == nil {
 			return serviceNotFound(w, key)
 		}
-		return gateway.WriteJSON(w, http.StatusOK, map[string]any{"key": key, "config": viewOf(svc), "source": svc.Source})
+		return httpx.WriteJSON(w, http.StatusOK, map[string]any{"key": key, "config": viewOf(svc), "source": svc.Source})
 	case http.MethodPut:
 		return h.replaceService(w, r, key)
 	case http.MethodDelete:
@@ -85,7 +86,7 @@ func (h *Handler) listServices(w http.ResponseWriter) error {
 		s := services[key]
 		list = append(list, listEntry{ServiceInfo: s.Info(), AuthConfigured: s.HasAuth() && s.TokenConfigured(), Source: s.Source})
 	}
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{"services": list, "count": len(list)})
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"services": list, "count": len(list)})
 }
 
 func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
@@ -142,7 +143,7 @@ func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key str
 
 // stored answers a durable add or replacement with the service as stored.
 func stored(w http.ResponseWriter, status int, verb string, svc *gateway.Service) error {
-	return gateway.WriteJSON(w, status, map[string]any{
+	return httpx.WriteJSON(w, status, map[string]any{
 		"message": fmt.Sprintf("Service '%s' %s successfully", svc.Key, verb),
 		"key":     svc.Key,
 		"config":  viewOf(svc),
@@ -159,7 +160,7 @@ func (h *Handler) deleteService(w http.ResponseWriter, r *http.Request, key stri
 	if err := h.app.DeleteRuntime(r.Context(), key); err != nil {
 		return h.changeFailed(w, key, err)
 	}
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"message": fmt.Sprintf("Service '%s' deleted successfully", key),
 		"key":     key,
 	})
@@ -182,34 +183,34 @@ func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) err
 	case errors.Is(err, gateway.ErrKeyCase):
 		var ce *gateway.KeyCaseError
 		errors.As(err, &ce)
-		return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+		return httpx.WriteJSON(w, http.StatusConflict, map[string]any{
 			"error": fmt.Sprintf("Service '%s' not added: the service '%s' exists, and keys may not differ only in letter case", key, ce.Existing),
 			"field": "key",
 		})
 	}
 	h.logger.Error("changing a runtime service failed", zap.String("service", key), zap.Error(err))
-	return gateway.WriteJSON(w, http.StatusInternalServerError, map[string]any{
+	return httpx.WriteJSON(w, http.StatusInternalServerError, map[string]any{
 		"error":   "Storage error",
 		"message": "The change could not be stored and was not made; see the gateway log",
 	})
 }
 
 func badRequest(w http.ResponseWriter, e *apiError) error {
-	return gateway.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "Invalid " + e.Field + ": " + e.Msg, "field": e.Field})
+	return httpx.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "Invalid " + e.Field + ": " + e.Msg, "field": e.Field})
 }
 
 func exists(w http.ResponseWriter, key string) error {
-	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{"error": fmt.Sprintf("Service '%s' already exists", key)})
+	return httpx.WriteJSON(w, http.StatusConflict, map[string]any{"error": fmt.Sprintf("Service '%s' already exists", key)})
 }
 
 func serviceNotFound(w http.ResponseWriter, key string) error {
-	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{"error": fmt.Sprintf("Service '%s' not found", shortPath(key))})
+	return httpx.WriteJSON(w, http.StatusNotFound, map[string]any{"error": fmt.Sprintf("Service '%s' not found", shortPath(key))})
 }
 
 // tooManyServices answers 409: the request is valid, the registry is full.
 func (h *Handler) tooManyServices(w http.ResponseWriter, key string) error {
 	limit := h.app.MaxRuntimeServices()
-	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+	return httpx.WriteJSON(w, http.StatusConflict, map[string]any{
 		"error":       fmt.Sprintf("Service '%s' not added: at most %d runtime services may exist (runtime_services max_services); delete one first", key, limit),
 		"field":       "key",
 		"maxServices": limit,
@@ -217,7 +218,7 @@ func (h *Handler) tooManyServices(w http.ResponseWriter, key string) error {
 }
 
 func configDefined(w http.ResponseWriter, key string) error {
-	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+	return httpx.WriteJSON(w, http.StatusConflict, map[string]any{
 		"error":  fmt.Sprintf("Service '%s' is defined in the Caddy config; change it in the Caddy config", key),
 		"source": "config",
 	})
@@ -261,7 +262,7 @@ func (h *Handler) testService(w http.ResponseWriter, r *http.Request, key string
 		return h.unreachable(w, svc, err, took)
 	}
 	resp.Body.Close()
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"service":        key,
 		"status":         "reachable",
 		"responseStatus": resp.StatusCode,
@@ -284,7 +285,7 @@ func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err e
 			"strictTLS": h.app.StrictTLSOn(),
 		}
 	}
-	return gateway.WriteJSON(w, http.StatusBadGateway, map[string]any{
+	return httpx.WriteJSON(w, http.StatusBadGateway, map[string]any{
 		"service":  svc.Key,
 		"status":   "unreachable",
 		"error":    svc.Redact(err.Error()),
@@ -341,7 +342,7 @@ func (h *Handler) diagnostics(w http.ResponseWriter) error {
 		retries = *h.app.Retries
 	}
 	host, _ := os.Hostname()
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"system": map[string]any{
 			"goVersion":  runtime.Version(),
 			"platform":   runtime.GOOS + "/" + runtime.GOARCH,

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/auth"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/pressure"
@@ -61,7 +62,7 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 		return methodNotAllowed(w, r, "GET", "HEAD")
 	}
 	status, v := body(r)
-	return gateway.WriteJSON(w, status, v)
+	return httpx.WriteJSON(w, status, v)
 }
 
 // serveReady answers /ready: readiness for load balancers, 503 with
@@ -72,14 +73,14 @@ func serveReady(w http.ResponseWriter) error {
 	if retryAfter != "" {
 		w.Header().Set("Retry-After", retryAfter)
 	}
-	return gateway.WriteJSON(w, status, body)
+	return httpx.WriteJSON(w, status, body)
 }
 
 // notFound is the JSON 404 of every unknown path, whatever the method. Its
-// paths are the client's: under the mount prefix (see gateway.MountPrefix).
+// paths are the client's: under the mount prefix (see httpx.MountPrefix).
 func notFound(w http.ResponseWriter, r *http.Request) error {
-	prefix := gateway.MountPrefix(r)
-	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{
+	prefix := httpx.MountPrefix(r)
+	return httpx.WriteJSON(w, http.StatusNotFound, map[string]any{
 		"error":              "Endpoint not found",
 		"message":            "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist",
 		"suggestion":         "Proxy calls look like " + prefix + "/proxy/{service}/{path}; GET " + prefix + "/docs describes the API",
@@ -104,7 +105,7 @@ func endpointsUnder(prefix string) []string {
 
 // welcome links the other informational endpoints, under the mount prefix.
 func (h *Handler) welcome(r *http.Request) (int, any) {
-	prefix := gateway.MountPrefix(r)
+	prefix := httpx.MountPrefix(r)
 	return http.StatusOK, map[string]any{
 		"message":       "Welcome to ByteProxy, an API gateway for Discord, GitHub and any HTTP API",
 		"source":        gateway.ProjectURL,

@@ -15,6 +15,7 @@ import (
 	"github.com/Masterminds/semver/v3"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -36,7 +37,7 @@ const maxFeedBytes = 4 << 20
 // serveVersionCheck answers /version/check.
 func serveVersionCheck(w http.ResponseWriter, r *http.Request, app *gateway.App) error {
 	if app == nil || app.UpdateCheck == "" {
-		return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+		return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 			"currentVersion": "v" + gateway.Version,
 			"checked":        false,
 			"message":        "no update_check configured",
@@ -44,7 +45,7 @@ func serveVersionCheck(w http.ResponseWriter, r *http.Request, app *gateway.App)
 	}
 	c := checkerFor(app.UpdateCheck, app.Logger())
 	res := c.result(r.Context())
-	return gateway.WriteJSON(w, http.StatusOK, res.body())
+	return httpx.WriteJSON(w, http.StatusOK, res.body())
 }
 
 // checkers are process-wide, by feed URL, so the last result survives a

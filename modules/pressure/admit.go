@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -77,7 +78,7 @@ func Refuse(w http.ResponseWriter, r *http.Request, limit int64) error {
 	held := reserved.Load()
 	duplex := startDuplex(w, r)
 	w.Header().Set("Retry-After", reserveRetryAfter)
-	err := gateway.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
+	err := httpx.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
 		Error: "Server under pressure",
 		Type:  TypeReserved,
 		Value: float64(held),

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
 )
@@ -359,7 +360,7 @@ func (f *forwarder) answerError(w http.ResponseWriter, method, upstream string, 
 	if status == http.StatusGatewayTimeout {
 		title = "Gateway Timeout"
 	}
-	_ = gateway.WriteJSON(w, status, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
+	_ = httpx.WriteJSON(w, status, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
 }
 
 // describe classifies an upstream error: status, metrics kind, message.

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -199,7 +200,7 @@ func misGateway(t *testing.T, up *hostile, lean bool) (url string, dial *recordi
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
 		if status, body := f.check(r, rest); status != 0 {
-			_ = gateway.WriteJSON(w, status, body)
+			_ = httpx.WriteJSON(w, status, body)
 			return
 		}
 		f.forward(w, r, rest)

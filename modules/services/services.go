@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -123,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		f.metrics.ProxyRequest(key, status, 0, 0)
 		f.logLocal(r, status)
-		_ = gateway.WriteError(w, status, key, body)
+		_ = httpx.WriteError(w, status, key, body)
 		return nil
 	}
 	f.forward(w, r, rest)
@@ -139,7 +140,7 @@ func (h *Handler) notConfigured(w http.ResponseWriter, key string) error {
 	if truncated {
 		body.Truncated, body.ServicesTotal = true, len(services)
 	}
-	_ = gateway.WriteJSON(w, http.StatusNotFound, body)
+	_ = httpx.WriteJSON(w, http.StatusNotFound, body)
 	return nil
 }
 
