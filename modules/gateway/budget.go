@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 // Upstream budgets (issue 14, docs/BUDGETS.md): a service with
@@ -386,7 +387,7 @@ func (l *UpstreamLimits) applyHeaders(c *budget.Config, preset string) error {
 // budgetErr is a validation error of an upstream_limits setting; field is
 // the setting's management API name (upstreamLimits.maxWait).
 func budgetErr(field, format string, args ...any) error {
-	return fieldErr("upstreamLimits."+field, format, args...)
+	return httpx.Fieldf("upstreamLimits."+field, format, args...)
 }
 
 // clone returns a deep copy.

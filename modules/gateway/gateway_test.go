@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 func TestProxyPath(t *testing.T) {
@@ -231,9 +232,9 @@ func TestBuildServiceValidation(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := BuildService(c.key, c.cfg, "runtime", BuildOptions{})
-			var fe *FieldError
+			var fe *httpx.FieldError
 			if !errors.As(err, &fe) || fe.Field != c.field {
-				t.Fatalf("got %v, want a FieldError on %q", err, c.field)
+				t.Fatalf("got %v, want an httpx.FieldError on %q", err, c.field)
 			}
 		})
 	}

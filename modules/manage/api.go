@@ -97,11 +97,11 @@ func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
 	defer release()
 	body, e := readBody(w, r)
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	key, cfg, e := decodeService(body, "")
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	if _, preset := gateway.Presets[key]; preset || h.app.IsConfigService(key) {
 		return exists(w, key)
@@ -127,11 +127,11 @@ func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key str
 	defer release()
 	body, e := readBody(w, r)
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	_, cfg, e := decodeService(body, key)
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	keepRedacted(&cfg, h.app.Service(key))
 	svc, err := h.app.PutRuntime(r.Context(), key, cfg, false)
@@ -169,7 +169,7 @@ func (h *Handler) deleteService(w http.ResponseWriter, r *http.Request, key stri
 // changeFailed maps a registry error onto its answer.
 func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) error {
 	if e, ok := fromFieldError(err); ok {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	switch {
 	case errors.Is(err, gateway.ErrExists):
@@ -193,10 +193,6 @@ func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) err
 		"error":   "Storage error",
 		"message": "The change could not be stored and was not made; see the gateway log",
 	})
-}
-
-func badRequest(w http.ResponseWriter, e *apiError) error {
-	return httpx.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "Invalid " + e.Field + ": " + e.Msg, "field": e.Field})
 }
 
 func exists(w http.ResponseWriter, key string) error {
