@@ -5,7 +5,10 @@
 package httpx
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -94,4 +97,18 @@ func (e *FieldError) Write(w http.ResponseWriter) error {
 type fieldBody struct {
 	Error string `json:"error"`
 	Field string `json:"field"`
+}
+
+// IsTLSError reports whether a request to an upstream failed because the
+// TLS handshake did: the certificate was not verified (unknown authority,
+// wrong host name, expired or otherwise invalid) or the upstream did not
+// answer with TLS at all.
+func IsTLSError(err error) bool {
+	var certErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &certErr) || errors.As(err, &recErr) || errors.As(err, &unknownAuth) ||
+		errors.As(err, &hostErr) || errors.As(err, &invalid)
 }

@@ -2,8 +2,6 @@ package manage
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -269,7 +267,7 @@ func (h *Handler) testService(w http.ResponseWriter, r *http.Request, key string
 
 func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err error, took time.Duration) error {
 	var tlsHelp any
-	if isTLSError(err) {
+	if httpx.IsTLSError(err) {
 		tlsHelp = map[string]any{
 			"issue": "The upstream's TLS certificate could not be verified",
 			"solutions": []string{
@@ -297,16 +295,6 @@ func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err e
 			"tlsHelp": tlsHelp,
 		},
 	})
-}
-
-func isTLSError(err error) bool {
-	var unknownAuth x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	var verify *tls.CertificateVerificationError
-	var record tls.RecordHeaderError
-	return errors.As(err, &unknownAuth) || errors.As(err, &hostErr) || errors.As(err, &invalid) ||
-		errors.As(err, &verify) || errors.As(err, &record) || strings.Contains(err.Error(), "tls: ")
 }
 
 // diagnostics reports settings useful when something does not work. It

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
 	"log"
@@ -391,7 +390,7 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 		}
 		return http.StatusBadGateway, gateway.UpstreamErrDial,
 			"Could not connect to " + upstream + ": " + reason + "."
-	case isTLSError(err):
+	case httpx.IsTLSError(err):
 		return http.StatusBadGateway, gateway.UpstreamErrOther,
 			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
@@ -401,16 +400,6 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 	}
 	return http.StatusBadGateway, gateway.UpstreamErrOther,
 		"The request to the upstream " + upstream + " failed."
-}
-
-func isTLSError(err error) bool {
-	var certErr *tls.CertificateVerificationError
-	var recErr tls.RecordHeaderError
-	var unknownAuth x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	return errors.As(err, &certErr) || errors.As(err, &recErr) || errors.As(err, &unknownAuth) ||
-		errors.As(err, &hostErr) || errors.As(err, &invalid)
 }
 
 func tlsReason(err error) string {
