@@ -102,7 +102,7 @@ func (a *App) budgetStore() (key string, open func() (caddy.Destructor, error)) 
 		return "budget-store|redis|" + hex.EncodeToString(sum[:8]), func() (caddy.Destructor, error) {
 			s, err := budget.NewRedisStoreURL(url, budget.RedisOptions{Logger: log.Named("budget")})
 			if err != nil {
-				return nil, fmt.Errorf("redis: %v", redactURLError(err))
+				return nil, fmt.Errorf("redis: %w", redactURLError(err))
 			}
 			return &pooledStore{Store: s, close: s.Close}, nil
 		}
@@ -117,7 +117,7 @@ func (a *App) budgetStore() (key string, open func() (caddy.Destructor, error)) 
 func redactURLError(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return fmt.Errorf("not a valid URL: %v", ue.Err)
+		return fmt.Errorf("not a valid URL: %w", ue.Err)
 	}
 	return err
 }

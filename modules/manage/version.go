@@ -149,7 +149,7 @@ func (c *updateChecker) fetch(done chan struct{}) {
 func (c *updateChecker) read(ctx context.Context) (*release, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.feed, nil)
 	if err != nil {
-		return nil, fmt.Errorf("update_check URL: %v", err)
+		return nil, fmt.Errorf("update_check URL: %w", err)
 	}
 	req.Header.Set("Accept", "application/vnd.github+json")
 	req.Header.Set("User-Agent", "ByteProxy/"+gateway.Version)
@@ -159,7 +159,7 @@ func (c *updateChecker) read(ctx context.Context) (*release, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL could carry credentials; the host is logged instead
 		}
-		return nil, fmt.Errorf("reading release feed: %v", err)
+		return nil, fmt.Errorf("reading release feed: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -167,7 +167,7 @@ func (c *updateChecker) read(ctx context.Context) (*release, error) {
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFeedBytes))
 	if err != nil {
-		return nil, fmt.Errorf("reading release feed: %v", err)
+		return nil, fmt.Errorf("reading release feed: %w", err)
 	}
 	return pickRelease(body)
 }
@@ -180,7 +180,7 @@ func pickRelease(body []byte) (*release, error) {
 	if err := json.Unmarshal(body, &list); err != nil {
 		var one release
 		if err2 := json.Unmarshal(body, &one); err2 != nil || one.TagName == "" {
-			return nil, fmt.Errorf("release feed is not a GitHub releases document: %v", err)
+			return nil, fmt.Errorf("release feed is not a GitHub releases document: %w", err)
 		}
 		list = []release{one}
 	}

@@ -134,7 +134,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 func (h *Handler) provisionClients(rl *gateway.RateLimit) error {
 	if err := rl.Validate(); err != nil {
-		return fmt.Errorf("client_rate_limit: %v", err)
+		return fmt.Errorf("client_rate_limit: %w", err)
 	}
 	h.clientMax, h.clientWindow = rl.MaxRequests, time.Duration(rl.Window)
 	h.clientPolicy = policyMember(gateway.LimitClient, h.clientMax, h.clientWindow)
@@ -184,10 +184,10 @@ func (h *Handler) provisionRedis() error {
 func redisURLError(err error, raw string) error {
 	var ue *neturl.Error
 	if errors.As(err, &ue) {
-		err = fmt.Errorf("not a valid URL: %v", ue.Err)
+		err = fmt.Errorf("not a valid URL: %w", ue.Err)
 	}
 	if strings.HasPrefix(raw, "{") && strings.HasSuffix(raw, "}") {
-		return fmt.Errorf("%v (the URL came from %s)", err, raw)
+		return fmt.Errorf("%w (the URL came from %s)", err, raw)
 	}
 	return err
 }

@@ -55,7 +55,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	load := func(name string, cfg string) (caddyhttp.MiddlewareHandler, error) {
 		m, err := ctx.LoadModuleByID("http.handlers."+name, json.RawMessage(cfg))
 		if err != nil {
-			return nil, fmt.Errorf("loading %s: %v", name, err)
+			return nil, fmt.Errorf("loading %s: %w", name, err)
 		}
 		return m.(caddyhttp.MiddlewareHandler), nil
 	}
