@@ -57,35 +57,10 @@ const (
 	hVary           = "Vary"
 )
 
-// Handler applies the byteproxy app's `cors` settings:
-//
-//   - origins * (the default): `Access-Control-Allow-Origin: *` on every
-//     response, never with credentials;
-//   - a list of origins: a listed request origin is reflected with
-//     `Access-Control-Allow-Credentials: true`; every response carries
-//     `Vary: Origin`; any other origin gets no CORS headers, and its
-//     preflight is refused with 403;
-//   - cors off: the handler does nothing, and OPTIONS requests go on to
-//     the next handlers.
-//
-// A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
-// answered here with 204, before authentication; a plain OPTIONS goes on,
-// as it may be meant for the upstream. Configured `methods` replace the
-// defaults (GET, POST, PUT, PATCH, DELETE, OPTIONS). Allowed request
-// headers: without `headers` configured, the defaults (Authorization,
-// X-API-Key, Content-Type, X-Requested-With) plus whatever the browser asks
-// for in Access-Control-Request-Headers (If-None-Match,
-// X-GitHub-Api-Version, ...: the upstream decides what it accepts);
-// configured `headers` are exactly the allowed ones. Responses expose the
-// rate-limit (RateLimit, RateLimit-Policy, X-RateLimit-*), Retry-After and
-// X-Proxy-* headers to scripts. When a later
-// handler (a proxy) adds its own CORS headers, the gateway's values win,
-// so a browser never sees two.
-//
-// The management API (/manage/*) is not for browsers of other sites while
-// it has no key (it then trusts local clients): there it gets no CORS
-// headers, and its preflights are refused with 403. With a management key,
-// it is treated like the rest, but with the configured header list only.
+// Handler applies the byteproxy app's `cors` settings: CORS headers on
+// every answer and preflights answered before authentication.
+// docs/HANDLERS.md describes the origins, headers and the management API's
+// rules.
 type Handler struct {
 	app *gateway.App
 
