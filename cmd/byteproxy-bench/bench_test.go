@@ -589,29 +589,37 @@ func TestCaddyfilesAdapt(t *testing.T) {
 			nil, 0},
 	}
 	for _, c := range cases {
-		path := filepath.Join(t.TempDir(), "Caddyfile")
-		if err := os.WriteFile(path, []byte(c.caddyfile), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command(bin, "adapt", "--config", path, "--adapter", "caddyfile").CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: adapt: %v\n%s\n%s", c.name, err, out, c.caddyfile)
-		}
-		js := string(out)
-		for _, want := range c.want {
-			if !strings.Contains(js, want) {
-				t.Errorf("%s: adapted JSON lacks %s:\n%s", c.name, want, js)
-			}
-		}
-		for _, not := range c.not {
-			if strings.Contains(js, not) {
-				t.Errorf("%s: adapted JSON has %s:\n%s", c.name, not, js)
-			}
-		}
+		js := checkAdapted(t, bin, c.name, c.caddyfile, c.want, c.not)
 		if n := strings.Count(js, "100000000"); n != c.limits {
 			t.Errorf("%s: %d rate limits, want %d in:\n%s", c.name, n, c.limits, js)
 		}
 	}
+}
+
+// checkAdapted adapts caddyfile with the binary and checks that the JSON
+// has every string of want and none of not; it returns the JSON.
+func checkAdapted(t *testing.T, bin, name, caddyfile string, want, not []string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "adapt", "--config", path, "--adapter", "caddyfile").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: adapt: %v\n%s\n%s", name, err, out, caddyfile)
+	}
+	js := string(out)
+	for _, w := range want {
+		if !strings.Contains(js, w) {
+			t.Errorf("%s: adapted JSON lacks %s:\n%s", name, w, js)
+		}
+	}
+	for _, n := range not {
+		if strings.Contains(js, n) {
+			t.Errorf("%s: adapted JSON has %s:\n%s", name, n, js)
+		}
+	}
+	return js
 }
 
 // smokeConfig is a whole benchmark of ~1s per target with the built-in
@@ -803,6 +811,90 @@ func TestPreflight(t *testing.T) {
 	}
 	if err := preflight(ctx, endpoint{URL: srv.URL}); err != nil {
 		t.Errorf("no key, none checked: %v", err)
+	}
+}
+
+// TestUpstreamSimDiscord checks -upstream-sim discord: the flag's checks,
+// the generated Caddyfiles (the discord preset with the bot token from the
+// gateway's environment, upstream_limits off or with a global limit that
+// never binds, plain Caddy mapping the path onto /api/), and a short run
+// through the simulator: every answer 2xx, the simulator saw the gateway's
+// bot token on the gateway targets' requests and sent no 429.
+func TestUpstreamSimDiscord(t *testing.T) {
+	c, err := parseFlags([]string{"-upstream-sim", "discord", "-budgets"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UpstreamSim != simDiscord || c.Path != simPath || strings.Join(c.kinds(), ",") != kindHTTP || !c.Budgets {
+		t.Errorf("parsed %+v, kinds %v", c, c.kinds())
+	}
+	if c, err = parseFlags([]string{"-upstream-sim", "discord", "-path", "/proxy/bench/v10/users/@me", "-upstream", "http"}, io.Discard); err != nil || c.Path != "/proxy/bench/v10/users/@me" {
+		t.Errorf("-path with -upstream-sim: %q, %v", c.Path, err)
+	}
+	for _, bad := range [][]string{{"-upstream-sim", "github"}, {"-upstream-sim", "discord", "-upstream", "https"},
+		{"-upstream-sim", "discord", "-upstream-proto", "h1"}} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("parseFlags(%v) accepted it", bad)
+		}
+	}
+	if testing.Short() {
+		t.Skip("builds the gateway and runs the benchmark")
+	}
+
+	bin := gatewayBinary(t)
+	const up = "http://127.0.0.1:1236"
+	sim := config{UpstreamSim: simDiscord}
+	cases := []struct {
+		name      string
+		caddyfile string
+		want, not []string
+	}{
+		{nameCaddy, caddyfileReverse(1234, 1235, up, sim),
+			[]string{`"uri_substring":[{"find":"/proxy/bench/","limit":1,"replace":"/api/"}]`, `"dial":"127.0.0.1:1236"`},
+			[]string{`"byteproxy"`}},
+		{nameGateway, caddyfileGateway(1234, 1235, up, sim, ""),
+			[]string{`"preset":"discord"`, `"base_url":"http://127.0.0.1:1236/api/"`, `"token":"{env.` + simTokenEnv + `}"`,
+				`"upstream_limits":{"disabled":true}`, `"max_requests":100000000`},
+			[]string{`global_limit`}},
+		{nameBudgets, caddyfileGateway(1234, 1235, up, withBudget(sim), ""),
+			[]string{`"preset":"discord"`, `"token":"{env.` + simTokenEnv + `}"`,
+				`"upstream_limits":{"global_limit":100000,"global_window":100000000}`, `"max_requests":100000000`},
+			[]string{`"disabled"`}},
+	}
+	for _, c := range cases {
+		cf, err := simCaddyfile(c.caddyfile, c.name, up)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAdapted(t, bin, c.name, cf, c.want, c.not)
+	}
+	if _, err := simCaddyfile("{\n}\n", nameGateway, up); err == nil {
+		t.Error("simCaddyfile changed a Caddyfile without the bench service")
+	}
+
+	cfg := smokeConfig(t)
+	cfg.Upstream, cfg.UpstreamSim, cfg.Budgets, cfg.Path = kindHTTP, simDiscord, true, simPath
+	rep := runSmoke(t, cfg, []string{kindHTTP}, []string{nameCaddy, nameGateway, nameBudgets})
+	s := rep.Simulator
+	if s == nil {
+		t.Fatal("no simulator report")
+	}
+	ts := rep.Upstreams[0].Targets
+	// Only the gateway targets have the gateway's token; plain Caddy's
+	// client sends its own, and once (the preflight's check) none.
+	if gw := ts[1].Requests + ts[2].Requests; s.GatewayToken < gw {
+		t.Errorf("the simulator saw the gateway's token %d times, the gateway targets answered %d: %+v", s.GatewayToken, gw, s)
+	}
+	if s.ClientToken < ts[0].Requests || s.OtherToken != 1 || s.ByStatus[http.StatusUnauthorized] != 1 {
+		t.Errorf("plain Caddy: %d answered, simulator %+v", ts[0].Requests, s)
+	}
+	if s.Upstream429s != 0 || s.ByStatus[http.StatusOK] < int(ts[0].Requests+ts[1].Requests+ts[2].Requests) || len(s.ByStatus) != 2 {
+		t.Errorf("simulator answers: %+v", s)
+	}
+	var table strings.Builder
+	rep.printTable(&table)
+	if !strings.Contains(table.String(), "discord simulator saw") || strings.Contains(table.String(), "bench-gw-") {
+		t.Errorf("table:\n%s", table.String())
 	}
 }
 

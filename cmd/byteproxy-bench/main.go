@@ -14,6 +14,7 @@
 //	go run ./cmd/byteproxy-bench -pipeline                   # also the full pipeline, ratio to the bare gateway
 //	go run ./cmd/byteproxy-bench -limits                     # service and client rate limits on
 //	go run ./cmd/byteproxy-bench -budgets                    # also the gateway with an upstream budget, ratio to it without
+//	go run ./cmd/byteproxy-bench -budgets -upstream-sim discord   # the same against the Discord simulator (real X-RateLimit-* headers)
 //	go run ./cmd/byteproxy-bench -metrics                    # Caddy metrics on (every target)
 //	go run ./cmd/byteproxy-bench -profile gw.pprof           # also CPU and allocation profiles of the gateway
 //	go run ./cmd/byteproxy-bench -upstream http -reloads 20 -d 20s   # failed requests during 20 config reloads
@@ -25,6 +26,16 @@
 // processes, so their CPU is not counted. The run fails (exit status 1) when
 // more than -max-errors of the responses are errors or not 2xx, so a broken
 // gateway never produces numbers that look valid.
+//
+// With -upstream-sim discord every target proxies to the Discord simulator
+// of internal/upstreamsim/discord (served by the upstream process instead
+// of the plain-http upstream) on GET /api/v10/channels/{id}/messages, with
+// limits that never bind: the gateway's service is the discord preset,
+// sending a fake bot token from its own environment; with -budgets its
+// engine mirrors the simulator's X-RateLimit-* headers and global limit.
+// Plain Caddy maps the same path and its client sends another fake token.
+// The report adds what the simulator saw (requests by token, statuses,
+// Discord 429s). See simupstream.go.
 //
 // With -reloads N the benchmark measures config reloads instead: while wrk
 // runs at each target, N changed Caddyfiles are loaded through its admin
@@ -84,10 +95,17 @@ type config struct {
 	Global        string   // extra lines for every target's global options block
 	Reloads       int      // reload mode: config reloads per measured run (0: throughput mode)
 	Env           []string // extra environment (K=V) for every target
+	// UpstreamSim is the simulator every target proxies to instead of the
+	// plain upstream ("" or discord; simupstream.go).
+	UpstreamSim string
+	simTokens   simTokens // the run's fake bot tokens, with UpstreamSim
 }
 
 // kinds lists the upstream kinds to measure, in the order of the report.
 func (c config) kinds() []string {
+	if c.UpstreamSim != "" {
+		return []string{kindHTTP}
+	}
 	if c.Upstream == protoBoth || c.Upstream == "" {
 		return []string{kindHTTP, kindHTTPS}
 	}
@@ -140,12 +158,26 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.CaddyExtra, "caddy-transport", "", "extra lines for plain Caddy's `transport http` block (every upstream kind), e.g. \"versions 1.1\"")
 	fs.StringVar(&c.Global, "global-options", "", "extra lines for every target's global options block, e.g. \"grace_period 10s\" or \"servers {\\nkeepalive_interval 5s\\n}\"")
 	fs.IntVar(&c.Reloads, "reloads", 0, "reload mode: load a changed Caddyfile this many times during each measured run (admin POST /load, evenly spread) and report the requests that failed; needs wrk")
+	fs.StringVar(&c.UpstreamSim, "upstream-sim", "", "discord: every target proxies to the Discord simulator (plain HTTP; limits that never bind) on GET /api/v10/channels/{id}/messages; the gateway's service is the discord preset with a fake bot token (with -budgets, the engine mirrors the simulator's X-RateLimit-* headers); -path defaults to "+simPath)
 	fs.Var(envFlag{&c.Env}, "env", "extra environment K=V for every target, e.g. GOGC=400 (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.UpstreamSim != "" {
+		if c.UpstreamSim != simDiscord {
+			return c, errors.New("-upstream-sim must be discord")
+		}
+		if c.Upstream == kindHTTPS || c.UpstreamProto != protoBoth {
+			return c, errSimFlags
+		}
+		pathSet := false
+		fs.Visit(func(f *flag.Flag) { pathSet = pathSet || f.Name == "path" })
+		if !pathSet {
+			c.Path = simPath
+		}
 	}
 	switch {
 	case c.Conns < 1 || c.Conns > 10000:
@@ -293,9 +325,14 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 		return nil, err
 	}
 
+	if cfg.UpstreamSim != "" {
+		if cfg.simTokens, err = newSimTokens(); err != nil {
+			return nil, err
+		}
+	}
 	var targets []*target // by upstream kind, then caddy, gateway, pipeline
 	for _, kind := range kinds {
-		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto, cfg.UpstreamDelay)
+		up, err := startUpstream(ctx, &cs, kind, cfg.UpstreamProto, cfg.UpstreamDelay, cfg.simUpstreamEnv()...)
 		if err != nil {
 			return nil, err
 		}
@@ -321,7 +358,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 		Runs: cfg.Runs, Conns: cfg.Conns, Limits: cfg.Limits, Metrics: cfg.Metrics, Pipeline: cfg.Pipeline, Budgets: cfg.Budgets,
 		GatewayOptions: cfg.Extra, ServiceOptions: cfg.ServiceExtra, CaddyTransport: cfg.CaddyExtra,
 		GlobalOptions: cfg.Global, UpstreamDelay: cfg.UpstreamDelay.String(), Path: cfg.Path, Binary: bin,
-		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others,
+		CPUs: runtime.NumCPU(), LoadBefore: loadAvg(), OtherLoad: others, UpstreamSim: cfg.UpstreamSim,
 	}
 	if cfg.Reloads > 0 {
 		return runReloads(ctx, cfg, gen, targets, rep, log)
@@ -362,6 +399,11 @@ func run(ctx context.Context, cfg config, log io.Writer) (*report, error) {
 	for _, t := range targets {
 		if t.proc.exited() {
 			return rep, fmt.Errorf("%s/%s exited during the benchmark:\n%s", t.up.kind, t.Name, t.proc.tail(4000))
+		}
+	}
+	if cfg.UpstreamSim != "" && len(targets) > 0 {
+		if rep.Simulator, err = fetchSimReport(ctx, cfg.UpstreamSim, targets[0].up); err != nil {
+			return rep, err
 		}
 	}
 	return rep, rep.validate(cfg.MaxErrors)
@@ -437,12 +479,20 @@ func startTargets(ctx context.Context, cs *children, cfg config, bin, tmp string
 		case nameBudgets:
 			cf = caddyfileGateway(port, admin, up.baseURL(), withBudget(cfg), "")
 		}
+		if cfg.UpstreamSim != "" {
+			if cf, err = simCaddyfile(cf, name, up.baseURL()); err != nil {
+				return nil, err
+			}
+			if name == nameCaddy {
+				t.ep.Headers = []string{"Authorization: Bot " + cfg.simTokens.client}
+			}
+		}
 		t.caddyfile = func(int) string { return cf }
 		if cfg.Reloads > 0 {
 			t.caddyfile = func(gen int) string { return withReloadRoute(cf, gen) }
 		}
 		dir := filepath.Join(tmp, up.kind+"-"+name)
-		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, t.caddyfile(0), port, cfg.Env); err != nil {
+		if t.proc, err = startCaddy(ctx, cs, up.kind+"/"+name, bin, dir, t.caddyfile(0), port, targetEnv(cfg, name)); err != nil {
 			return nil, err
 		}
 		targets = append(targets, t)
@@ -536,6 +586,9 @@ func caddyfileGateway(port, admin int, upURL string, cfg config, key string) str
 // its first answer nothing limits a request), which costs every request a
 // reservation before it is sent and a settlement with the answer.
 func withBudget(cfg config) config {
+	if cfg.UpstreamSim != "" {
+		return cfg // simCaddyfile writes the simulator's upstream_limits
+	}
 	cfg.ServiceExtra += "\nupstream_limits"
 	return cfg
 }

@@ -138,8 +138,9 @@ func (u *upstream) count(line string) {
 
 // startUpstream re-executes this binary as an upstream of the given kind
 // (proto: what an HTTPS upstream offers; delay: how long it waits before
-// each answer) and returns it once it reported its address.
-func startUpstream(ctx context.Context, cs *children, kind, proto string, delay time.Duration) (*upstream, error) {
+// each answer; env: more of its environment) and returns it once it
+// reported its address.
+func startUpstream(ctx context.Context, cs *children, kind, proto string, delay time.Duration, env ...string) (*upstream, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -147,6 +148,7 @@ func startUpstream(ctx context.Context, cs *children, kind, proto string, delay 
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), roleEnv+"=upstream", upstreamKindEnv+"="+kind, upstreamProtoEnv+"="+proto,
 		upstreamDelayEnv+"="+delay.String())
+	cmd.Env = append(cmd.Env, env...)
 	stdin, err := cmd.StdinPipe() // closed when we exit: the upstream follows
 	if err != nil {
 		return nil, err

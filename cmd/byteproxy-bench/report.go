@@ -115,6 +115,9 @@ type report struct {
 	Problem        string           `json:"problem,omitempty"`
 	// Reloads is the reload mode's result (-reloads), instead of Upstreams.
 	Reloads *reloadReport `json:"reloads,omitempty"`
+	// UpstreamSim is -upstream-sim; Simulator what it saw.
+	UpstreamSim string     `json:"upstreamSim,omitempty"`
+	Simulator   *simReport `json:"simulator,omitempty"`
 }
 
 // summarize builds one table per upstream kind, in the order the targets
@@ -275,6 +278,9 @@ func (r *report) printTable(w io.Writer) {
 	if r.Budgets {
 		fmt.Fprintf(w, "%s: the gateway with upstream_limits on the service (reserve and settle per request; no limit binds); issue 14: within 5%% of %s\n", nameBudgets, nameGateway)
 	}
+	if r.UpstreamSim != "" {
+		fmt.Fprintf(w, "upstream: the %s simulator (internal/upstreamsim; limits that never bind), path %s\n", r.UpstreamSim, r.Path)
+	}
 	if r.GatewayOptions != "" {
 		fmt.Fprintf(w, "gateway options: %q\n", r.GatewayOptions)
 	}
@@ -302,6 +308,9 @@ func (r *report) printTable(w io.Writer) {
 	}
 	if r.Reloads != nil {
 		r.Reloads.print(w)
+	}
+	if r.Simulator != nil {
+		r.Simulator.print(w)
 	}
 	if !r.Valid && r.Problem != "" {
 		fmt.Fprintf(w, "\nINVALID: %s\n", r.Problem)

@@ -67,6 +67,10 @@ func runUpstream() {
 		}
 		upstreamDelay = d
 	}
+	if sim := os.Getenv(upstreamSimEnv); sim != "" {
+		runSimUpstream(sim)
+		return
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "upstream:", err)

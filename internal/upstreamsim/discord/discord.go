@@ -100,6 +100,12 @@ type Config struct {
 	BanWindow    time.Duration
 	// Latency delays every response after the request was counted.
 	Latency time.Duration
+	// Body, when set, is the body of every successful answer that has one
+	// (default {"id": "<snowflake>"}): the load benchmark checks it.
+	Body string
+	// NoArrivals stops recording every arrival (MaxArrivals and FirstLast
+	// then see none), so that a long load run does not grow the record.
+	NoArrivals bool
 }
 
 // Bucket hashes of FastRoutes.
@@ -189,6 +195,25 @@ type window struct {
 
 // New starts a simulator on a loopback port.
 func New(cfg Config) (*Server, error) {
+	s, err := NewHandler(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s.ln = ln
+	s.URL = "http://" + ln.Addr().String()
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// NewHandler is a simulator that does not listen: the caller serves it
+// (an http.Handler) itself, e.g. to watch its connections. URL is empty
+// and Close does nothing.
+func NewHandler(cfg Config) (*Server, error) {
 	if cfg.GlobalLimit == 0 {
 		cfg.GlobalLimit = 50
 	}
@@ -231,19 +256,15 @@ func New(cfg Config) (*Server, error) {
 	for _, t := range cfg.Tokens {
 		s.tokens[t] = true
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s.ln = ln
-	s.URL = "http://" + ln.Addr().String()
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = s.srv.Serve(ln) }()
 	return s, nil
 }
 
 // Close stops the server.
-func (s *Server) Close() { _ = s.srv.Close() }
+func (s *Server) Close() {
+	if s.srv != nil {
+		_ = s.srv.Close()
+	}
+}
 
 // Forbid makes every request on a top-level resource (a channel or guild
 // id) answer 403 Missing Access, as Discord does without permissions.
@@ -276,7 +297,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 
 	s.mu.Lock()
-	s.arrivals = append(s.arrivals, now)
+	if !s.cfg.NoArrivals {
+		s.arrivals = append(s.arrivals, now)
+	}
 	status := s.serve(w, r, now)
 	s.byStatus[status]++
 	s.mu.Unlock()
@@ -364,7 +387,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, now time.Time) in
 		status = 200
 	}
 	w.WriteHeader(status)
-	if status != 204 {
+	switch {
+	case status == 204:
+	case s.cfg.Body != "":
+		_, _ = io.WriteString(w, s.cfg.Body)
+	default:
 		fmt.Fprintf(w, `{"id": "%d"}`, s.snowflake(now))
 	}
 	return status

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"testing"
 	"time"
@@ -173,5 +174,36 @@ func TestWindowReopens(t *testing.T) {
 	time.Sleep(time.Duration(ra*1000)*time.Millisecond + 5*time.Millisecond) // waiting out the simulated window is the point
 	if a := call(t, s, "GET", "/api/v10/users/@me", "Bot "+token); a.status != 200 {
 		t.Fatalf("after the reset: %d", a.status)
+	}
+}
+
+// TestHandlerBodyNoArrivals: NewHandler serves without listening, Body
+// replaces the answers' bodies (not a 204's), and NoArrivals records none.
+func TestHandlerBodyNoArrivals(t *testing.T) {
+	s, err := NewHandler(Config{Tokens: []string{token}, Body: `{"ok":true}`, NoArrivals: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.URL != "" {
+		t.Errorf("a handler has a URL: %q", s.URL)
+	}
+	do := func(method, path string) *http.Response {
+		req := httptest.NewRequest(method, path, nil)
+		req.Header.Set("Authorization", "Bot "+token)
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		return w.Result()
+	}
+	r := do("GET", "/api/v10/channels/1/messages")
+	if b, _ := io.ReadAll(r.Body); r.StatusCode != 200 || string(b) != `{"ok":true}` || r.Header.Get("X-RateLimit-Bucket") != HashRead {
+		t.Errorf("GET: %d %q %v", r.StatusCode, b, r.Header)
+	}
+	r = do("PUT", "/api/v10/channels/1/messages/2/reactions/x/@me")
+	if b, _ := io.ReadAll(r.Body); r.StatusCode != 204 || len(b) != 0 {
+		t.Errorf("PUT: %d %q", r.StatusCode, b)
+	}
+	if first, last := s.FirstLast(); !first.IsZero() || !last.IsZero() || s.Stats().Received != 2 {
+		t.Errorf("arrivals recorded: %v %v, stats %+v", first, last, s.Stats())
 	}
 }
