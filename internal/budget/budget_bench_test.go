@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 )
 
 // The cost of a decision when nothing is limited: a generic service that
@@ -129,7 +131,7 @@ func BenchmarkRedisReserveDone(b *testing.B) {
 }
 
 func benchRedis(b *testing.B, settle func(*Engine, *Ticket, http.Header)) {
-	url := benchRedisURL(b)
+	url := redistest.BenchURL(b)
 	for name, c := range benchCases(b) {
 		b.Run(name, func(b *testing.B) {
 			s := testPatientStore(b, url, testPrefix(), nil)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 )
 
 func take(t *testing.T, s Store, p Plan, now time.Time) Grant {
@@ -30,7 +32,7 @@ func settle(t *testing.T, s Store, p Plan, g Grant, o Outcome, now time.Time) Se
 func stores(t *testing.T, test func(t *testing.T, s Store)) {
 	t.Run("mem", func(t *testing.T) { test(t, NewMemStore()) })
 	t.Run("redis", func(t *testing.T) {
-		url := testRedisURL(t)
+		url := redistest.URL(t)
 		test(t, testPatientStore(t, url, testPrefix(), func(o *RedisOptions) { o.callerClock = true }))
 	})
 }

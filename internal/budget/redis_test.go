@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/byteproxy/byteproxy/internal/fleet"
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 	discordsim "github.com/byteproxy/byteproxy/internal/upstreamsim/discord"
 	githubsim "github.com/byteproxy/byteproxy/internal/upstreamsim/github"
-	"github.com/redis/go-redis/v9"
 )
 
 // cluster is n engines of one service, each over its own RedisStore on
@@ -49,7 +52,7 @@ func (c *cluster) stats() (upstream429s, refused int64) {
 // gateways on one Redis: the bots are spread over them, and Discord sees
 // no 429, as through one gateway.
 func TestRedisDiscordBotsShareOneToken(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	sim := startDiscord(t, nil)
 	c := newCluster(t, 3, url, testDiscordConfig, nil)
 	var gws []*forwarder
@@ -97,7 +100,7 @@ func TestClusterWithoutRedisGets429s(t *testing.T) {
 // the other 50 are refused by whichever gateway they reached, with
 // GitHub's reset.
 func TestRedisGitHubDrainCoreBudget(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	sim := startGitHub(t, func(c *githubsim.Config) {
 		c.Resources = map[string]githubsim.Resource{"core": {Limit: 100, Window: time.Hour}}
 	})
@@ -151,7 +154,7 @@ func TestRedisGitHubDrainCoreBudget(t *testing.T) {
 // TestRedisGitHubMutationsSpaced: mutations sent through three gateways
 // go one at a time and spaced, cluster-wide.
 func TestRedisGitHubMutationsSpaced(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	sim := startGitHub(t, func(c *githubsim.Config) {
 		c.MutationGap = 150 * time.Millisecond
 		c.SecondaryRetryAfter = time.Second
@@ -184,7 +187,7 @@ func TestRedisGitHubMutationsSpaced(t *testing.T) {
 // TestRedisGitHubSecondaryLimitLocksCluster: a secondary limit answered to
 // one gateway locks the credential on every gateway.
 func TestRedisGitHubSecondaryLimitLocksCluster(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	sim := startGitHub(t, nil)
 	c := newCluster(t, 2, url, GitHubConfig, nil)
 	a, b := githubForwarder(c.engines[0], sim), githubForwarder(c.engines[1], sim)
@@ -207,7 +210,7 @@ func TestRedisGitHubSecondaryLimitLocksCluster(t *testing.T) {
 // gateways add up to one count; at the threshold every gateway stops, and
 // the trip is reported once.
 func TestRedisBanGuardCountsAcrossGateways(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	cfg := func() Config {
 		c := testDiscordConfig()
 		c.BanThreshold = 5
@@ -268,7 +271,7 @@ func TestRedisBanGuardCountsAcrossGateways(t *testing.T) {
 // died) holds until its lease lapses, then the bucket is free again; a
 // probe of an unknown route does not block it for good.
 func TestRedisLeaseLapses(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	lease := func(o *RedisOptions) { o.Lease = 2 * time.Second; o.callerClock = true }
 	dead, live := testPatientStore(t, url, prefix, lease), testPatientStore(t, url, prefix, lease)
@@ -294,7 +297,7 @@ func TestRedisLeaseLapses(t *testing.T) {
 // TestRedisKeysExpire: every key the store writes is namespaced and
 // expires: nothing grows without bound.
 func TestRedisKeysExpire(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	sim := startDiscord(t, nil)
 	gh := startGitHub(t, func(c *githubsim.Config) {
@@ -344,7 +347,7 @@ func TestRedisKeysExpire(t *testing.T) {
 // window other gateways see open has ended, and gets its end in its own
 // clock.
 func TestRedisClockIsRedis(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	a, b := testPatientStore(t, url, prefix, nil), testPatientStore(t, url, prefix, nil)
 	rules := &Rules{}
@@ -373,7 +376,7 @@ func mustParseURL(t *testing.T, url string) *redis.Options {
 
 // fastTimings make the stores notice an outage's end quickly in tests.
 func fastTimings(o *RedisOptions) {
-	o.timings = redisTimings{probe: 50 * time.Millisecond, announce: 200 * time.Millisecond, ttl: 2 * time.Second}
+	o.timings = fleet.Timings{Probe: 50 * time.Millisecond, Announce: 200 * time.Millisecond, TTL: 2 * time.Second}
 }
 
 // TestRedisOutage is issue 14's bot run through three gateways while
@@ -394,21 +397,21 @@ func TestRedisOutage(t *testing.T) {
 }
 
 func testRedisOutage(t *testing.T, restart bool) {
-	port := freePort(t)
-	srv := startRedis(t, port)
+	port := redistest.FreePort(t)
+	srv := redistest.Start(t, port)
 	sim := startDiscord(t, nil)
-	c := newCluster(t, 3, srv.url, testDiscordConfig, fastTimings)
+	c := newCluster(t, 3, srv.URL, testDiscordConfig, fastTimings)
 	var grants atomic.Int64
 	killed, restarted := make(chan struct{}), make(chan struct{})
 	onGrant := func(string) {
 		switch grants.Add(1) {
 		case 150:
-			go func() { srv.kill(); close(killed) }()
+			go func() { srv.Kill(); close(killed) }()
 		case 300:
 			if restart {
 				go func() {
 					<-killed
-					srv = startRedis(t, port)
+					srv = redistest.Start(t, port)
 					close(restarted)
 				}()
 			}
@@ -500,9 +503,9 @@ func upDown(t *testing.T, up bool, stores ...*RedisStore) {
 // global requests wait a global window, so the others' requests and its
 // own cannot add up past a limit.
 func TestRedisOutageQuiet(t *testing.T) {
-	srv := startRedis(t, freePort(t))
+	srv := redistest.Start(t, redistest.FreePort(t))
 	prefix := testPrefix()
-	a, b := testRedisStore(t, srv.url, prefix, fastTimings), testRedisStore(t, srv.url, prefix, fastTimings)
+	a, b := testRedisStore(t, srv.URL, prefix, fastTimings), testRedisStore(t, srv.URL, prefix, fastTimings)
 	within(t, 5*time.Second, "two instances announced", func() bool {
 		return a.Stats().Instances == 2 && b.Stats().Instances == 2
 	})
@@ -517,7 +520,7 @@ func TestRedisOutageQuiet(t *testing.T) {
 			t.Fatalf("a's request %d: %+v", i, g)
 		}
 	}
-	srv.kill()
+	srv.Kill()
 	d := take(t, b, p, time.Now())
 	if b.Stats().Up {
 		t.Fatal("the store did not notice the outage")
@@ -540,10 +543,10 @@ func TestRedisOutageQuiet(t *testing.T) {
 // probes a route already known nor spends a reservation twice; and no
 // lease is left behind.
 func TestRedisCarryBack(t *testing.T) {
-	port := freePort(t)
-	srv := startRedis(t, port)
+	port := redistest.FreePort(t)
+	srv := redistest.Start(t, port)
 	prefix := testPrefix()
-	a := testRedisStore(t, srv.url, prefix, fastTimings)
+	a := testRedisStore(t, srv.URL, prefix, fastTimings)
 	rules := &Rules{}
 	p := Plan{Cred: "c", Route: "GET /r", Major: "1", Rules: rules}
 	now := time.Now()
@@ -551,7 +554,7 @@ func TestRedisCarryBack(t *testing.T) {
 	if !g1.OK || !g1.Probe || g1.Lease <= 0 {
 		t.Fatalf("probe: %+v", g1)
 	}
-	srv.kill()
+	srv.Kill()
 	// The answer comes during the outage: 2 per 30s, 1 used.
 	window := time.Now().Add(30 * time.Second)
 	settle(t, a, p, g1, answer("h", 2, 1, window.UnixMilli(), 30*time.Second), time.Now())
@@ -562,9 +565,9 @@ func TestRedisCarryBack(t *testing.T) {
 	if !g2.OK || g2.Lease >= 0 {
 		t.Fatalf("the fallback's grant: %+v", g2)
 	}
-	srv = startRedis(t, port)
+	srv = redistest.Start(t, port)
 	upDown(t, true, a)
-	b := testRedisStore(t, srv.url, prefix, fastTimings)
+	b := testRedisStore(t, srv.URL, prefix, fastTimings)
 	if d := take(t, b, p, time.Now()); d.OK || d.Scope != ScopeBucket || time.Until(d.Until) < 25*time.Second {
 		t.Fatalf("another gateway after the restart: %+v; want refused until the window ends (1 used, 1 out of 2)", d)
 	}
@@ -580,7 +583,7 @@ func TestRedisCarryBack(t *testing.T) {
 // granted before and answered during the pause has its reservation
 // released on return, instead of holding its route for a whole lease.
 func TestRedisPauseCarriesBack(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	a := testRedisStore(t, url, prefix, fastTimings)
 	b := testRedisStore(t, url, prefix, fastTimings)
@@ -613,18 +616,18 @@ func TestRedisPauseCarriesBack(t *testing.T) {
 // limiter's set of instances; two stores of one process count once, a
 // store of another process adds one, and a closed store leaves at once.
 func TestRedisInstancesCounted(t *testing.T) {
-	srv := startRedis(t, freePort(t))
-	same := func(o *RedisOptions) { fastTimings(o); o.InstanceID = InstanceID() }
-	a := testRedisStore(t, srv.url, testPrefix(), same)
-	b := testRedisStore(t, srv.url, testPrefix(), same)
-	other := testRedisStore(t, srv.url, testPrefix(), fastTimings)
+	srv := redistest.Start(t, redistest.FreePort(t))
+	same := func(o *RedisOptions) { fastTimings(o); o.InstanceID = fleet.InstanceID() }
+	a := testRedisStore(t, srv.URL, testPrefix(), same)
+	b := testRedisStore(t, srv.URL, testPrefix(), same)
+	other := testRedisStore(t, srv.URL, testPrefix(), fastTimings)
 	within(t, 5*time.Second, "two instances counted", func() bool {
 		return a.Stats().Instances == 2 && b.Stats().Instances == 2 && other.Stats().Instances == 2
 	})
-	client := redis.NewClient(mustParseURL(t, srv.url))
+	client := redis.NewClient(mustParseURL(t, srv.URL))
 	defer client.Close()
-	if ids, err := client.ZRange(context.Background(), InstancesKey, 0, -1).Result(); err != nil || len(ids) != 2 {
-		t.Fatalf("%s holds %q (%v)", InstancesKey, ids, err)
+	if ids, err := client.ZRange(context.Background(), fleet.InstancesKey, 0, -1).Result(); err != nil || len(ids) != 2 {
+		t.Fatalf("%s holds %q (%v)", fleet.InstancesKey, ids, err)
 	}
 	_ = other.Close()
 	within(t, 5*time.Second, "one instance left", func() bool { return a.Stats().Instances == 1 })

@@ -556,17 +556,3 @@ if invalid and BANT > 0 then
 end
 return finish(trip, count, untl)
 `)
-
-// announceScript records that the instance ARGV[1] is alive, forgets the
-// instances not seen for ARGV[2] ms, and returns how many are left. It is
-// modules/ratelimit's (same key, same semantics): both count the
-// instances sharing a Redis.
-var announceScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
-return redis.call('ZCARD', KEYS[1])
-`)

@@ -2,11 +2,7 @@ package budget
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,29 +10,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
-)
 
-// InstancesKey is the sorted set in which every gateway instance sharing a
-// Redis announces itself, scored by the Redis server's clock in ms. It is
-// modules/ratelimit's: both count the live instances the same way, and
-// during an outage each instance takes 1/count of every limit.
-const InstancesKey = "byteproxy:rl:instances"
+	"github.com/byteproxy/byteproxy/internal/fleet"
+)
 
 // DefaultRedisKeyPrefix starts every key of the budget store.
 const DefaultRedisKeyPrefix = "byteproxy:budget:"
 
-// Defaults of the Redis store. The timeouts are modules/ratelimit's: short,
-// so that an outage does not stall requests (the decision falls back to
-// memory, and after the first failure no request waits for Redis until the
-// prober has seen it answer), not shorter, so that a busy host is not
-// taken for an outage.
+// Defaults of the Redis store; its client's timeouts are internal/fleet's.
 const (
-	redisDialTimeout = 500 * time.Millisecond
-	redisIOTimeout   = 250 * time.Millisecond
-	redisCallTimeout = 500 * time.Millisecond // one decision: pool wait, dial, round trip
-	redisProbeWait   = 500 * time.Millisecond
-	redisCarryWait   = 2 * time.Second // the answers and reservations of an outage, carried back (decisions in memory wait for it)
-
 	// DefaultLease is how long a reservation holds without being settled.
 	DefaultLease = 2 * time.Minute
 	// DefaultOutageQuiet: at the start of an outage, windows ending within
@@ -54,8 +36,8 @@ type RedisOptions struct {
 	// KeyPrefix starts every key the store writes (default
 	// DefaultRedisKeyPrefix). Gateways that must act as one use the same.
 	KeyPrefix string
-	// InstanceID names this process in InstancesKey. Default:
-	// InstanceID(), the same for every store of the process. A process
+	// InstanceID names this process in fleet.InstancesKey. Default:
+	// fleet.InstanceID(), the same for every store of the process. A process
 	// whose rate limiter announces itself in the same Redis under another
 	// id is counted twice (it then takes a smaller share during an outage
 	// than it could: safe, not lost); pass one id to both.
@@ -77,18 +59,9 @@ type RedisOptions struct {
 	// Logger receives one warning per outage and one message per recovery.
 	Logger *zap.Logger
 
-	timings     redisTimings // tests shorten them
-	callerClock bool         // tests: the caller's now, not Redis TIME
+	timings     fleet.Timings // tests shorten them
+	callerClock bool          // tests: the caller's now, not Redis TIME
 }
-
-// redisTimings pace the store's background goroutine (modules/ratelimit's).
-type redisTimings struct {
-	probe    time.Duration // between checks while Redis is unreachable
-	announce time.Duration // between announcements while it answers
-	ttl      time.Duration // an instance not announced for this long is no longer counted
-}
-
-var defaultRedisTimings = redisTimings{probe: time.Second, announce: 5 * time.Second, ttl: 15 * time.Second}
 
 // RedisStore is the Store of a cluster: every instance's engines decide
 // against the same state in Redis, one round trip (one Lua script) per
@@ -108,7 +81,7 @@ type RedisStore struct {
 	lease   time.Duration
 	quiet   time.Duration
 	callTO  time.Duration
-	timings redisTimings
+	timings fleet.Timings
 	log     *zap.Logger
 	mem     *MemStore
 	clock   bool
@@ -145,32 +118,13 @@ type debt struct {
 }
 
 // NewRedisStoreURL connects to the Redis at url (redis://, rediss://,
-// with the URL's own options) with modules/ratelimit's timeouts, and
+// with the URL's own options) with internal/fleet's timeouts, and
 // returns a store that closes the connection on Close.
 func NewRedisStoreURL(url string, opt RedisOptions) (*RedisStore, error) {
-	o, err := redis.ParseURL(url)
+	o, err := fleet.Options(url)
 	if err != nil {
 		return nil, err
 	}
-	if o.DialTimeout == 0 {
-		o.DialTimeout = redisDialTimeout
-	}
-	if o.ReadTimeout == 0 {
-		o.ReadTimeout = redisIOTimeout
-	}
-	if o.WriteTimeout == 0 {
-		o.WriteTimeout = redisIOTimeout
-	}
-	if o.PoolTimeout == 0 {
-		o.PoolTimeout = redisCallTimeout
-	}
-	if o.MaxRetries == 0 {
-		o.MaxRetries = -1 // a retried script could reserve twice
-	}
-	if o.DialerRetries == 0 {
-		o.DialerRetries = 1
-	}
-	o.DisableIdentity = true
 	s := NewRedisStore(redis.NewClient(o), opt)
 	s.owned = true
 	return s, nil
@@ -203,7 +157,7 @@ func NewRedisStore(client redis.UniversalClient, opt RedisOptions) *RedisStore {
 		s.prefix = DefaultRedisKeyPrefix
 	}
 	if s.id == "" {
-		s.id = InstanceID()
+		s.id = fleet.InstanceID()
 	}
 	if s.lease <= 0 {
 		s.lease = DefaultLease
@@ -212,10 +166,10 @@ func NewRedisStore(client redis.UniversalClient, opt RedisOptions) *RedisStore {
 		s.quiet = DefaultOutageQuiet
 	}
 	if s.callTO <= 0 {
-		s.callTO = redisCallTimeout
+		s.callTO = fleet.CallTimeout
 	}
-	if s.timings == (redisTimings{}) {
-		s.timings = defaultRedisTimings
+	if s.timings == (fleet.Timings{}) {
+		s.timings = fleet.DefaultTimings
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -229,16 +183,6 @@ func NewRedisStore(client redis.UniversalClient, opt RedisOptions) *RedisStore {
 	go s.run()
 	return s
 }
-
-// InstanceID names this process in InstancesKey, the same for its whole
-// life: host and pid for an operator reading the set, random bytes so that
-// two processes never clash.
-var InstanceID = sync.OnceValue(func() string {
-	host, _ := os.Hostname()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
-})
 
 // RedisStats describe a RedisStore.
 type RedisStats struct {
@@ -269,9 +213,7 @@ func (s *RedisStore) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	if s.up.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-		_ = s.client.ZRem(ctx, InstancesKey, s.id).Err()
-		cancel()
+		fleet.Leave(s.client, s.id)
 	}
 	if s.owned {
 		return s.client.Close()
@@ -628,38 +570,16 @@ func (s *RedisStore) markDown(err error) {
 // it checks once a second and, when Redis answers, carries the outage back.
 func (s *RedisStore) run() {
 	defer s.wg.Done()
-	last := time.Now()
-	t := time.NewTicker(s.timings.probe)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		switch {
-		case !s.up.Load():
-			if s.reconnect() {
-				last = time.Now()
-			}
-		case time.Since(last) >= s.timings.announce:
-			if err := s.announce(); err != nil {
-				s.markDown(err)
-			}
-			last = time.Now()
-		}
-	}
+	fleet.Loop{Timings: s.timings, Up: s.up.Load, Announce: s.announce, Down: s.markDown, Reconnect: s.reconnect}.Run(s.stop)
 }
 
 // announce records this instance in Redis and reads how many are alive.
 func (s *RedisStore) announce() error {
-	ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-	defer cancel()
-	n, err := announceScript.Run(ctx, s.client, []string{InstancesKey}, s.id, ceilMillis(s.timings.ttl)).Int64()
+	n, err := fleet.Announce(s.client, s.id, s.timings.TTL)
 	if err != nil {
 		return err
 	}
-	s.instances.Store(max(n, 1))
+	s.instances.Store(n)
 	return nil
 }
 
@@ -667,10 +587,7 @@ func (s *RedisStore) announce() error {
 // outage back and returns to Redis. A failure on the way leaves it down
 // until the next check, with nothing lost.
 func (s *RedisStore) reconnect() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-	err := s.client.Ping(ctx).Err()
-	cancel()
-	if err != nil {
+	if !fleet.Ping(s.client) {
 		return false
 	}
 	s.mu.Lock()
@@ -705,7 +622,7 @@ func (s *RedisStore) carryBack() (carried, adopted int, err error) {
 	if len(s.debts) == 0 && len(s.pending) == 0 {
 		return 0, 0, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisCarryWait)
+	ctx, cancel := context.WithTimeout(context.Background(), fleet.CarryWait)
 	defer cancel()
 	// A restarted Redis knows no scripts; loaded once, they run by hash.
 	for _, sc := range []*redis.Script{takeScript, settleScript} {

@@ -39,7 +39,7 @@ func StripQueryParam(rawQuery, name string) string {
 	var sep byte // the separator before the current segment
 	for q := rawQuery; ; {
 		seg, next, found := cutSegment(q)
-		if !namesParam(seg, name, EqualFoldASCII) {
+		if !namesParam(seg, name, equalFoldASCII) {
 			if wrote {
 				b.WriteByte(sep)
 			}
@@ -105,9 +105,9 @@ func namesParam(seg, name string, same func(a, b string) bool) bool {
 
 func equal(a, b string) bool { return a == b }
 
-// EqualFoldASCII compares ignoring the case of ASCII letters only (unlike
+// equalFoldASCII compares ignoring the case of ASCII letters only (unlike
 // strings.EqualFold, the Kelvin sign is not a k).
-func EqualFoldASCII(a, b string) bool {
+func equalFoldASCII(a, b string) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -131,7 +131,7 @@ func lowerASCII(c byte) byte {
 func hasParam(rawQuery, name string) bool {
 	for q := rawQuery; ; {
 		seg, next, found := cutSegment(q)
-		if namesParam(seg, name, EqualFoldASCII) {
+		if namesParam(seg, name, equalFoldASCII) {
 			return true
 		}
 		if !found {
@@ -151,7 +151,7 @@ func mayHoldParam(rawQuery, name string) bool {
 		return true
 	}
 	for i := 0; i+len(name) <= len(rawQuery); i++ {
-		if EqualFoldASCII(rawQuery[i:i+len(name)], name) {
+		if equalFoldASCII(rawQuery[i:i+len(name)], name) {
 			return true
 		}
 	}

@@ -69,7 +69,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.failuresKey = fmt.Sprintf("%d|%d", n, window)
 		v, _, err := failureStores.LoadOrNew(h.failuresKey, func() (caddy.Destructor, error) {
 			s := newFailureStore(n, window)
-			s.start()
+			s.Start()
 			return s, nil
 		})
 		if err != nil {
@@ -100,7 +100,7 @@ func (h *Handler) Validate() error {
 // ServeHTTP authenticates the request, removes its credential, and either
 // answers one of the auth endpoints or passes the request on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.failures != nil && h.failures.active() {
+	if h.failures != nil && h.failures.Active() {
 		if retry, blocked := h.failures.blocked(time.Now(), clientAddr(r)); blocked {
 			return h.throttled(w, r, retry)
 		}

@@ -18,7 +18,8 @@ import (
 type keyring struct {
 	sums [][sha256.Size]byte
 	// ids[i] is the non-secret id of key i, kept as `any` so setting it as a
-	// request variable does not allocate.
+	// request variable does not allocate (BenchmarkServeHTTP/keys=1: 1
+	// alloc, 16 B/op with; 2 allocs, 32 B/op with []string).
 	ids []any
 }
 
@@ -61,7 +62,10 @@ func (k *keyring) match(presented string) int {
 
 // digest hashes s without allocating for credentials of ordinary size:
 // the bytes are copied to a buffer on the stack instead of converting the
-// string, which would allocate on the heap for anything over 32 bytes.
+// string, which would allocate on the heap for anything over 32 bytes
+// (BenchmarkCheck/match/keys=1: 0 allocs, median 804 ns/op with; 1 alloc,
+// 48 B, 2509 ns/op with sha256.Sum256([]byte(s)); -count 3 on a loaded
+// machine).
 func digest(s string) [sha256.Size]byte {
 	var buf [256]byte
 	if len(s) <= len(buf) {

@@ -8,16 +8,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
-)
-
-// Endpoints the auth handler answers itself once a request is
-// authenticated for its scope.
-const (
-	pathAuthTest      = "/proxy/auth-test"
-	pathAuthDebug     = "/proxy/auth-debug"
-	pathProxyKeyDebug = "/proxy/key-debug"
-	pathKeyDebug      = "/manage/key-debug"
 )
 
 // isoMillis is JavaScript's Date.toISOString, as the original wrote
@@ -117,17 +109,17 @@ func howToAuthenticate(scope string, queryKey bool) []string {
 	}
 }
 
-// serveEndpoint answers the auth endpoints of this handler's scope and
-// reports whether it did.
+// serveEndpoint answers the auth endpoints of this handler's scope (the
+// routes of routes.Table by byteproxy_auth) and reports whether it did.
 func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c credentials) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return false
 	}
 	var body map[string]any
 	switch {
-	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathAuthTest:
+	case h.Scope == gateway.ScopeProxy && r.URL.Path == routes.ProxyAuthTest:
 		body = success()
-	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathAuthDebug:
+	case h.Scope == gateway.ScopeProxy && r.URL.Path == routes.ProxyAuthDebug:
 		body = success()
 		body["authMethod"] = map[string]string{
 			"bearer":     provided(c.authz),
@@ -138,9 +130,9 @@ func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c creden
 			body["authorizationScheme"] = c.scheme
 		}
 		body["help"] = "Any one of the methods above is enough; 'bearer' is the Authorization header under any accepted scheme (Bearer, Bot or token). The key is removed from the request before it is forwarded to a service."
-	case h.Scope == gateway.ScopeProxy && r.URL.Path == pathProxyKeyDebug:
+	case h.Scope == gateway.ScopeProxy && r.URL.Path == routes.ProxyKeyDebug:
 		body = proxyKeyDebug(h.app)
-	case h.Scope == gateway.ScopeManagement && r.URL.Path == pathKeyDebug:
+	case h.Scope == gateway.ScopeManagement && r.URL.Path == routes.ManageKeyDebug:
 		body = keyDebug(h.app)
 	default:
 		return false

@@ -19,7 +19,7 @@ func TestFailureStoreBlocksAfterMax(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	a := netip.MustParseAddr("203.0.113.9")
 	other := netip.MustParseAddr("203.0.113.10")
-	if s.active() {
+	if s.Active() {
 		t.Fatal("a new store is active")
 	}
 	for i := range 20 {
@@ -48,11 +48,11 @@ func TestFailureStoreBlocksAfterMax(t *testing.T) {
 		t.Errorf("a failure while blocked moved the retry from %v to %v", retry, retry2)
 	}
 	// A full bucket is swept; a used one is kept.
-	if left := s.sweep(now.Add(30 * time.Second)); left != 1 {
+	if left := s.Sweep(now.Add(30 * time.Second)); left != 1 {
 		t.Errorf("sweep kept %d buckets half a window later, want 1", left)
 	}
-	if left := s.sweep(now.Add(2 * time.Minute)); left != 0 || s.active() {
-		t.Errorf("sweep kept %d buckets after the window, active %v", left, s.active())
+	if left := s.Sweep(now.Add(2 * time.Minute)); left != 0 || s.Active() {
+		t.Errorf("sweep kept %d buckets after the window, active %v", left, s.Active())
 	}
 }
 
@@ -82,12 +82,8 @@ func TestFailureStoreBoundedUnderFlood(t *testing.T) {
 	for i := range 200_000 {
 		s.fail(now, netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 	}
-	held := 0
-	for i := range s.shards {
-		held += len(s.shards[i].m)
-	}
-	if held > maxFailureBuckets || int64(held) != s.held.Load() {
-		t.Errorf("store holds %d buckets (counter %d), bound %d", held, s.held.Load(), maxFailureBuckets)
+	if held := s.Len(); held > maxFailureBuckets {
+		t.Errorf("store holds %d buckets, bound %d", held, maxFailureBuckets)
 	}
 	// A guesser that used its budget is still blocked unless the flood
 	// evicted it: flooding is the only way out, and it costs addresses.

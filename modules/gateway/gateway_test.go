@@ -1,11 +1,9 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path"
 	"strings"
@@ -13,7 +11,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -21,30 +18,6 @@ import (
 	"github.com/byteproxy/byteproxy/internal/budget"
 	"github.com/byteproxy/byteproxy/internal/httpx"
 )
-
-func TestProxyPath(t *testing.T) {
-	cases := []struct {
-		in, key, rest string
-		ok            bool
-	}{
-		{"/proxy/github/users/x", "github", "/users/x", true},
-		{"/proxy/github/", "github", "/", true},
-		{"/proxy/github", "", "", false},
-		{"/proxy/", "", "", false},
-		{"/proxy//x", "", "", false},
-		{"/proxy/services", "", "", false},
-		{"/proxy/services/github/rate-limit", "", "", false},
-		{"/proxy/auth-test/", "", "", false},
-		{"/manage/services", "", "", false},
-		{"/proxyx/github/a", "", "", false},
-	}
-	for _, c := range cases {
-		key, rest, ok := ProxyPath(c.in)
-		if key != c.key || rest != c.rest || ok != c.ok {
-			t.Errorf("ProxyPath(%q) = %q, %q, %v; want %q, %q, %v", c.in, key, rest, ok, c.key, c.rest, c.ok)
-		}
-	}
-}
 
 func TestPresetsAndOverrides(t *testing.T) {
 	t.Setenv("GITHUB_TOKEN", "ghp-test-token")
@@ -265,13 +238,6 @@ func TestServiceKeys(t *testing.T) {
 			t.Errorf("%q accepted", key)
 		}
 	}
-	// Routing is exact, and reserved names are no service call in any case.
-	for p, want := range map[string]string{"/proxy/MyAPI/x": "MyAPI", "/proxy/myapi/x": "myapi", "/proxy/my.api/x": "my.api", "/proxy/Services/x": "", "/proxy/KEY-DEBUG/x": ""} {
-		key, _, ok := ProxyPath(p)
-		if key != want || ok != (want != "") {
-			t.Errorf("ProxyPath(%q) = %q %v, want %q", p, key, ok, want)
-		}
-	}
 }
 
 func TestScopesFailClosed(t *testing.T) {
@@ -350,28 +316,5 @@ func TestShortKeyWarning(t *testing.T) {
 		if strings.Contains(text, leak) {
 			t.Errorf("warning shows %q: %s", leak, text)
 		}
-	}
-}
-
-// TestIsManagementPath checks IsManagementPath against the path matchers
-// `/manage` and `/manage/*`, which the standard route uses, on the paths
-// where a raw prefix and Caddy's cleaned, case-insensitive matching differ.
-func TestIsManagementPath(t *testing.T) {
-	m := caddyhttp.MatchPath{"/manage", "/manage/*"}
-	for _, p := range []string{
-		"/manage", "/manage/", "/manage/services/x", "/MANAGE/services", "/Manage", "//manage/x",
-		"/proxy/../manage/services", "/manage/../health", "/manager", "/managex/y", "/proxy/manage/x",
-		"/", "", "/health", "/manage/./services",
-	} {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.URL.Path = p
-		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
-		want, _ := m.MatchWithError(r)
-		if got := IsManagementPath(p); got != want {
-			t.Errorf("IsManagementPath(%q) = %v, the path matchers say %v", p, got, want)
-		}
-	}
-	if n := testing.AllocsPerRun(100, func() { IsManagementPath("/proxy/bench/ping") }); n != 0 {
-		t.Errorf("IsManagementPath allocates %v times on a clean path", n)
 	}
 }

@@ -462,7 +462,9 @@ type serviceMetrics struct {
 	wait                                    prometheus.Observer
 
 	// codes[status-100] for status 100..599, codes[500] for any other
-	// value; filled on first use so only codes seen become series.
+	// value; filled on first use so only codes seen become series
+	// (BenchmarkMetricsProxyRequest: median 291 ns/op, 0 allocs with;
+	// 535 ns/op, 1 alloc with WithLabelValues per request).
 	codes [501]atomic.Pointer[prometheus.Counter]
 }
 

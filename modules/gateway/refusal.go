@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"github.com/byteproxy/byteproxy/internal/httpx"
 	"net/http"
 	"strconv"
@@ -228,10 +229,7 @@ func appendSeconds(dst []byte, d time.Duration) []byte {
 
 // appendMillis writes ms milliseconds as seconds with three decimals.
 func appendMillis(dst []byte, ms int64) []byte {
-	dst = strconv.AppendInt(dst, ms/1000, 10)
-	frac := ms % 1000
-	dst = append(dst, '.', byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10))
-	return dst
+	return fmt.Appendf(dst, "%d.%03d", ms/1000, ms%1000)
 }
 
 // ceilDiv is d/unit rounded up; never negative.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/netguard"
+	"github.com/byteproxy/byteproxy/internal/routes"
 )
 
 // Service is a provisioned service: its settings compiled for the hot path.
@@ -202,37 +203,18 @@ var envPlaceholder = regexp.MustCompile(`^\{env\.([A-Za-z_][A-Za-z0-9_]*)\}$`)
 // characters. CheckServiceKey adds the rules a pattern does not say.
 var ServiceKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
-// ReservedKeys are path segments under /proxy/ that the gateway answers
-// itself, so no service may take them, in any letter case (IsReservedKey).
-var ReservedKeys = map[string]bool{"services": true, "auth-test": true, "auth-debug": true, "key-debug": true}
-
-// IsReservedKey reports whether key is a reserved name in any letter case:
-// /proxy/Services is no service either, so that no key can look like one
-// of the gateway's own endpoints (which the standard route matches
-// ignoring case).
-func IsReservedKey(key string) bool {
-	if len(key) < len("services") || len(key) > len("auth-debug") {
-		return false
-	}
-	for _, r := range [...]string{"services", "auth-test", "auth-debug", "key-debug"} { // ReservedKeys
-		if httpx.EqualFoldASCII(key, r) {
-			return true
-		}
-	}
-	return false
-}
-
 // CheckServiceKey reports why key cannot name a service: it does not match
-// ServiceKeyPattern, holds "..", or is reserved. Keys are used as they are
-// in /proxy/{key}/ (letter case counts) and in storage keys
-// (byteproxy/services/{key}.json), where ".." could climb out.
+// ServiceKeyPattern, holds "..", or is reserved (routes.IsReservedKey).
+// Keys are used as they are in /proxy/{key}/ (letter case counts) and in
+// storage keys (byteproxy/services/{key}.json), where ".." could climb
+// out.
 func CheckServiceKey(key string) error {
 	switch {
 	case !ServiceKeyPattern.MatchString(key):
 		return fmt.Errorf("service key %q must match %s", key, ServiceKeyPattern)
 	case strings.Contains(key, ".."):
 		return fmt.Errorf("service key %q must not contain '..'", key)
-	case IsReservedKey(key):
+	case routes.IsReservedKey(key):
 		return fmt.Errorf("service key %q is reserved", key)
 	}
 	return nil

@@ -13,38 +13,39 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/pressure"
 )
 
-// serveManage routes /manage/*; rest is the path after "/manage".
-func (h *Handler) serveManage(w http.ResponseWriter, r *http.Request, rest string) error {
+// serveManage routes /manage and /manage/* (p), a trailing slash ignored.
+func (h *Handler) serveManage(w http.ResponseWriter, r *http.Request, p string) error {
 	if needsJSON(r) {
 		return unsupportedMediaType(w, r)
 	}
-	rest = strings.TrimSuffix(rest, "/")
+	p = strings.TrimSuffix(p, "/")
 	switch {
-	case rest == "/services":
+	case p == routes.ManageServices:
 		switch r.Method {
 		case http.MethodGet, http.MethodHead:
 			return h.listServices(w)
 		case http.MethodPost:
 			return h.addService(w, r)
 		}
-		return methodNotAllowed(w, r, "GET", "HEAD", "POST")
-	case rest == "/diagnostics":
+		return methodNotAllowed(w, r, routes.ManageServices)
+	case p == routes.ManageDiagnostics:
 		if !isRead(r) {
-			return methodNotAllowed(w, r, "GET", "HEAD")
+			return methodNotAllowed(w, r, routes.ManageDiagnostics)
 		}
 		return h.diagnostics(w)
-	case strings.HasPrefix(rest, "/services/"):
-		key, action, _ := strings.Cut(strings.TrimPrefix(rest, "/services/"), "/")
+	case strings.HasPrefix(p, routes.ManageServices+"/"):
+		key, action, _ := strings.Cut(p[len(routes.ManageServices)+1:], "/")
 		switch action {
-		case "":
+		case "": // routes.ManageService
 			return h.serveService(w, r, key)
-		case "test":
+		case "test": // routes.ManageServiceTest
 			if r.Method != http.MethodPost {
-				return methodNotAllowed(w, r, "POST")
+				return methodNotAllowed(w, r, routes.ManageServiceTest)
 			}
 			return h.testService(w, r, key)
 		}
@@ -67,7 +68,7 @@ func (h *Handler) serveService(w http.ResponseWriter, r *http.Request, key strin
 	case http.MethodDelete:
 		return h.deleteService(w, r, key)
 	}
-	return methodNotAllowed(w, r, "GET", "HEAD", "PUT", "DELETE")
+	return methodNotAllowed(w, r, routes.ManageService)
 }
 
 // listEntry is one service in GET /manage/services.

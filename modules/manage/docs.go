@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"hash/fnv"
 	"html"
-	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -62,16 +62,17 @@ var loadDocs = sync.OnceValue(func() *docAssets {
 // false for any other path.
 func serveDocs(w http.ResponseWriter, r *http.Request) bool {
 	var serve func(http.ResponseWriter, *http.Request)
-	switch r.URL.Path {
-	case "/docs", "/docs/":
-		serve = servePage
-	case "/docs/openapi.json", "/docs/json":
+	route := r.URL.Path
+	switch route {
+	case routes.Docs, routes.Docs + "/":
+		route, serve = routes.Docs, servePage
+	case routes.DocsOpenAPI, routes.DocsJSON:
 		serve = serveSpec
 	default:
 		return false
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		_ = methodNotAllowed(w, r, "GET", "HEAD")
+		_ = methodNotAllowed(w, r, route)
 		return true
 	}
 	serve(w, r)
@@ -113,30 +114,6 @@ func serveSpec(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("ETag", `"`+tag+`"`)
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(spec))
-}
-
-// operationMethods are the methods an OpenAPI path item may hold, in the
-// order the endpoint list shows them.
-var operationMethods = []string{"get", "post", "put", "patch", "delete", "head", "options", "trace"}
-
-// documentedOperations lists every operation of an OpenAPI document as
-// "METHOD path", by path, then in operationMethods order.
-func documentedOperations(spec []byte) []string {
-	var doc struct {
-		Paths map[string]map[string]json.RawMessage `json:"paths"`
-	}
-	if err := json.Unmarshal(spec, &doc); err != nil {
-		panic(err) // embedded at build time and checked by the tests
-	}
-	var ops []string
-	for _, path := range slices.Sorted(maps.Keys(doc.Paths)) {
-		for _, m := range operationMethods {
-			if _, ok := doc.Paths[path][m]; ok {
-				ops = append(ops, strings.ToUpper(m)+" "+path)
-			}
-		}
-	}
-	return ops
 }
 
 func newNonce() string {

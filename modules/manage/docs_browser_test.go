@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/byteproxy/byteproxy/internal/routes"
 )
 
 // chromium returns the headless browser's path; without one the test is
@@ -72,7 +74,7 @@ func assertRendered(t *testing.T, dom string) {
 		}
 	}
 	// Each operation as method + path.
-	for _, op := range gatewayRoutes {
+	for _, op := range routes.Endpoints("") {
 		method, path, _ := strings.Cut(op, " ")
 		if !strings.Contains(dom, `m-`+strings.ToLower(method)+`">`+method+`</span><span class="path">`+path+`</span>`) {
 			t.Errorf("rendered page lacks the operation %s", op)

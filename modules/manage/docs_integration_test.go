@@ -1,12 +1,15 @@
 package manage
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/internal/testutil"
 )
 
@@ -40,41 +43,97 @@ func startDocsGateway(t *testing.T) *testutil.Instance {
 	return testutil.Start(t, strings.ReplaceAll(docsGatewayCaddyfile, "{{UPSTREAM}}", up.URL+"/"), testutil.Options{})
 }
 
-// TestDocsRoutesAnswered requests every documented operation from a
-// running gateway (with the right key) and checks that none is the JSON
-// 404 "Endpoint not found"; together with TestOpenAPIDocument's list
-// check, every route the gateway answers is documented and every
-// documented route is answered.
-func TestDocsRoutesAnswered(t *testing.T) {
+// TestRoutesServed checks on a running gateway that the OpenAPI document
+// it serves, the 404's list of endpoints and the routes it answers are the
+// same set, routes.Table: every operation of the table is answered (not
+// the JSON 404, not 405); every other method of a route gets the JSON 404
+// or 405 with the table's Allow; a trailing slash is answered where the
+// table says so; and paths below a route are the JSON 404.
+func TestRoutesServed(t *testing.T) {
 	in := startDocsGateway(t)
+	table := routes.Endpoints("")
+
+	resp, b := testutil.Do(t, "GET", in.URL(routes.DocsOpenAPI), nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d", routes.DocsOpenAPI, resp.StatusCode)
+	}
+	sameOperations(t, "the served OpenAPI document", documentedOperations(t, b), "routes.Table", table)
+	resp, b = testutil.Do(t, "GET", in.URL("/nope"), nil)
+	var nf struct {
+		AvailableEndpoints []string `json:"availableEndpoints"`
+	}
+	if err := json.Unmarshal(b, &nf); resp.StatusCode != 404 || err != nil {
+		t.Fatalf("GET /nope: %d %s", resp.StatusCode, b)
+	}
+	sameOperations(t, "the served 404's availableEndpoints", nf.AvailableEndpoints, "routes.Table", table)
+
 	fill := strings.NewReplacer("{service}", "fake", "{path}", "some/path", "{key}", "fake")
-	for _, op := range gatewayRoutes {
-		method, path, _ := strings.Cut(op, " ")
+	do := func(method string, rt routes.Route, path string) (*http.Response, []byte) {
 		key := "docs-proxy-key"
-		if strings.HasPrefix(path, "/manage") {
+		if rt.Area == routes.Management {
 			key = "docs-mgmt-key"
 		}
 		var body []byte
-		if method == "POST" || method == "PUT" {
+		if method == "POST" || method == "PUT" || method == "PATCH" {
 			body = []byte(`{}`)
 		}
-		resp, b := testutil.Do(t, method, in.URL(fill.Replace(path)), body, "X-API-Key", key, "Content-Type", "application/json")
-		if resp.StatusCode == http.StatusNotFound && (method == "HEAD" || strings.Contains(string(b), "Endpoint not found")) {
-			t.Errorf("%s: the gateway does not answer it: %d %s", op, resp.StatusCode, b)
+		return testutil.Do(t, method, in.URL(path), body, "X-API-Key", key, "Content-Type", "application/json")
+	}
+	notFound := func(method string, resp *http.Response, b []byte) bool {
+		return resp.StatusCode == http.StatusNotFound && (method == "HEAD" || strings.Contains(string(b), "Endpoint not found"))
+	}
+	for _, rt := range routes.Table {
+		path := fill.Replace(rt.Path)
+		allow := routes.Allow(rt.Path)
+		for _, method := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"} {
+			if method == "HEAD" && !slices.Contains(rt.Methods, method) {
+				continue // served with GET, but no operation of the document (the answers are checked against it)
+			}
+			resp, b := do(method, rt, path)
+			switch {
+			case slices.Contains(allow, method):
+				if notFound(method, resp, b) || resp.StatusCode == http.StatusMethodNotAllowed {
+					t.Errorf("%s %s (%s): the gateway does not answer it: %d %s", method, path, rt.Path, resp.StatusCode, b)
+				}
+			case resp.StatusCode == http.StatusMethodNotAllowed:
+				if got, want := resp.Header.Get("Allow"), strings.Join(append(slices.Clone(allow), "OPTIONS"), ", "); got != want {
+					t.Errorf("%s %s: Allow %q, the table says %q", method, path, got, want)
+				}
+			case !notFound(method, resp, b):
+				t.Errorf("%s %s: %d %s; the table does not list %s, want the JSON 404 or 405", method, path, resp.StatusCode, b, method)
+			}
 		}
-		if resp.StatusCode == http.StatusMethodNotAllowed {
-			t.Errorf("%s: 405 %s", op, b)
+		if rt.Path == routes.ProxyService {
+			continue // any path below a service is the upstream's
+		}
+		if rt.By == "byteproxy_manage" {
+			// OPTIONS without Origin (no preflight): 204 with Allow.
+			resp, _ := do("OPTIONS", rt, path)
+			if want := strings.Join(append(slices.Clone(allow), "OPTIONS"), ", "); resp.StatusCode != 204 || resp.Header.Get("Allow") != want {
+				t.Errorf("OPTIONS %s: %d Allow %q, want 204 Allow %q", path, resp.StatusCode, resp.Header.Get("Allow"), want)
+			}
+		}
+		if resp, b := do("GET", rt, path+"/"); notFound("GET", resp, b) == rt.Slash {
+			t.Errorf("GET %s/: %d %s; the table says trailing slash answered: %v", path, resp.StatusCode, b, rt.Slash)
+		}
+		// Two segments: one more can be another route's ({key} below /manage/services).
+		if resp, b := do("GET", rt, strings.TrimSuffix(path, "/")+"/x/y"); !notFound("GET", resp, b) {
+			t.Errorf("GET %s/x/y: %d %s, want the JSON 404", path, resp.StatusCode, b)
 		}
 	}
-	// The check can fail: paths that do not exist are "Endpoint not found".
-	for _, path := range []string{"/nope", "/proxy/fake", "/docs/nope", "/manage-x"} {
-		resp, b := testutil.Do(t, "GET", in.URL(path), nil, "X-API-Key", "docs-proxy-key")
+	// Paths near the routes are "Endpoint not found".
+	for _, path := range []string{"/nope", "/proxy/fake", "/docs/nope", "/manage-x", "/manage", "/manage/", "/proxy/", "/healthz"} {
+		key := "docs-proxy-key"
+		if routes.IsManagement(path) {
+			key = "docs-mgmt-key"
+		}
+		resp, b := testutil.Do(t, "GET", in.URL(path), nil, "X-API-Key", key)
 		if resp.StatusCode != 404 || !strings.Contains(string(b), "Endpoint not found") {
 			t.Errorf("GET %s: %d %s, want the JSON 404", path, resp.StatusCode, b)
 		}
 	}
 	// Content types and the page's CSP through the whole handler chain.
-	resp, _ := testutil.Do(t, "GET", in.URL("/docs"), nil)
+	resp, _ = testutil.Do(t, "GET", in.URL("/docs"), nil)
 	if resp.Header.Get("Content-Type") != "text/html; charset=utf-8" || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "nonce-") {
 		t.Errorf("/docs headers %v", resp.Header)
 	}

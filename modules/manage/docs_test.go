@@ -2,37 +2,17 @@ package manage
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
-
-// gatewayRoutes is every operation the gateway answers (DESIGN §3). The
-// OpenAPI document must describe exactly these; TestDocsRoutesAnswered
-// checks that a running gateway answers each of them.
-var gatewayRoutes = []string{
-	"GET /proxy/{service}/{path}", "POST /proxy/{service}/{path}", "PUT /proxy/{service}/{path}",
-	"PATCH /proxy/{service}/{path}", "DELETE /proxy/{service}/{path}", "HEAD /proxy/{service}/{path}",
-	"OPTIONS /proxy/{service}/{path}",
-	"GET /proxy/services",
-	"GET /proxy/services/{service}/rate-limit",
-	"GET /proxy/auth-test",
-	"GET /proxy/auth-debug",
-	"GET /proxy/key-debug",
-	"GET /manage/services", "POST /manage/services",
-	"GET /manage/services/{key}", "PUT /manage/services/{key}", "DELETE /manage/services/{key}",
-	"POST /manage/services/{key}/test",
-	"GET /manage/diagnostics",
-	"GET /manage/key-debug",
-	"GET /", "OPTIONS /", "GET /health", "GET /status", "GET /up", "GET /ready", "GET /version", "GET /version/check",
-	"GET /auth-status", "GET /docs", "GET /docs/openapi.json", "GET /docs/json",
-}
 
 type openAPIDoc struct {
 	OpenAPI string `json:"openapi"`
@@ -54,20 +34,49 @@ type openAPIDoc struct {
 	} `json:"components"`
 }
 
+// httpMethods are the methods an OpenAPI path item may hold, in the order
+// the endpoint list shows them.
 var httpMethods = []string{"get", "post", "put", "patch", "delete", "head", "options", "trace"}
 
-// documentedOps lists "METHOD path" for every operation of the document.
-func (d *openAPIDoc) documentedOps() []string {
+// documentedOperations lists every operation of an OpenAPI document as
+// "METHOD path", by path, then in httpMethods order: the order of the
+// 404's list.
+func documentedOperations(t *testing.T, spec []byte) []string {
+	t.Helper()
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(spec, &doc); err != nil {
+		t.Fatal(err)
+	}
 	var ops []string
-	for p, item := range d.Paths {
-		for m := range item {
-			if slices.Contains(httpMethods, m) {
-				ops = append(ops, strings.ToUpper(m)+" "+p)
+	for _, path := range slices.Sorted(maps.Keys(doc.Paths)) {
+		for _, m := range httpMethods {
+			if _, ok := doc.Paths[path][m]; ok {
+				ops = append(ops, strings.ToUpper(m)+" "+path)
 			}
 		}
 	}
-	sort.Strings(ops)
 	return ops
+}
+
+// sameOperations reports the operations one list has and the other lacks,
+// and a difference in order.
+func sameOperations(t *testing.T, gotName string, got []string, wantName string, want []string) {
+	t.Helper()
+	for _, op := range want {
+		if !slices.Contains(got, op) {
+			t.Errorf("%s lacks %s, which %s has", gotName, op, wantName)
+		}
+	}
+	for _, op := range got {
+		if !slices.Contains(want, op) {
+			t.Errorf("%s has %s, which %s lacks", gotName, op, wantName)
+		}
+	}
+	if !t.Failed() && !slices.Equal(got, want) {
+		t.Errorf("%s in another order than %s:\n%q\n%q", gotName, wantName, got, want)
+	}
 }
 
 func servedSpec(t *testing.T, path string) (*openAPIDoc, []byte) {
@@ -103,32 +112,24 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 
 	t.Run("every route documented and vice versa", func(t *testing.T) {
-		want := slices.Clone(gatewayRoutes)
-		sort.Strings(want)
-		got := d.documentedOps()
-		for _, op := range want {
-			if !slices.Contains(got, op) {
-				t.Errorf("route %s is not documented", op)
-			}
-		}
-		for _, op := range got {
-			if !slices.Contains(want, op) {
-				t.Errorf("documented operation %s is not a gateway route", op)
-			}
-		}
+		sameOperations(t, "the OpenAPI document", documentedOperations(t, raw), "routes.Table", routes.Endpoints(""))
 	})
 
-	// The 404's list of endpoints is the document's operations: the same
-	// set as the routes (issue 17.1: it had left out /proxy/auth-debug and
-	// /docs/json).
+	// The 404's list of endpoints is the table's operations, in the
+	// document's order (issue 17.1: it had left out /proxy/auth-debug and
+	// /docs/json). TestRoutesServed checks it on a running gateway.
 	t.Run("404 lists every route", func(t *testing.T) {
-		listed := slices.Clone(availableEndpoints())
-		sort.Strings(listed)
-		want := slices.Clone(gatewayRoutes)
-		sort.Strings(want)
-		if !slices.Equal(listed, want) {
-			t.Errorf("availableEndpoints = %q\nwant the routes %q", listed, want)
+		rec := httptest.NewRecorder()
+		if err := notFound(rec, httptest.NewRequest(http.MethodGet, "/nope", nil)); err != nil {
+			t.Fatal(err)
 		}
+		var body struct {
+			AvailableEndpoints []string `json:"availableEndpoints"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+			t.Fatal(err)
+		}
+		sameOperations(t, "the 404's availableEndpoints", body.AvailableEndpoints, "the OpenAPI document", documentedOperations(t, raw))
 	})
 
 	t.Run("three key transports", func(t *testing.T) {

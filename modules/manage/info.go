@@ -5,13 +5,12 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
-	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap/zapcore"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/auth"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/pressure"
@@ -21,45 +20,40 @@ import (
 // not from the last config reload.
 var processStart = time.Now()
 
-// availableEndpoints is listed in every 404: every operation of the
-// OpenAPI document (docs/openapi.json), so the list, the document and the
-// routes the gateway serves cannot drift apart (docs_test.go checks the
-// last two agree).
-var availableEndpoints = sync.OnceValue(func() []string { return documentedOperations(loadDocs().spec) })
-
 // serveInfo answers the informational endpoints and the JSON 404.
 func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 	var body func(*http.Request) (int, any)
-	switch r.URL.Path {
-	case "/":
+	route := r.URL.Path
+	switch route {
+	case routes.Root:
 		body = h.welcome
-	case "/health":
+	case routes.Health:
 		body = h.health
-	case "/status":
+	case routes.Status:
 		body = h.status
-	case "/up":
+	case routes.Up:
 		body = func(*http.Request) (int, any) { return pressure.Up() }
-	case "/ready":
+	case routes.Ready:
 		if !isRead(r) {
-			return methodNotAllowed(w, r, "GET", "HEAD")
+			return methodNotAllowed(w, r, route)
 		}
 		return serveReady(w)
-	case "/version", "/version/":
-		body = h.version
-	case "/version/check":
+	case routes.Version, routes.Version + "/":
+		route, body = routes.Version, h.version
+	case routes.VersionCheck:
 		if !isRead(r) {
-			return methodNotAllowed(w, r, "GET", "HEAD")
+			return methodNotAllowed(w, r, route)
 		}
 		return serveVersionCheck(w, r, h.app)
-	case "/auth-status":
+	case routes.AuthStatus:
 		body = func(r *http.Request) (int, any) { return http.StatusOK, auth.Status(h.app, r) }
-	case "/proxy/services", "/proxy/services/":
-		body = h.proxyServices
+	case routes.ProxyServices, routes.ProxyServices + "/":
+		route, body = routes.ProxyServices, h.proxyServices
 	default:
 		return notFound(w, r)
 	}
 	if !isRead(r) {
-		return methodNotAllowed(w, r, "GET", "HEAD")
+		return methodNotAllowed(w, r, route)
 	}
 	status, v := body(r)
 	return httpx.WriteJSON(w, status, v)
@@ -83,24 +77,10 @@ func notFound(w http.ResponseWriter, r *http.Request) error {
 	return httpx.WriteJSON(w, http.StatusNotFound, map[string]any{
 		"error":              "Endpoint not found",
 		"message":            "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist",
-		"suggestion":         "Proxy calls look like " + prefix + "/proxy/{service}/{path}; GET " + prefix + "/docs describes the API",
-		"documentation":      prefix + "/docs",
-		"availableEndpoints": endpointsUnder(prefix),
+		"suggestion":         "Proxy calls look like " + prefix + routes.ProxyService + "; GET " + prefix + routes.Docs + " describes the API",
+		"documentation":      prefix + routes.Docs,
+		"availableEndpoints": routes.Endpoints(prefix), // routes.Table, as the OpenAPI document (TestRoutesServed)
 	})
-}
-
-// endpointsUnder is availableEndpoints with each path under prefix.
-func endpointsUnder(prefix string) []string {
-	all := availableEndpoints()
-	if prefix == "" {
-		return all
-	}
-	out := make([]string, len(all))
-	for i, op := range all {
-		method, path, _ := strings.Cut(op, " ")
-		out[i] = method + " " + prefix + path
-	}
-	return out
 }
 
 // welcome links the other informational endpoints, under the mount prefix.
@@ -109,11 +89,11 @@ func (h *Handler) welcome(r *http.Request) (int, any) {
 	return http.StatusOK, map[string]any{
 		"message":       "Welcome to ByteProxy, an API gateway for Discord, GitHub and any HTTP API",
 		"source":        gateway.ProjectURL,
-		"documentation": prefix + "/docs",
-		"status":        prefix + "/status",
-		"health":        prefix + "/health",
+		"documentation": prefix + routes.Docs,
+		"status":        prefix + routes.Status,
+		"health":        prefix + routes.Health,
 		"version":       "v" + gateway.Version,
-		"checkUpdates":  prefix + "/version/check",
+		"checkUpdates":  prefix + routes.VersionCheck,
 	}
 }
 

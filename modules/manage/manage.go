@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -56,13 +57,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	p := r.URL.Path
 	switch {
-	case p == "/manage" || strings.HasPrefix(p, "/manage/"):
+	case routes.IsManagement(p):
 		w.Header().Set("Cache-Control", "no-store")
 		if caddyhttp.GetVar(r.Context(), gateway.VarScope) != gateway.ScopeManagement {
 			return h.unguarded(w, r)
 		}
-		return h.serveManage(w, r, strings.TrimPrefix(p, "/manage"))
-	case p == "/docs" || strings.HasPrefix(p, "/docs/"):
+		return h.serveManage(w, r, p)
+	case routes.IsDocs(p):
 		if serveDocs(w, r) {
 			return nil
 		}
@@ -81,11 +82,12 @@ func (h *Handler) unguarded(w http.ResponseWriter, r *http.Request) error {
 	})
 }
 
-// methodNotAllowed answers a known path with a method it does not serve:
-// 405 with Allow. OPTIONS, which every known path serves, gets 204 with
-// Allow instead (a CORS preflight, which carries Origin, never gets here:
-// byteproxy_cors answers it).
-func methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed ...string) error {
+// methodNotAllowed answers a known path (route, a path of routes.Table)
+// with a method it does not serve: 405 with Allow. OPTIONS, which every
+// known path serves, gets 204 with Allow instead (a CORS preflight, which
+// carries Origin, never gets here: byteproxy_cors answers it).
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, route string) error {
+	allowed := routes.Allow(route)
 	allowed = append(allowed[:len(allowed):len(allowed)], "OPTIONS")
 	w.Header().Set("Allow", strings.Join(allowed, ", "))
 	if r.Method == http.MethodOptions {

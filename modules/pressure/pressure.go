@@ -7,13 +7,13 @@ package pressure
 
 import (
 	"net/http"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -65,7 +65,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // in-flight cap is reached.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
-	if path == "/up" || path == "/health" || path == "/ready" {
+	if routes.IsProbe(path) {
 		return next.ServeHTTP(w, r)
 	}
 	snap := mon.snap.Load()
@@ -75,7 +75,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if snap.exceeded != nil {
 		return h.shed(w, r, snap.s, snap.exceeded.Type, snap.exceeded.Value, snap.message)
 	}
-	if isManagement(path) {
+	if routes.IsManagement(path) {
 		return next.ServeHTTP(w, r)
 	}
 	n := mon.inFlight.Add(1)
@@ -106,10 +106,6 @@ type shedBody struct {
 	Type    string  `json:"type"`
 	Value   float64 `json:"value"`
 	Message string  `json:"message"`
-}
-
-func isManagement(path string) bool {
-	return path == "/manage" || strings.HasPrefix(path, "/manage/")
 }
 
 // Cleanup returns the lease; the last one stops the monitor.

@@ -93,14 +93,14 @@ func TestBucketEvictionBoundsMemory(t *testing.T) {
 	for i := range n {
 		s.admit(t0, clientKey{kindIP, "10." + strconv.Itoa(i>>16) + "." + strconv.Itoa(i>>8&255) + "." + strconv.Itoa(i&255)}, 1, nil)
 	}
-	if got := s.len(); got != n {
+	if got := s.Len(); got != n {
 		t.Fatalf("%d buckets, want %d", got, n)
 	}
 	full := heap()
 
 	// Half a window later nothing is full yet: nothing may be evicted,
 	// or a consumer would get a fresh bucket early.
-	if left := s.sweep(t0.Add(500 * time.Millisecond)); left != n {
+	if left := s.Sweep(t0.Add(500 * time.Millisecond)); left != n {
 		t.Fatalf("sweep before refill left %d buckets, want %d", left, n)
 	}
 	// One consumer keeps spending; everyone else goes idle.
@@ -108,7 +108,7 @@ func TestBucketEvictionBoundsMemory(t *testing.T) {
 	for range 2 {
 		s.admit(t0.Add(time.Second), busy, 1, nil)
 	}
-	if left := s.sweep(t0.Add(time.Second)); left != 1 {
+	if left := s.Sweep(t0.Add(time.Second)); left != 1 {
 		t.Fatalf("sweep after a window left %d buckets, want only the busy one", left)
 	}
 	if st := s.peek(t0.Add(time.Second), busy, 1); st.remaining != 0 {
@@ -125,7 +125,7 @@ func TestBucketSweeperStops(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for range 20 {
 		s := newBucketStore(1, time.Second)
-		s.start()
+		s.Start()
 		if err := s.Destruct(); err != nil {
 			t.Fatal(err)
 		}

@@ -4,25 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
+	"github.com/byteproxy/byteproxy/internal/fleet"
 	"github.com/byteproxy/byteproxy/internal/httpx"
 )
-
-// infoPath matches /proxy/services/{service}/rate-limit. gateway.ProxyPath
-// does not: "services" is reserved.
-func infoPath(p string) (string, bool) {
-	const prefix, suffix = "/proxy/services/", "/rate-limit"
-	if !strings.HasPrefix(p, prefix) || !strings.HasSuffix(p, suffix) || len(p) <= len(prefix)+len(suffix) {
-		return "", false
-	}
-	key := p[len(prefix) : len(p)-len(suffix)]
-	if strings.Contains(key, "/") {
-		return "", false
-	}
-	return key, true
-}
 
 // limitInfo is the body of GET /proxy/services/{service}/rate-limit, in
 // the original ByteProxy's fields.
@@ -74,7 +60,7 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) 
 // (during an outage: what is left of this instance's share).
 func (h *Handler) peek(ctx context.Context, now time.Time, sl *serviceLimit) windowState {
 	if h.redis != nil && h.redis.up.Load() {
-		cctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
+		cctx, cancel := context.WithTimeout(ctx, fleet.CallTimeout)
 		count, ttl, err := h.redis.peek(cctx, sl.redisKey)
 		cancel()
 		if err == nil {

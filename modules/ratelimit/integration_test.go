@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 )
 
 // gatewayConfig is a Caddyfile whose /proxy/* route is the rate limiter in
@@ -406,7 +407,7 @@ func TestReloadKeepsCounters(t *testing.T) {
 }
 
 func TestClusterSharesRedis(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	x, y := uniqueName("x"), uniqueName("y")
 	cfg := gatewayConfig(fmt.Sprintf(`
 		redis %s
@@ -452,13 +453,13 @@ func TestClusterSharesRedis(t *testing.T) {
 }
 
 func TestRedisOutageFallsBackAndRecovers(t *testing.T) {
-	srv := startRedis(t, freePort(t))
+	srv := redistest.Start(t, redistest.FreePort(t))
 	in := testutil.Start(t, gatewayConfigWith(fmt.Sprintf(`
 		redis %s
 		service x {
 			base_url http://127.0.0.1:1/
 			rate_limit 1000 1m
-		}`, srv.url), "handle /status {\n\t\tbyteproxy_manage\n\t}"), testutil.Options{})
+		}`, srv.URL), "handle /status {\n\t\tbyteproxy_manage\n\t}"), testutil.Options{})
 	redisStatus := func() map[string]any {
 		t.Helper()
 		r := get(t, in.URL("/status"))
@@ -476,7 +477,7 @@ func TestRedisOutageFallsBackAndRecovers(t *testing.T) {
 		t.Fatalf("redis status before the outage: %v", st)
 	}
 	counted := func() int {
-		opt, _ := redis.ParseURL(srv.url)
+		opt, _ := redis.ParseURL(srv.URL)
 		c := redis.NewClient(opt)
 		defer c.Close()
 		n, err := c.Get(context.Background(), redisServiceKey("x", 1000, time.Minute)).Int()
@@ -503,7 +504,7 @@ func TestRedisOutageFallsBackAndRecovers(t *testing.T) {
 		t.Fatalf("Redis counted %d requests, want 20", n)
 	}
 
-	srv.kill()
+	srv.Kill()
 	send(50)
 	rs := burst(t, []string{in.URL("/proxy/x/a")}, 50, nil)
 	if count(rs, 200) != 50 {
@@ -520,7 +521,7 @@ func TestRedisOutageFallsBackAndRecovers(t *testing.T) {
 		t.Fatalf("fallback window %v, want the 100 outage requests counted", m)
 	}
 
-	startRedis(t, srv.port) // empty: the old server kept nothing
+	redistest.Start(t, srv.Port) // empty: the old server kept nothing
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(in.Logs(), "redis reachable again") {
 		if time.Now().After(deadline) {

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 )
 
 // outageConfig is a gateway sharing srv with a service limit of 30 per
@@ -107,9 +108,9 @@ func redisCount(t *testing.T, url, key string) int {
 // most the limit plus one share (30 + 10). Before, each instance opened a
 // fresh local window (3 x 30) and the restarted Redis another 30.
 func TestRedisOutageSharesTheLimit(t *testing.T) {
-	srv := startRedis(t, freePort(t))
+	srv := redistest.Start(t, redistest.FreePort(t))
 	x, y := uniqueName("x"), uniqueName("y")
-	cfg := outageConfig(srv.url, x, y)
+	cfg := outageConfig(srv.URL, x, y)
 	var ins []*testutil.Instance
 	for range 3 {
 		ins = append(ins, testutil.Start(t, cfg, testutil.Options{}))
@@ -124,7 +125,7 @@ func TestRedisOutageSharesTheLimit(t *testing.T) {
 		t.Fatalf("before the outage: %d of 15 admitted on the service, %d of 9 for carol", before, carolBefore)
 	}
 
-	srv.kill()
+	srv.Kill()
 	during := sendEach(t, ins, svc, 40, "", &seq)
 	// A client spread over the instances: each gives it its share of the
 	// bucket (9/3), so the cluster gives at most one bucket.
@@ -135,10 +136,10 @@ func TestRedisOutageSharesTheLimit(t *testing.T) {
 		}
 	}
 
-	startRedis(t, srv.port) // empty: the killed server kept nothing
+	redistest.Start(t, srv.Port) // empty: the killed server kept nothing
 	waitRecovered(t, ins)
 	after := sendEach(t, ins, svc, 20, "", &seq)
-	counted := redisCount(t, srv.url, redisServiceKey(x, 30, 10*time.Minute))
+	counted := redisCount(t, srv.URL, redisServiceKey(x, 30, 10*time.Minute))
 
 	total := before + during + after
 	t.Logf("service limit 30, 3 instances: %d admitted before the outage, %d during, %d after (total %d; Redis counts %d); client limit 9: carol got %d during the outage",
@@ -157,20 +158,20 @@ func TestRedisOutageSharesTheLimit(t *testing.T) {
 // An instance alone keeps the whole limit during an outage (live instances
 // 1), minus what Redis had counted, and carries its count back.
 func TestRedisOutageAloneKeepsTheWholeLimit(t *testing.T) {
-	srv := startRedis(t, freePort(t))
+	srv := redistest.Start(t, redistest.FreePort(t))
 	x, y := uniqueName("x"), uniqueName("y")
-	ins := []*testutil.Instance{testutil.Start(t, outageConfig(srv.url, x, y), testutil.Options{})}
+	ins := []*testutil.Instance{testutil.Start(t, outageConfig(srv.URL, x, y), testutil.Options{})}
 	waitInstances(t, ins, 1)
 	seq := 0
 	svc := "/proxy/" + x + "/a"
 
 	before := sendEach(t, ins, svc, 10, "", &seq)
-	srv.kill()
+	srv.Kill()
 	during := sendEach(t, ins, svc, 40, "", &seq)
-	startRedis(t, srv.port)
+	redistest.Start(t, srv.Port)
 	waitRecovered(t, ins)
 	after := sendEach(t, ins, svc, 10, "", &seq)
-	counted := redisCount(t, srv.url, redisServiceKey(x, 30, 10*time.Minute))
+	counted := redisCount(t, srv.URL, redisServiceKey(x, 30, 10*time.Minute))
 	t.Logf("service limit 30, 1 instance: %d admitted before the outage, %d during, %d after; Redis counts %d", before, during, after, counted)
 	if before != 10 || during != 20 || after != 0 || counted != 30 {
 		t.Fatalf("admitted %d before, %d during and %d after the outage, Redis counts %d; want 10, 20 (the rest of the limit), 0 and 30",

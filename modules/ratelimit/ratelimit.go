@@ -19,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/fleet"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -107,7 +109,7 @@ func (h *Handler) provisionClients(rl *gateway.RateLimit) error {
 	h.clientsPrefix = redisClientPrefix(h.clientMax, h.clientWindow)
 	v, _, err := limiters.LoadOrNew(h.clientsKey, func() (caddy.Destructor, error) {
 		s := newBucketStore(h.clientMax, h.clientWindow)
-		s.start()
+		s.Start()
 		return s, nil
 	})
 	if err != nil {
@@ -160,11 +162,11 @@ func redisURLError(err error, raw string) error {
 // ServeHTTP answers the rate-limit endpoint and enforces the limits of
 // service requests.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if key, ok := infoPath(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	if key, ok := routes.RateLimitPath(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return h.serveInfo(w, r, key)
 	}
 	// The escaped path, as byteproxy_services reads it.
-	key, rest, ok := gateway.ProxyPath(r.URL.EscapedPath())
+	key, rest, ok := routes.ProxyPath(r.URL.EscapedPath())
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -259,7 +261,7 @@ func (h *Handler) decideRedis(ctx context.Context, now time.Time, v *verdict, ck
 	if sl := v.service; sl != nil {
 		windowKey, smax, swin = sl.redisKey, sl.limit.MaxRequests, time.Duration(sl.limit.Window)
 	}
-	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, fleet.CallTimeout)
 	defer cancel()
 	rep, err := h.redis.decide(ctx, bucketKey, h.clientMax, h.clientWindow, windowKey, smax, swin)
 	if err != nil {
@@ -378,7 +380,9 @@ func (h *Handler) setHeaders(hdr http.Header, v *verdict, now time.Time) {
 		b = appendState(b, gateway.LimitClient, v.bucket.remaining, v.bucket.full)
 	}
 	// A slice of this request's own (Caddy's header directive edits
-	// values in place); the keys are already canonical.
+	// values in place); the keys are already canonical. One allocation
+	// for both (BenchmarkHeaders: 2 allocs/op against 3 with a slice
+	// each, 80 B/op both).
 	vals := []string{policy, string(b)}
 	hdr["Ratelimit-Policy"] = vals[0:1:1]
 	hdr["Ratelimit"] = vals[1:2:2]
@@ -410,7 +414,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, svc *gateway.Se
 	key := svc.Key
 	h.app.Metrics().RateLimited(key, v.refused)
 	gateway.AddLogField(r, zap.String("rate_limited", v.refused))
-	_, path, _ := gateway.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
+	_, path, _ := routes.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
 	rf := gateway.Refusal{Service: svc, Path: path}
 	if v.refused == gateway.LimitClient {
 		rf.RetryAfter, rf.Limit = v.bucket.retry, int64(v.clientMax)

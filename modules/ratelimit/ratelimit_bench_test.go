@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -122,7 +123,7 @@ func BenchmarkHeaders(b *testing.B) {
 // One decision in Redis (service window, and service window plus client
 // bucket): one round trip to a local redis-server.
 func BenchmarkRedisDecision(b *testing.B) {
-	url := benchRedisURL(b)
+	url := redistest.BenchURL(b)
 	s, err := newRedisStore(url, nopLogger(), defaultRedisTimings)
 	if err != nil {
 		b.Fatal(err)

@@ -12,30 +12,6 @@ import (
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
-func TestInfoPath(t *testing.T) {
-	for _, tc := range []struct {
-		path string
-		key  string
-		ok   bool
-	}{
-		{"/proxy/services/github/rate-limit", "github", true},
-		{"/proxy/services/custom-api/rate-limit", "custom-api", true},
-		{"/proxy/services//rate-limit", "", false},
-		{"/proxy/services/rate-limit", "", false},
-		{"/proxy/services/a/b/rate-limit", "", false},
-		{"/proxy/services/github/rate-limit/", "", false},
-		{"/proxy/github/rate-limit", "", false},
-		{"/proxy/services", "", false},
-	} {
-		t.Run(tc.path, func(t *testing.T) {
-			key, ok := infoPath(tc.path)
-			if key != tc.key || ok != tc.ok {
-				t.Fatalf("infoPath(%q) = %q, %v; want %q, %v", tc.path, key, ok, tc.key, tc.ok)
-			}
-		})
-	}
-}
-
 func TestCeilSecondsAndHumanDuration(t *testing.T) {
 	for d, want := range map[time.Duration]int64{0: 0, -time.Second: 0, time.Nanosecond: 1, time.Second: 1, 1500 * time.Millisecond: 2, time.Minute: 60} {
 		if got := ceilSeconds(d); got != want {

@@ -13,46 +13,23 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/fleet"
 )
 
 // keyPrefix starts every key this module writes in Redis.
 const keyPrefix = "byteproxy:rl:"
 
-// Defaults for the Redis client; the URL's own query parameters
-// (dial_timeout, read_timeout, write_timeout, pool_timeout, ...) win. The
-// timeouts are short so that an outage does not stall requests: the
-// decision falls back to memory instead, and after the first failure no
-// request waits for Redis until the prober has seen it answer. They are
-// not shorter because a busy host (GC, CPU contention) must not be taken
-// for an outage.
-const (
-	redisDialTimeout = 500 * time.Millisecond
-	redisIOTimeout   = 250 * time.Millisecond
-	redisCallTimeout = 500 * time.Millisecond // a whole decision: pool wait, dial, round trip
-	redisProbeWait   = 500 * time.Millisecond
-	redisCarryWait   = 2 * time.Second // carrying an outage's counts back: one pipelined round trip
-)
-
-// instancesKey is the sorted set in which every instance sharing the
-// Redis announces itself, scored by the Redis server's clock in ms.
-const instancesKey = keyPrefix + "instances"
-
 // redisTimings paces the store's background goroutine.
 type redisTimings struct {
-	probe    time.Duration // between checks while Redis is unreachable
-	announce time.Duration // between announcements while it answers
-	ttl      time.Duration // an instance not announced for this long is no longer counted
+	fleet.Timings
 	// instance names this process in the announcements; empty is
-	// budget.InstanceID(), the id the upstream-budget store announces
+	// fleet.InstanceID(), the id the upstream-budget store announces
 	// too, so that a process is counted once (tests of several stores in
 	// one process set their own).
 	instance string
 }
 
-// defaultRedisTimings: an instance is counted until it has missed three
-// announcements, so a slow host does not drop out of the count.
-var defaultRedisTimings = redisTimings{probe: time.Second, announce: 5 * time.Second, ttl: 15 * time.Second}
+var defaultRedisTimings = redisTimings{Timings: fleet.DefaultTimings}
 
 // decideScript makes the whole decision of one request in one round trip,
 // atomically: the client's token bucket first, then the service's fixed
@@ -123,19 +100,6 @@ return {0, count, ttl, math.floor(tokens * 1000), full, 0}
 // peekScript reads a service window without counting: {count, ttl ms}.
 var peekScript = redis.NewScript(`
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
-`)
-
-// announceScript records that the instance ARGV[1] is alive, forgets the
-// instances not seen for ARGV[2] ms, and returns how many are left. Time
-// is the Redis server's, so instances with skewed clocks agree.
-var announceScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
-return redis.call('ZCARD', KEYS[1])
 `)
 
 // carryScript writes back what one instance knows of a service window
@@ -217,34 +181,15 @@ type redisListener struct {
 }
 
 // newRedisStore connects to the Redis at url and announces this instance
-// (waiting at most redisProbeWait: /status and the count of instances are
+// (waiting at most fleet.ProbeWait: /status and the count of instances are
 // right from the start), then goes on in the background.
 func newRedisStore(url string, logger *zap.Logger, timings redisTimings) (*redisStore, error) {
-	opt, err := redis.ParseURL(url)
+	opt, err := fleet.Options(url)
 	if err != nil {
 		return nil, err
 	}
-	if opt.DialTimeout == 0 {
-		opt.DialTimeout = redisDialTimeout
-	}
-	if opt.ReadTimeout == 0 {
-		opt.ReadTimeout = redisIOTimeout
-	}
-	if opt.WriteTimeout == 0 {
-		opt.WriteTimeout = redisIOTimeout
-	}
-	if opt.PoolTimeout == 0 {
-		opt.PoolTimeout = redisCallTimeout
-	}
-	if opt.MaxRetries == 0 {
-		opt.MaxRetries = -1 // a retried script could count a request twice
-	}
-	if opt.DialerRetries == 0 {
-		opt.DialerRetries = 1
-	}
-	opt.DisableIdentity = true
 	if timings.instance == "" {
-		timings.instance = budget.InstanceID()
+		timings.instance = fleet.InstanceID()
 	}
 	s := &redisStore{
 		client:    redis.NewClient(opt),
@@ -403,40 +348,15 @@ func (s *redisStore) markUp(carried int64) {
 // run is the store's background goroutine, until Destruct.
 func (s *redisStore) run() {
 	defer s.wg.Done()
-	last := time.Now()
-	t := time.NewTicker(s.timings.probe)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		switch {
-		case !s.up.Load():
-			if s.reconnect() {
-				last = time.Now()
-			}
-		case time.Since(last) >= s.timings.announce:
-			// An outage seen here switches to memory before any request
-			// has to wait for Redis.
-			if err := s.announce(); err != nil {
-				s.markDown(err)
-			}
-			last = time.Now()
-		}
-	}
+	fleet.Loop{Timings: s.timings.Timings, Up: s.up.Load, Announce: s.announce, Down: s.markDown, Reconnect: s.reconnect}.Run(s.stop)
 }
 
 // announce records this instance in Redis and reads how many are alive.
 func (s *redisStore) announce() error {
-	ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-	defer cancel()
-	n, err := announceScript.Run(ctx, s.client, []string{instancesKey}, s.id, millis(s.timings.ttl)).Int64()
+	n, err := fleet.Announce(s.client, s.id, s.timings.TTL)
 	if err != nil {
 		return err
 	}
-	n = max(n, 1)
 	if s.instances.Swap(n) != n {
 		s.mu.Lock()
 		s.status.Instances = n
@@ -451,10 +371,7 @@ func (s *redisStore) announce() error {
 // on the way leaves it down until the next check (counts not yet carried
 // back are kept).
 func (s *redisStore) reconnect() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-	err := s.client.Ping(ctx).Err()
-	cancel()
-	if err != nil {
+	if !fleet.Ping(s.client) {
 		return false
 	}
 	s.mu.Lock()
@@ -465,7 +382,7 @@ func (s *redisStore) reconnect() bool {
 		}
 	}
 	s.mu.Unlock()
-	ctx, cancel = context.WithTimeout(context.Background(), redisCarryWait)
+	ctx, cancel := context.WithTimeout(context.Background(), fleet.CarryWait)
 	defer cancel()
 	var carried int64
 	for _, carry := range carriers {
@@ -526,9 +443,7 @@ func (s *redisStore) Destruct() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	if s.up.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), redisProbeWait)
-		_ = s.client.ZRem(ctx, instancesKey, s.id).Err()
-		cancel()
+		fleet.Leave(s.client, s.id)
 	}
 	return s.client.Close()
 }

@@ -12,6 +12,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/byteproxy/byteproxy/internal/fleet"
+	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 )
 
 func newTestStore(t *testing.T, url string) (*redisStore, *observer.ObservedLogs) {
@@ -33,7 +36,7 @@ func newTestStoreWith(t *testing.T, url string, timings redisTimings) (*redisSto
 }
 
 func TestRedisServiceWindowExact(t *testing.T) {
-	s, _ := newTestStore(t, testRedisURL(t))
+	s, _ := newTestStore(t, redistest.URL(t))
 	key := redisServiceKey(uniqueName("svc"), 100, time.Minute)
 	var ok, refused atomic.Int64
 	var wg sync.WaitGroup
@@ -70,7 +73,7 @@ func TestRedisServiceWindowExact(t *testing.T) {
 }
 
 func TestRedisClientBucket(t *testing.T) {
-	s, _ := newTestStore(t, testRedisURL(t))
+	s, _ := newTestStore(t, redistest.URL(t))
 	ctx := context.Background()
 	ck := redisClientPrefix(3, 3*time.Second) + uniqueName("key:alice")
 	svc := redisServiceKey(uniqueName("svc"), 100, time.Minute)
@@ -114,14 +117,14 @@ func TestRedisClientBucket(t *testing.T) {
 }
 
 func TestRedisOutageLoggedOnceAndRecovered(t *testing.T) {
-	srv := startRedis(t, freePort(t))
-	s, logs := newTestStore(t, srv.url)
+	srv := redistest.Start(t, redistest.FreePort(t))
+	s, logs := newTestStore(t, srv.URL)
 	var statuses []redisStatus
 	var mu sync.Mutex
 	s.subscribe(redisListener{status: func(st redisStatus) { mu.Lock(); statuses = append(statuses, st); mu.Unlock() }}, s.logger.Load())
 	waitFor(t, "initial connection", func() bool { mu.Lock(); defer mu.Unlock(); return statuses[len(statuses)-1].Connected })
 
-	srv.kill()
+	srv.Kill()
 	ctx := context.Background()
 	key := redisServiceKey("outage", 10, time.Minute)
 	failures := 0
@@ -148,7 +151,7 @@ func TestRedisOutageLoggedOnceAndRecovered(t *testing.T) {
 		t.Fatalf("status during the outage: %+v", last)
 	}
 
-	startRedis(t, srv.port)
+	redistest.Start(t, srv.Port)
 	waitFor(t, "recovery", s.up.Load)
 	if n := logs.FilterMessageSnippet("redis reachable again").Len(); n != 1 {
 		t.Fatalf("recovery logged %d times, want once", n)
@@ -173,10 +176,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // cannot say goodbye) drops out of the count after the ttl, one that stops
 // cleanly at once.
 func TestRedisInstancesAnnounceAndExpire(t *testing.T) {
-	srv := startRedis(t, freePort(t)) // its own: other tests' instances would count
-	fast := redisTimings{probe: 50 * time.Millisecond, announce: 100 * time.Millisecond, ttl: 3 * time.Second}
-	a, _ := newTestStoreWith(t, srv.url, fast)
-	b, _ := newTestStoreWith(t, srv.url, fast)
+	srv := redistest.Start(t, redistest.FreePort(t)) // its own: other tests' instances would count
+	fast := redisTimings{Timings: fleet.Timings{Probe: 50 * time.Millisecond, Announce: 100 * time.Millisecond, TTL: 3 * time.Second}}
+	a, _ := newTestStoreWith(t, srv.URL, fast)
+	b, _ := newTestStoreWith(t, srv.URL, fast)
 	waitFor(t, "two instances", func() bool { return a.instances.Load() == 2 && b.instances.Load() == 2 })
 	a.mu.Lock()
 	st := a.status
@@ -186,7 +189,7 @@ func TestRedisInstancesAnnounceAndExpire(t *testing.T) {
 	}
 
 	// A crashed instance: announced once, never again.
-	opt, _ := redis.ParseURL(srv.url)
+	opt, _ := redis.ParseURL(srv.URL)
 	c := redis.NewClient(opt)
 	defer c.Close()
 	ctx := context.Background()
@@ -194,7 +197,7 @@ func TestRedisInstancesAnnounceAndExpire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.ZAdd(ctx, instancesKey, redis.Z{Score: float64(tm.UnixMilli()), Member: "crashed"}).Err(); err != nil {
+	if err := c.ZAdd(ctx, fleet.InstancesKey, redis.Z{Score: float64(tm.UnixMilli()), Member: "crashed"}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the crashed instance counted", func() bool { return a.instances.Load() == 3 })
@@ -208,13 +211,13 @@ func TestRedisInstancesAnnounceAndExpire(t *testing.T) {
 	_ = b.Destruct()
 	stopped := time.Now()
 	waitFor(t, "the stopped instance dropped", func() bool { return a.instances.Load() == 1 })
-	if d := time.Since(stopped); d >= fast.ttl {
+	if d := time.Since(stopped); d >= fast.TTL {
 		t.Fatalf("a cleanly stopped instance was counted for %v, want it gone before the ttl", d)
 	}
 
 	// Announcing notices an outage without any request, and keeps the
 	// last count for the outage.
-	srv.kill()
+	srv.Kill()
 	waitFor(t, "the outage noticed", func() bool { return !a.up.Load() })
 	if n := a.instances.Load(); n != 1 {
 		t.Fatalf("instances %d during the outage, want the last seen (1)", n)
@@ -225,7 +228,7 @@ func TestRedisInstancesAnnounceAndExpire(t *testing.T) {
 // the instance last saw plus what it admitted; a window Redis kept gets
 // the admissions added and keeps its end.
 func TestRedisCarryBack(t *testing.T) {
-	s, _ := newTestStore(t, testRedisURL(t))
+	s, _ := newTestStore(t, redistest.URL(t))
 	ctx := context.Background()
 	lost := redisServiceKey(uniqueName("lost"), 30, time.Minute)
 	kept := redisServiceKey(uniqueName("kept"), 30, time.Minute)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -22,7 +23,7 @@ func init() {
 }
 
 // Handler is the whole gateway on a site: byteproxy_cors on every request
-// (so error answers carry CORS headers too), then by path
+// (so error answers carry CORS headers too), then by path (routes.Of)
 //
 //	/proxy/*            byteproxy_pressure, byteproxy_auth proxy,
 //	                    byteproxy_ratelimit, byteproxy_services, byteproxy_manage
@@ -71,20 +72,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	h.compile(mods)
+	return nil
+}
+
+// compile builds the three chains from the handlers by name (cors,
+// pressure, ratelimit, services, manage, auth_proxy, auth_management).
+func (h *Handler) compile(mods map[string]caddyhttp.MiddlewareHandler) {
 	h.cors = mods["cors"]
 	manage := terminal(mods["manage"])
 	proxy := chain(manage, mods["pressure"], mods["auth_proxy"], mods["ratelimit"], mods["services"])
 	management := chain(manage, mods["pressure"], mods["auth_management"])
 	h.dispatch = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		switch routeOf(r.URL.Path) {
-		case routeProxy:
+		switch routes.Of(r.URL.Path) {
+		case routes.Proxy:
 			return proxy.ServeHTTP(w, r)
-		case routeManagement:
+		case routes.Management:
 			return management.ServeHTTP(w, r)
 		}
 		return manage.ServeHTTP(w, r)
 	})
-	return nil
 }
 
 // ServeHTTP runs the gateway on the request.
@@ -103,30 +110,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}()
 	return h.cors.ServeHTTP(w, r, h.dispatch)
-}
-
-// Routes of the standard route, as routeOf picks them.
-const (
-	routeOther = iota
-	routeProxy
-	routeManagement
-)
-
-// routeOf decides the route as the path matchers `/proxy/*` and
-// `/manage`, `/manage/*` would (caddyhttp.MatchPath): on the lowercased,
-// cleaned path with doubled slashes merged, so `/PROXY/x`, `//manage/keys`
-// or `/a/../manage/keys` reach the same chain as before. NormalizedPath is
-// what MatchPath cleans with; for an already clean lowercase path neither
-// step allocates.
-func routeOf(p string) int {
-	p = caddyhttp.NormalizedPath(strings.ToLower(p), true)
-	switch {
-	case strings.HasPrefix(p, "/proxy/"):
-		return routeProxy
-	case p == "/manage" || strings.HasPrefix(p, "/manage/"):
-		return routeManagement
-	}
-	return routeOther
 }
 
 // chain builds mws[0] -> mws[1] -> ... -> last once, so a request pays no

@@ -1,14 +1,12 @@
 package route
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -81,37 +79,4 @@ func TestAbortHandlerStillAborts(t *testing.T) {
 		}
 	}()
 	_ = h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), nil)
-}
-
-// TestRouteOfMatchesPathMatchers checks routeOf against the path matchers
-// the standard route was written with, on the paths where raw prefixes
-// and Caddy's cleaned, case-insensitive matching differ.
-func TestRouteOfMatchesPathMatchers(t *testing.T) {
-	proxyM := caddyhttp.MatchPath{"/proxy/*"}
-	manageM := caddyhttp.MatchPath{"/manage", "/manage/*"}
-	for _, p := range []string{
-		"/proxy/bench/ping", "/proxy/", "/proxy", "/proxyx/a", "/PROXY/a/b", "//proxy/a/b",
-		"/proxy/../manage/keys", "/a/../proxy/s/x", "/proxy/./s/x", "/proxy//s/x",
-		"/manage", "/manage/", "/manage/keys", "/MANAGE/keys", "/manager", "//manage",
-		"/manage/../health", "/health", "/", "", "/up", "/x/..", "/proxy/s/x/",
-	} {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.URL.Path = p
-		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
-		want := routeOther
-		if ok, _ := proxyM.MatchWithError(r); ok {
-			want = routeProxy
-		} else if ok, _ := manageM.MatchWithError(r); ok {
-			want = routeManagement
-		}
-		if got := routeOf(p); got != want {
-			t.Errorf("routeOf(%q) = %d, the path matchers say %d", p, got, want)
-		}
-	}
-}
-
-func TestRouteOfAllocs(t *testing.T) {
-	if n := testing.AllocsPerRun(100, func() { routeOf("/proxy/bench/ping") }); n != 0 {
-		t.Errorf("routeOf allocates %v times on a clean path", n)
-	}
 }

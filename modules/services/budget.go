@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -159,7 +161,7 @@ func (f *forwarder) refuseBudget(pw *proxyWriter, r *http.Request, err error) {
 		ce.Write(zap.String("method", r.Method), zap.String("reason", reason),
 			zap.Duration("retry_after", rf.RetryAfter), zap.Duration("waited", rf.Waited))
 	}
-	_, path, _ := gateway.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
+	_, path, _ := routes.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
 	g := f.shapeRefusal(rf, reason, path)
 	pw.status = g.Status
 	w := pw.ResponseWriter
@@ -279,13 +281,10 @@ func consumerOf(r *http.Request) string {
 	if ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ip != "" {
 		return ip
 	}
-	// The host of "ip:port" or "[ip]:port", without net.SplitHostPort's
-	// allocation when there is no port.
-	addr := r.RemoteAddr
-	if i := strings.LastIndexByte(addr, ':'); i >= 0 && !strings.HasSuffix(addr[:i], ":") {
-		addr = addr[:i]
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
 	}
-	return strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
+	return strings.TrimSuffix(strings.TrimPrefix(r.RemoteAddr, "["), "]")
 }
 
 // upstreamLimitScope classifies an upstream answer that refused a request

@@ -19,6 +19,7 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/budget"
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
 )
@@ -122,7 +123,7 @@ func (f *forwarder) Close() {
 
 // ServeHTTP forwards r, which the handler has checked, and records it.
 func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
+	_, rest, _ := routes.ProxyPath(r.URL.EscapedPath())
 	f.forward(w, r, rest)
 }
 
@@ -183,7 +184,7 @@ func (f *forwarder) finish(pw *proxyWriter, r *http.Request) {
 // one set of rules for both paths.
 func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
-	_, rest, _ := gateway.ProxyPath(in.URL.EscapedPath())
+	_, rest, _ := routes.ProxyPath(in.URL.EscapedPath())
 	rt, tail := f.route(rest)
 
 	u := out.URL

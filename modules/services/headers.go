@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -30,9 +31,10 @@ import (
 //     no Authorization: gateway.Service.CredentialFree);
 //   - an empty User-Agent where there is none, so that Go adds none.
 //
-// Header values are shared with in and with the service: the outgoing
-// request is written by http.Request.Write or http.Transport, which never
-// modify them.
+// The client's header values are shared with in (the same request; the
+// outgoing request is written by http.Request.Write or http.Transport,
+// which never modify them); every value the gateway adds is this
+// request's own slice, since no slice may be handed to two requests.
 func (f *forwarder) outgoing(h http.Header, u *url.URL, in *http.Request, rt *route, tail string) {
 	u.Scheme, u.Host = rt.scheme, rt.host
 	rt.setPath(u, tail)
@@ -46,27 +48,20 @@ func (f *forwarder) outgoing(h http.Header, u *url.URL, in *http.Request, rt *ro
 		h[k] = vv
 	}
 	if te := in.Header["Te"]; te != nil && httpguts.HeaderValuesContainsToken(te, "trailers") {
-		h["Te"] = teTrailers
+		h["Te"] = []string{"trailers"}
 	}
 	for _, d := range f.defaults {
 		if _, ok := h[d.key]; !ok {
-			h[d.key] = d.vals
+			h[d.key] = slices.Clone(d.vals)
 		}
 	}
 	if !f.svc.CredentialFree(in, tail) {
 		f.svc.ApplyCredential(h, u)
 	}
 	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = emptyValue
+		h["User-Agent"] = []string{""}
 	}
 }
-
-// Values of outgoing requests only, shared by all of them; never modified
-// (nothing edits an outgoing request's headers in place).
-var (
-	teTrailers = []string{"trailers"}
-	emptyValue = []string{""}
-)
 
 // hopByHop: the headers of one connection, which no proxy forwards
 // (ReverseProxy's list, RFC 9110 section 7.6.1).

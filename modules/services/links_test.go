@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -47,7 +48,7 @@ func clientRequest(target, original string, trusted bool, header ...string) *htt
 // rewritten runs the response headers h through the rewriting of a
 // response to r.
 func rewritten(f *forwarder, r *http.Request, h http.Header) http.Header {
-	_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
+	_, rest, _ := routes.ProxyPath(r.URL.EscapedPath())
 	w := &proxyWriter{f: f, r: r, rest: rest}
 	w.rewriteLocations(h)
 	return h

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -198,7 +199,7 @@ func misGateway(t *testing.T, up *hostile, lean bool) (url string, dial *recordi
 	f := newForwarder(svc, nil, zap.NewNop(), lean)
 	t.Cleanup(svc.Close)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, rest, _ := gateway.ProxyPath(r.URL.EscapedPath())
+		_, rest, _ := routes.ProxyPath(r.URL.EscapedPath())
 		if status, body := f.check(r, rest); status != 0 {
 			_ = httpx.WriteJSON(w, status, body)
 			return

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -57,7 +58,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // anything that is not a service call to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	// The escaped path, so that an encoded slash stays one.
-	key, rest, ok := gateway.ProxyPath(r.URL.EscapedPath())
+	key, rest, ok := routes.ProxyPath(r.URL.EscapedPath())
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -125,8 +126,7 @@ func (f *forwarder) logLocal(r *http.Request, status int) {
 
 // durationMS formats d as the original's X-Proxy-Duration value, "12ms".
 func durationMS(d time.Duration) string {
-	var buf [24]byte
-	return string(append(strconv.AppendInt(buf[:0], max(d.Milliseconds(), 0), 10), 'm', 's'))
+	return strconv.FormatInt(max(d.Milliseconds(), 0), 10) + "ms"
 }
 
 // Interface guards

@@ -28,11 +28,11 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 
+	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/internal/testutil/record"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -226,7 +226,7 @@ func (c *Checker) Operation(a *record.Answer) string {
 	return a.Method + " " + tmpl
 }
 
-const proxyTemplate = "/proxy/{service}/{path}"
+const proxyTemplate = routes.ProxyService
 
 // Forwarded reports an answer of the upstream that the proxy passed on
 // (only the gateway's headers on it are the gateway's).
@@ -241,26 +241,39 @@ func upstreamAnswer(a *record.Answer) bool {
 	return a.Header.Get("X-Proxy-Error") == "" && a.Header.Get("X-Proxy-Duration") != ""
 }
 
-// aliases are the paths the gateway answers as another documented one.
-var aliases = map[string]string{
-	"/version/":        "/version",
-	"/docs/":           "/docs",
-	"/proxy/services/": "/proxy/services",
-}
+// slashed are the documented paths the gateway answers with a trailing
+// slash too (routes.Table's Slash).
+var slashed = func() map[string]bool {
+	m := map[string]bool{}
+	for _, rt := range routes.Table {
+		m[rt.Path] = rt.Slash
+	}
+	return m
+}()
 
 // match finds the documented path of an answer: the proxy by the rules the
-// gateway applies (gateway.ProxyPath on the path as sent, and for the
-// byteproxy handler first its route, /proxy/* on the cleaned path), the
+// gateway applies (routes.ProxyPath on the path as sent, and for the
+// byteproxy handler first its route, routes.Of), the
 // others segment by segment.
 func (c *Checker) match(a *record.Answer) (string, map[string]string) {
-	routed := a.Handler != "byteproxy" || strings.HasPrefix(caddyhttp.NormalizedPath(strings.ToLower(a.Path), true), "/proxy/")
-	if key, rest, ok := gateway.ProxyPath(a.RawPath); ok && routed {
+	routed := a.Handler != "byteproxy" || routes.Of(a.Path) == routes.Proxy
+	if key, rest, ok := routes.ProxyPath(a.RawPath); ok && routed {
 		return proxyTemplate, map[string]string{"service": key, "path": strings.TrimPrefix(rest, "/")}
 	}
-	p := a.Path
-	if alias, ok := aliases[p]; ok {
-		p = alias
+	if tmpl, params := c.matchSegments(a.Path); tmpl != "" {
+		return tmpl, params
 	}
+	if p, ok := strings.CutSuffix(a.Path, "/"); ok && p != "" {
+		if tmpl, params := c.matchSegments(p); slashed[tmpl] {
+			return tmpl, params
+		}
+	}
+	return "", nil
+}
+
+// matchSegments finds the documented path p is an instance of, segment by
+// segment, the proxy left out.
+func (c *Checker) matchSegments(p string) (string, map[string]string) {
 	got := strings.Split(p, "/")
 	for _, tmpl := range c.templates {
 		if tmpl == proxyTemplate {
