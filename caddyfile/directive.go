@@ -4,6 +4,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/route"
 )
 
@@ -24,13 +25,5 @@ func init() {
 // The gateway's settings live in the byteproxy global option, so the
 // directive takes no arguments.
 func parseSiteDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	d := h.Dispenser
-	d.Next() // "byteproxy"
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return nil, d.Errf("unrecognized subdirective '%s'; gateway settings go in the byteproxy global option", d.Val())
-	}
-	return new(route.Handler), nil
+	return gateway.ParseBareDirective(h, new(route.Handler))
 }

@@ -30,7 +30,14 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
+	seen := map[string]int{} // option -> line it was first set on
 	for d.NextBlock(0) {
+		if opt := d.Val(); opt != "service" && opt != "auth" { // repeated: see parseService, parseAuth
+			if line, ok := seen[opt]; ok {
+				return nil, d.Errf("'%s' is set twice in the byteproxy global option (first on line %d); keep one", opt, line)
+			}
+			seen[opt] = d.Line()
+		}
 		if err := parseAppOption(d, app); err != nil {
 			return nil, err
 		}
@@ -111,11 +118,11 @@ func parseAuth(d *caddyfile.Dispenser, app *gateway.App) error {
 	if app.Auth == nil {
 		app.Auth = map[string]*gateway.AuthScope{}
 	}
-	sc := app.Auth[scope]
-	if sc == nil {
-		sc = new(gateway.AuthScope)
-		app.Auth[scope] = sc
+	if app.Auth[scope] != nil {
+		return d.Errf("'auth %s' is set twice in the byteproxy global option; merge the keys into one block", scope)
 	}
+	sc := new(gateway.AuthScope)
+	app.Auth[scope] = sc
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch d.Val() {
 		case "key":

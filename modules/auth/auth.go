@@ -20,32 +20,10 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler requires an API key of one scope. The keys, whether they are
-// required, and whether ?api_key= is accepted are settings of the byteproxy
-// app (`auth <scope> { key ...; required ... }` and `query_key`), so every
-// handler of a scope agrees on them.
-//
-// A key is accepted in `Authorization: <scheme> <key>` with the scheme
-// Bearer, Bot or token (any letter case, one or more spaces: what client
-// libraries send when the proxy key is given to them as their token),
-// `X-API-Key: <key>` or (with query_key on) `?api_key=<key>`; if any
-// presented credential is a key of the scope, the request passes. The credential is removed from the
-// request before it goes on, and the non-secret id of the key used is set
-// as the request variable `byteproxy.client` (placeholder
-// `{http.vars.byteproxy.client}`) and as the access-log field `client`.
-//
-// A scope that is not required lets requests without a credential through,
-// except the management scope, which then answers only local clients: a
-// loopback TCP peer and client IP, no forwarding header (Forwarded,
-// X-Forwarded-*, X-Real-IP, Via, ...), a loopback Host (localhost,
-// 127.0.0.1, [::1]) and no Origin of another site, as Caddy's admin
-// endpoint does. The handler also answers /proxy/auth-test,
-// /proxy/auth-debug (proxy scope) and /manage/key-debug (management scope)
-// once the request is authenticated.
-//
-// Wrong keys are throttled per client address (the app's auth_failures,
-// default 20 a minute): past the limit, the address gets 429 with
-// Retry-After, its keys are not checked, and its connection is closed.
+// Handler requires an API key of one scope (proxy or management); the
+// keys are settings of the byteproxy app, so every handler of a scope
+// agrees on them. docs/HANDLERS.md describes where a key is read, what a
+// keyless scope admits, and the throttling of wrong keys.
 type Handler struct {
 	// Scope to enforce: "proxy" or "management".
 	Scope string `json:"scope,omitempty"`
@@ -77,16 +55,13 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // Provision takes the scope's keys from the byteproxy app and hashes them
 // once, so that serving a request only compares digests.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if err := h.Validate(); err != nil {
-		return err
-	}
 	app, err := gateway.FromContext(ctx)
 	if err != nil {
 		return err
 	}
 	sc := app.ScopeFor(h.Scope)
 	if sc == nil {
-		return fmt.Errorf("scope: %q is not provisioned by the byteproxy app", h.Scope)
+		return nil // an unknown scope name, which Validate refuses
 	}
 	h.app = app
 	h.setup(sc, app.QueryKeyOn(), ctx.Logger(), app.Metrics())

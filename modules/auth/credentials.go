@@ -6,6 +6,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -107,11 +108,11 @@ func equalFoldASCII(a, b string) bool {
 
 // queryValue returns the first value of the parameter name in a raw query
 // and whether it is present, under the gateway's one rule for key
-// parameters (gateway.QueryParam: '&' and ';' both separate parameters,
+// parameters (httpx.QueryParam: '&' and ';' both separate parameters,
 // the name is matched percent-decoded), the rule the parameter is stripped
 // by before anything goes upstream.
 func queryValue(rawQuery, name string) (string, bool) {
-	return gateway.QueryParam(rawQuery, name)
+	return httpx.QueryParam(rawQuery, name)
 }
 
 // strip removes every credential transport from the request before it goes
@@ -132,7 +133,7 @@ func (h *Handler) strip(r *http.Request, c credentials) {
 		r.Header.Del("Authorization")
 	}
 	r.Header.Del("X-Api-Key")
-	if q := gateway.StripQueryParam(r.URL.RawQuery, queryParam); q != r.URL.RawQuery {
+	if q := httpx.StripQueryParam(r.URL.RawQuery, queryParam); q != r.URL.RawQuery {
 		r.URL.RawQuery = q
 		r.URL.ForceQuery = false
 		r.RequestURI = r.URL.RequestURI()

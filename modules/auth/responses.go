@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -40,7 +41,7 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, c credent
 	if c.badAuthz != "" {
 		body["detail"] = c.badAuthz
 	}
-	_ = gateway.WriteJSON(w, http.StatusUnauthorized, body)
+	_ = httpx.WriteJSON(w, http.StatusUnauthorized, body)
 	// A write error means the client left. It is not returned: Caddy would
 	// log it with the request as it arrived, X-API-Key included.
 	return nil
@@ -50,7 +51,7 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, c credent
 // from a local program, saying why and what to configure.
 func (h *Handler) forbidden(w http.ResponseWriter, r *http.Request, why *refusal) error {
 	h.logFailure(r, why.reason)
-	_ = gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+	_ = httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
 		"error":   "Forbidden",
 		"message": why.message,
 	})
@@ -69,7 +70,7 @@ func (h *Handler) throttled(w http.ResponseWriter, r *http.Request, retry time.D
 	hdr := w.Header()
 	hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
 	hdr.Set("Connection", "close")
-	_ = gateway.WriteJSON(w, http.StatusTooManyRequests, map[string]any{
+	_ = httpx.WriteJSON(w, http.StatusTooManyRequests, map[string]any{
 		"error":      "Too Many Requests",
 		"message":    "Too many failed authentication attempts from this address. Try again in " + strconv.FormatInt(secs, 10) + " seconds.",
 		"retryAfter": secs,
@@ -136,7 +137,7 @@ func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c creden
 	default:
 		return false
 	}
-	_ = gateway.WriteJSON(w, http.StatusOK, body)
+	_ = httpx.WriteJSON(w, http.StatusOK, body)
 	return true
 }
 

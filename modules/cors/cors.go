@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -57,35 +58,10 @@ const (
 	hVary           = "Vary"
 )
 
-// Handler applies the byteproxy app's `cors` settings:
-//
-//   - origins * (the default): `Access-Control-Allow-Origin: *` on every
-//     response, never with credentials;
-//   - a list of origins: a listed request origin is reflected with
-//     `Access-Control-Allow-Credentials: true`; every response carries
-//     `Vary: Origin`; any other origin gets no CORS headers, and its
-//     preflight is refused with 403;
-//   - cors off: the handler does nothing, and OPTIONS requests go on to
-//     the next handlers.
-//
-// A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
-// answered here with 204, before authentication; a plain OPTIONS goes on,
-// as it may be meant for the upstream. Configured `methods` replace the
-// defaults (GET, POST, PUT, PATCH, DELETE, OPTIONS). Allowed request
-// headers: without `headers` configured, the defaults (Authorization,
-// X-API-Key, Content-Type, X-Requested-With) plus whatever the browser asks
-// for in Access-Control-Request-Headers (If-None-Match,
-// X-GitHub-Api-Version, ...: the upstream decides what it accepts);
-// configured `headers` are exactly the allowed ones. Responses expose the
-// rate-limit (RateLimit, RateLimit-Policy, X-RateLimit-*), Retry-After and
-// X-Proxy-* headers to scripts. When a later
-// handler (a proxy) adds its own CORS headers, the gateway's values win,
-// so a browser never sees two.
-//
-// The management API (/manage/*) is not for browsers of other sites while
-// it has no key (it then trusts local clients): there it gets no CORS
-// headers, and its preflights are refused with 403. With a management key,
-// it is treated like the rest, but with the configured header list only.
+// Handler applies the byteproxy app's `cors` settings: CORS headers on
+// every answer and preflights answered before authentication.
+// docs/HANDLERS.md describes the origins, headers and the management API's
+// rules.
 type Handler struct {
 	app *gateway.App
 
@@ -293,7 +269,7 @@ func (h *Handler) allowOrigin(origin string) string {
 // allows the request headers the browser asks for (not on /manage/*).
 func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, hdr http.Header, v *values, allowed string, reflect bool) error {
 	if allowed == "" {
-		return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+		return httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
 			"error":   "Forbidden",
 			"message": "This origin is not allowed by the gateway's CORS policy.",
 		})
@@ -363,7 +339,7 @@ func (h *Handler) withRequested(requested []string) string {
 // refuseManagementPreflight answers a preflight for the management API
 // while it has no key: no web page may call it from another origin.
 func refuseManagementPreflight(w http.ResponseWriter) error {
-	return gateway.WriteJSON(w, http.StatusForbidden, map[string]string{
+	return httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
 		"error": "Forbidden",
 		"message": "The management API (/manage/*) has no key, so it answers local programs only and no web page of another origin. " +
 			"Set a management key (auth management { key ... } in the byteproxy global option) to call it from a browser app.",

@@ -162,15 +162,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.Timeout == 0 {
 		a.Timeout = caddy.Duration(30 * time.Second)
 	}
-	if a.Timeout < 0 {
-		return ConfigError(errors.New("must not be negative"), "timeout")
-	}
 	if a.Retries == nil {
 		two := 2
 		a.Retries = &two
-	}
-	if *a.Retries < 0 || *a.Retries > 10 {
-		return ConfigError(fmt.Errorf("must be between 0 and 10, got %d", *a.Retries), "retries")
 	}
 	if a.RuntimeServices == nil {
 		a.RuntimeServices = new(RuntimeServicesConfig)
@@ -178,17 +172,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.RuntimeServices.SyncInterval == 0 {
 		a.RuntimeServices.SyncInterval = caddy.Duration(10 * time.Second)
 	}
-	if err := a.AuthFailures.Validate(); err != nil {
-		return fmt.Errorf("auth_failures: %v", err)
-	}
 	if a.RuntimeServices.MaxServices == 0 {
 		a.RuntimeServices.MaxServices = DefaultMaxServices
-	}
-	if a.RuntimeServices.MaxServices < 0 {
-		return fmt.Errorf("runtime_services max_services: must be positive, got %d", a.RuntimeServices.MaxServices)
-	}
-	if err := a.ClientRateLimit.Validate(); err != nil {
-		return ConfigError(err, "client_rate_limit")
 	}
 	a.opts = BuildOptions{Timeout: time.Duration(a.Timeout), Retries: *a.Retries, StrictTLS: a.StrictTLSOn(), Replacer: repl}
 	a.runtOpts = a.opts
@@ -233,6 +218,28 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.syncRuntime(ctx); err != nil {
 		// Storage trouble must not stop the gateway: config services still work.
 		a.logger.Error("loading runtime services", zap.Error(err))
+	}
+	return nil
+}
+
+// Validate refuses the app's settings that are out of range (Provision has
+// filled in the defaults). Service configs are checked as Provision
+// compiles them, which is where their errors are found.
+func (a *App) Validate() error {
+	if a.Timeout < 0 {
+		return ConfigError(errors.New("must not be negative"), "timeout")
+	}
+	if r := a.Retries; r != nil && (*r < 0 || *r > 10) {
+		return ConfigError(fmt.Errorf("must be between 0 and 10, got %d", *r), "retries")
+	}
+	if err := a.AuthFailures.Validate(); err != nil {
+		return fmt.Errorf("auth_failures: %w", err)
+	}
+	if rs := a.RuntimeServices; rs != nil && rs.MaxServices < 0 {
+		return fmt.Errorf("runtime_services max_services: must be positive, got %d", rs.MaxServices)
+	}
+	if err := a.ClientRateLimit.Validate(); err != nil {
+		return ConfigError(err, "client_rate_limit")
 	}
 	return nil
 }
@@ -439,7 +446,7 @@ func (a *App) Context() caddy.Context { return a.ctx }
 func FromContext(ctx caddy.Context) (*App, error) {
 	v, err := ctx.App("byteproxy")
 	if err != nil {
-		return nil, fmt.Errorf("loading byteproxy app: %v", err)
+		return nil, fmt.Errorf("loading byteproxy app: %w", err)
 	}
 	return v.(*App), nil
 }
@@ -470,5 +477,6 @@ func (a *App) Statuses() map[string]any {
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )

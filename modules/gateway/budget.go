@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 // Upstream budgets (issue 14, docs/BUDGETS.md): a service with
@@ -98,7 +99,7 @@ func (a *App) budgetStore() (key string, open func() (caddy.Destructor, error)) 
 		return "budget-store|redis|" + hex.EncodeToString(sum[:8]), func() (caddy.Destructor, error) {
 			s, err := budget.NewRedisStoreURL(url, budget.RedisOptions{Logger: log.Named("budget")})
 			if err != nil {
-				return nil, fmt.Errorf("redis: %v", redactURLError(err))
+				return nil, fmt.Errorf("redis: %w", redactURLError(err))
 			}
 			return &pooledStore{Store: s, close: s.Close}, nil
 		}
@@ -113,7 +114,7 @@ func (a *App) budgetStore() (key string, open func() (caddy.Destructor, error)) 
 func redactURLError(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return fmt.Errorf("not a valid URL: %v", ue.Err)
+		return fmt.Errorf("not a valid URL: %w", ue.Err)
 	}
 	return err
 }
@@ -383,7 +384,7 @@ func (l *UpstreamLimits) applyHeaders(c *budget.Config, preset string) error {
 // budgetErr is a validation error of an upstream_limits setting; field is
 // the setting's management API name (upstreamLimits.maxWait).
 func budgetErr(field, format string, args ...any) error {
-	return fieldErr("upstreamLimits."+field, format, args...)
+	return httpx.Fieldf("upstreamLimits."+field, format, args...)
 }
 
 // clone returns a deep copy.

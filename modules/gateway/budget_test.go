@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 func dur(d time.Duration) *caddy.Duration { v := caddy.Duration(d); return &v }
@@ -82,7 +83,7 @@ func TestUpstreamLimitsCompile(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := BuildService("svc", c.cfg, "config", BuildOptions{})
-			var fe *FieldError
+			var fe *httpx.FieldError
 			if !errors.As(err, &fe) || fe.Field != c.field {
 				t.Fatalf("error %v, want one naming %s", err, c.field)
 			}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/dustin/go-humanize"
 )
 
@@ -62,7 +63,7 @@ func CheckFraction(name string, v float64) error {
 	return nil
 }
 
-// serviceOption maps the field a FieldError names (the management API's
+// serviceOption maps the field an httpx.FieldError names (the management API's
 // camelCase) to the Caddyfile subdirective of a service.
 var serviceOption = map[string]string{
 	"preset":            "preset",
@@ -98,7 +99,7 @@ var budgetOption = map[string]string{
 // error for a service of the config, with a hint when the value holds a
 // placeholder that is not resolved there.
 func serviceConfigError(key string, cfg ServiceConfig, err error) error {
-	var fe *FieldError
+	var fe *httpx.FieldError
 	if !errors.As(err, &fe) {
 		return ConfigError(err, "service "+key)
 	}

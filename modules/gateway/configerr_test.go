@@ -54,3 +54,29 @@ func TestUnknownFieldPath(t *testing.T) {
 		}
 	}
 }
+
+// TestAppValidate: settings out of range are refused by Validate (which
+// Caddy calls after Provision), each naming its option.
+func TestAppValidate(t *testing.T) {
+	eleven, minus := 11, -1
+	for _, c := range []struct {
+		name string
+		app  *App
+		want string
+	}{
+		{"timeout", &App{Timeout: -1}, "byteproxy > timeout: must not be negative"},
+		{"retries", &App{Retries: &eleven}, "byteproxy > retries: must be between 0 and 10, got 11"},
+		{"retries negative", &App{Retries: &minus}, "byteproxy > retries: must be between 0 and 10, got -1"},
+		{"max_services", &App{RuntimeServices: &RuntimeServicesConfig{MaxServices: -2}}, "runtime_services max_services: must be positive, got -2"},
+		{"client_rate_limit", &App{ClientRateLimit: &RateLimit{}}, "byteproxy > client_rate_limit: "},
+		{"auth_failures", &App{AuthFailures: &AuthFailures{MaxFailures: -1}}, "auth_failures: max_failures must not be negative"},
+	} {
+		err := c.app.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("%s: Validate() = %v, want %q...", c.name, err, c.want)
+		}
+	}
+	if err := new(App).Validate(); err != nil {
+		t.Errorf("the zero app: %v", err)
+	}
+}

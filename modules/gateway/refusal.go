@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"net/http"
 	"strconv"
 	"time"
@@ -155,7 +156,7 @@ func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
 	if status == http.StatusServiceUnavailable {
 		// Not a rate limit of the client's: no upstream shape, no
 		// X-RateLimit-*; the wait to the millisecond in retry_after.
-		return WriteJSON(w, status, unavailableBody{Error: rf.Error, RetryAfter: jsonSeconds(rf.RetryAfter),
+		return httpx.WriteJSON(w, status, unavailableBody{Error: rf.Error, RetryAfter: jsonSeconds(rf.RetryAfter),
 			Service: body.Service, Path: rf.Path, Troubleshooting: body.Troubleshooting})
 	}
 	switch preset {
@@ -170,7 +171,7 @@ func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
 			setGitHubHeaders(h, &rf, now)
 		}
 	}
-	return WriteError(w, status, rf.Service.Key, body)
+	return httpx.WriteError(w, status, rf.Service.Key, body)
 }
 
 // discordWait is the wait a Discord client is told: RetryAfter rounded up

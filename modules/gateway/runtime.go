@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
@@ -123,7 +124,7 @@ func (a *App) BuildRuntime(ctx context.Context, key string, cfg ServiceConfig) (
 // does the fuzz target.
 func (a *App) ValidateRuntime(key string, cfg ServiceConfig) (*Service, error) {
 	if cfg.Preset != "" {
-		return nil, fieldErr("preset", "runtime services cannot use presets")
+		return nil, httpx.Fieldf("preset", "runtime services cannot use presets")
 	}
 	if err := checkRuntimeFields(cfg); err != nil {
 		return nil, err
@@ -131,10 +132,10 @@ func (a *App) ValidateRuntime(key string, cfg ServiceConfig) (*Service, error) {
 	if cfg.Auth != nil && cfg.Auth.Token != "" {
 		m := envPlaceholder.FindStringSubmatch(cfg.Auth.Token)
 		if m == nil {
-			return nil, fieldErr("auth.tokenEnvVar", "a runtime service's token must name an environment variable")
+			return nil, httpx.Fieldf("auth.tokenEnvVar", "a runtime service's token must name an environment variable")
 		}
 		if !a.TokenEnvAllowed(m[1]) {
-			return nil, fieldErr("auth.tokenEnvVar", "environment variable %q is not allowed by runtime_services token_env", m[1])
+			return nil, httpx.Fieldf("auth.tokenEnvVar", "environment variable %q is not allowed by runtime_services token_env", m[1])
 		}
 	}
 	svc, err := BuildService(key, NormalizeRuntime(key, cfg), "runtime", a.runtOpts)
@@ -156,37 +157,37 @@ func (a *App) ValidateRuntime(key string, cfg ServiceConfig) (*Service, error) {
 // resolved), control characters in header values, and unbounded sizes.
 func checkRuntimeFields(cfg ServiceConfig) error {
 	if len(cfg.Name) > maxNameLen {
-		return fieldErr("name", "must be at most %d bytes", maxNameLen)
+		return httpx.Fieldf("name", "must be at most %d bytes", maxNameLen)
 	}
 	if hasPlaceholder(cfg.BaseURL) {
-		return fieldErr("baseUrl", "placeholders are not allowed in a runtime service")
+		return httpx.Fieldf("baseUrl", "placeholders are not allowed in a runtime service")
 	}
 	if len(cfg.Versions) > maxMapEntries {
-		return fieldErr("versionedBaseUrls", "at most %d versions", maxMapEntries)
+		return httpx.Fieldf("versionedBaseUrls", "at most %d versions", maxMapEntries)
 	}
 	for v, u := range cfg.Versions {
 		if hasPlaceholder(v) || hasPlaceholder(u) {
-			return fieldErr("versionedBaseUrls", "placeholders are not allowed in a runtime service")
+			return httpx.Fieldf("versionedBaseUrls", "placeholders are not allowed in a runtime service")
 		}
 	}
 	if len(cfg.Headers) > maxMapEntries {
-		return fieldErr("headers", "at most %d headers", maxMapEntries)
+		return httpx.Fieldf("headers", "at most %d headers", maxMapEntries)
 	}
 	for k, v := range cfg.Headers {
 		if hasPlaceholder(k) || hasPlaceholder(v) {
-			return fieldErr("headers", "placeholders are not allowed in a runtime service")
+			return httpx.Fieldf("headers", "placeholders are not allowed in a runtime service")
 		}
 		if len(v) > maxHeaderValue {
-			return fieldErr("headers", "value of %q is longer than %d bytes", k, maxHeaderValue)
+			return httpx.Fieldf("headers", "value of %q is longer than %d bytes", k, maxHeaderValue)
 		}
 		for _, c := range v {
 			if c < ' ' && c != '\t' || c == 0x7f {
-				return fieldErr("headers", "value of %q has a control character", k)
+				return httpx.Fieldf("headers", "value of %q has a control character", k)
 			}
 		}
 	}
 	if cfg.Auth != nil && hasPlaceholder(cfg.Auth.Name) {
-		return fieldErr("auth.headerName", "placeholders are not allowed in a runtime service")
+		return httpx.Fieldf("auth.headerName", "placeholders are not allowed in a runtime service")
 	}
 	return nil
 }
@@ -214,7 +215,7 @@ func hostField(s *Service, host string) string {
 
 // privateErr is the validation error of a refused upstream host.
 func privateErr(svc *Service, host string, err error) error {
-	return fieldErr(hostField(svc, host), "%v; private upstreams are not allowed (runtime_services allow_private_upstreams)", err)
+	return httpx.Fieldf(hostField(svc, host), "%v; private upstreams are not allowed (runtime_services allow_private_upstreams)", err)
 }
 
 // addrGuard is the address guard of runtime services. Provision creates it

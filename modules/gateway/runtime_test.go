@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
@@ -105,7 +106,7 @@ func TestValidateRuntimeGuards(t *testing.T) {
 	}
 	for want, cfg := range bad {
 		_, err := app.ValidateRuntime("k", cfg)
-		fe, isField := err.(*FieldError)
+		fe, isField := err.(*httpx.FieldError)
 		if !isField || fe.Field != strings.TrimSpace(want) {
 			t.Errorf("%s: got %v", want, err)
 		}
@@ -132,7 +133,7 @@ func TestValidateRuntimeGuards(t *testing.T) {
 			"versionedBaseUrls": {BaseURL: "https://a.example/", Versions: map[string]string{"v1": base}},
 		} {
 			_, err := app.BuildRuntime(context.Background(), "k", cfg)
-			fe, isField := err.(*FieldError)
+			fe, isField := err.(*httpx.FieldError)
 			if !isField || fe.Field != field || !strings.Contains(fe.Msg, "allow_private_upstreams") {
 				t.Errorf("%s in %s: got %v", base, field, err)
 			}
@@ -180,7 +181,7 @@ func TestAuthHeaderThatCannotCarryACredential(t *testing.T) {
 		"Proxy-Connection", "TE", "Trailer", "Upgrade", "Proxy-Authorization", "Proxy-Authenticate", "Expect"} {
 		cfg := ServiceConfig{BaseURL: "https://api.example.com/", Auth: &ServiceAuth{Type: "header", Name: name, Token: "{env.CUSTOM_TOKEN}"}}
 		_, err := app.ValidateRuntime("k", cfg)
-		fe, isField := err.(*FieldError)
+		fe, isField := err.(*httpx.FieldError)
 		if !isField || fe.Field != "auth.headerName" || !strings.Contains(fe.Msg, "cannot carry a credential") {
 			t.Errorf("runtime %s: %v", name, err)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 	"github.com/byteproxy/byteproxy/internal/routes"
 )
@@ -157,7 +158,7 @@ func (s *Service) ApplyCredential(h http.Header, u *url.URL) bool {
 	if s.queryName != "" {
 		// Replace any client value of the parameter, and leave the rest of
 		// the query byte for byte as the client sent it.
-		q := StripQueryParam(u.RawQuery, s.queryName)
+		q := httpx.StripQueryParam(u.RawQuery, s.queryName)
 		if q == "" {
 			u.RawQuery = s.queryPair
 		} else {
@@ -226,19 +227,6 @@ func CheckServiceKey(key string) error {
 	return nil
 }
 
-// FieldError is a validation error that names the offending field, in the
-// original's camelCase where the management API reports it.
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
-
-func fieldErr(field, format string, args ...any) error {
-	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
-}
-
 // DialGuard decides whether the gateway may connect to an address: it is
 // a net.Dialer Control function, called with the resolved address just
 // before each connection. nil allows everything.
@@ -268,11 +256,11 @@ type BuildOptions struct {
 // BuildService validates cfg and compiles it into a Service.
 func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions) (*Service, error) {
 	if err := CheckServiceKey(key); err != nil {
-		return nil, fieldErr("key", "%v", err)
+		return nil, httpx.Fieldf("key", "%v", err)
 	}
 	if cfg.Preset != "" {
 		if _, ok := Presets[cfg.Preset]; !ok {
-			return nil, fieldErr("preset", "unknown preset %q", cfg.Preset)
+			return nil, httpx.Fieldf("preset", "unknown preset %q", cfg.Preset)
 		}
 	}
 	cfg = mergePreset(cfg)
@@ -282,24 +270,24 @@ func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions
 	}
 	var err error
 	if s.BaseURL, err = parseBaseURL(cfg.BaseURL); err != nil {
-		return nil, fieldErr("baseUrl", "%v", err)
+		return nil, httpx.Fieldf("baseUrl", "%v", err)
 	}
 	for v, raw := range cfg.Versions {
 		if strings.ContainsAny(v, "/?#") || v == "" || v == "." || v == ".." {
-			return nil, fieldErr("versionedBaseUrls", "version %q must be a single path segment", v)
+			return nil, httpx.Fieldf("versionedBaseUrls", "version %q must be a single path segment", v)
 		}
 		if s.Versions[v], err = parseBaseURL(raw); err != nil {
-			return nil, fieldErr("versionedBaseUrls", "version %s: %v", v, err)
+			return nil, httpx.Fieldf("versionedBaseUrls", "version %s: %v", v, err)
 		}
 	}
 	for k, v := range cfg.Headers {
 		if !validHeaderName(k) {
-			return nil, fieldErr("headers", "invalid header name %q", k)
+			return nil, httpx.Fieldf("headers", "invalid header name %q", k)
 		}
 		s.Headers.Set(k, v)
 	}
 	if err := cfg.RateLimit.Validate(); err != nil {
-		return nil, fieldErr("rateLimit", "%v", err)
+		return nil, httpx.Fieldf("rateLimit", "%v", err)
 	}
 	if err := s.compileAuth(opt.Replacer); err != nil {
 		return nil, err
@@ -308,12 +296,12 @@ func BuildService(key string, cfg ServiceConfig, source string, opt BuildOptions
 	if cfg.Timeout > 0 {
 		s.Timeout = time.Duration(cfg.Timeout)
 	} else if cfg.Timeout < 0 {
-		return nil, fieldErr("timeout", "must not be negative")
+		return nil, httpx.Fieldf("timeout", "must not be negative")
 	}
 	s.Retries = opt.Retries
 	if cfg.Retries != nil {
 		if *cfg.Retries < 0 || *cfg.Retries > 10 {
-			return nil, fieldErr("retries", "must be between 0 and 10")
+			return nil, httpx.Fieldf("retries", "must be between 0 and 10")
 		}
 		s.Retries = *cfg.Retries
 	}
@@ -358,16 +346,16 @@ func (s *Service) compileAuth(repl *caddy.Replacer) error {
 	case "bot", "bearer", "basic":
 	case "header", "query":
 		if a.Name == "" {
-			return fieldErr("auth.headerName", "auth type %q needs a name", a.Type)
+			return httpx.Fieldf("auth.headerName", "auth type %q needs a name", a.Type)
 		}
 		if a.Type == "header" && !validHeaderName(a.Name) {
-			return fieldErr("auth.headerName", "invalid header name %q", a.Name)
+			return httpx.Fieldf("auth.headerName", "invalid header name %q", a.Name)
 		}
 		if a.Type == "header" && cannotCarryCredential[http.CanonicalHeaderKey(a.Name)] {
-			return fieldErr("auth.headerName", "header %q cannot carry a credential: it is hop-by-hop or describes the message, and would be dropped or rewritten on the way upstream", a.Name)
+			return httpx.Fieldf("auth.headerName", "header %q cannot carry a credential: it is hop-by-hop or describes the message, and would be dropped or rewritten on the way upstream", a.Name)
 		}
 	default:
-		return fieldErr("auth.type", "unknown auth type %q (want bot, bearer, basic, header (or api-key) or query)", a.Type)
+		return httpx.Fieldf("auth.type", "unknown auth type %q (want bot, bearer, basic, header (or api-key) or query)", a.Type)
 	}
 	if m := envPlaceholder.FindStringSubmatch(a.Token); m != nil {
 		s.TokenEnv = m[1]
@@ -466,16 +454,16 @@ func checkHTTPVersion(v string, base *url.URL, versions map[string]*url.URL) (st
 		return v, nil
 	case HTTP2:
 		if base.Scheme != "https" {
-			return "", fieldErr("http_version", "2 needs an https base URL (HTTP/2 is negotiated over TLS), got %s", base.Scheme)
+			return "", httpx.Fieldf("http_version", "2 needs an https base URL (HTTP/2 is negotiated over TLS), got %s", base.Scheme)
 		}
 		for name, u := range versions {
 			if u.Scheme != "https" {
-				return "", fieldErr("http_version", "2 needs https base URLs; version %s is %s", name, u.Scheme)
+				return "", httpx.Fieldf("http_version", "2 needs https base URLs; version %s is %s", name, u.Scheme)
 			}
 		}
 		return v, nil
 	}
-	return "", fieldErr("http_version", "unknown HTTP version %q (want auto, 1.1 or 2)", v)
+	return "", httpx.Fieldf("http_version", "unknown HTTP version %q (want auto, 1.1 or 2)", v)
 }
 
 // ErrNoHTTP2 is the error of a request to a service with http_version 2

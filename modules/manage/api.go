@@ -2,8 +2,6 @@ package manage
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -62,7 +61,7 @@ func (h *Handler) serveService(w http.ResponseWriter, r *http.Request, key strin
 		if svc == nil {
 			return serviceNotFound(w, key)
 		}
-		return gateway.WriteJSON(w, http.StatusOK, map[string]any{"key": key, "config": viewOf(svc), "source": svc.Source})
+		return httpx.WriteJSON(w, http.StatusOK, map[string]any{"key": key, "config": viewOf(svc), "source": svc.Source})
 	case http.MethodPut:
 		return h.replaceService(w, r, key)
 	case http.MethodDelete:
@@ -85,7 +84,7 @@ func (h *Handler) listServices(w http.ResponseWriter) error {
 		s := services[key]
 		list = append(list, listEntry{ServiceInfo: s.Info(), AuthConfigured: s.HasAuth() && s.TokenConfigured(), Source: s.Source})
 	}
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{"services": list, "count": len(list)})
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"services": list, "count": len(list)})
 }
 
 func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
@@ -96,11 +95,11 @@ func (h *Handler) addService(w http.ResponseWriter, r *http.Request) error {
 	defer release()
 	body, e := readBody(w, r)
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	key, cfg, e := decodeService(body, "")
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	if _, preset := gateway.Presets[key]; preset || h.app.IsConfigService(key) {
 		return exists(w, key)
@@ -126,11 +125,11 @@ func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key str
 	defer release()
 	body, e := readBody(w, r)
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	_, cfg, e := decodeService(body, key)
 	if e != nil {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	keepRedacted(&cfg, h.app.Service(key))
 	svc, err := h.app.PutRuntime(r.Context(), key, cfg, false)
@@ -142,7 +141,7 @@ func (h *Handler) replaceService(w http.ResponseWriter, r *http.Request, key str
 
 // stored answers a durable add or replacement with the service as stored.
 func stored(w http.ResponseWriter, status int, verb string, svc *gateway.Service) error {
-	return gateway.WriteJSON(w, status, map[string]any{
+	return httpx.WriteJSON(w, status, map[string]any{
 		"message": fmt.Sprintf("Service '%s' %s successfully", svc.Key, verb),
 		"key":     svc.Key,
 		"config":  viewOf(svc),
@@ -159,7 +158,7 @@ func (h *Handler) deleteService(w http.ResponseWriter, r *http.Request, key stri
 	if err := h.app.DeleteRuntime(r.Context(), key); err != nil {
 		return h.changeFailed(w, key, err)
 	}
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"message": fmt.Sprintf("Service '%s' deleted successfully", key),
 		"key":     key,
 	})
@@ -168,7 +167,7 @@ func (h *Handler) deleteService(w http.ResponseWriter, r *http.Request, key stri
 // changeFailed maps a registry error onto its answer.
 func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) error {
 	if e, ok := fromFieldError(err); ok {
-		return badRequest(w, e)
+		return e.Write(w)
 	}
 	switch {
 	case errors.Is(err, gateway.ErrExists):
@@ -182,34 +181,30 @@ func (h *Handler) changeFailed(w http.ResponseWriter, key string, err error) err
 	case errors.Is(err, gateway.ErrKeyCase):
 		var ce *gateway.KeyCaseError
 		errors.As(err, &ce)
-		return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+		return httpx.WriteJSON(w, http.StatusConflict, map[string]any{
 			"error": fmt.Sprintf("Service '%s' not added: the service '%s' exists, and keys may not differ only in letter case", key, ce.Existing),
 			"field": "key",
 		})
 	}
 	h.logger.Error("changing a runtime service failed", zap.String("service", key), zap.Error(err))
-	return gateway.WriteJSON(w, http.StatusInternalServerError, map[string]any{
+	return httpx.WriteJSON(w, http.StatusInternalServerError, map[string]any{
 		"error":   "Storage error",
 		"message": "The change could not be stored and was not made; see the gateway log",
 	})
 }
 
-func badRequest(w http.ResponseWriter, e *apiError) error {
-	return gateway.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "Invalid " + e.Field + ": " + e.Msg, "field": e.Field})
-}
-
 func exists(w http.ResponseWriter, key string) error {
-	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{"error": fmt.Sprintf("Service '%s' already exists", key)})
+	return httpx.WriteJSON(w, http.StatusConflict, map[string]any{"error": fmt.Sprintf("Service '%s' already exists", key)})
 }
 
 func serviceNotFound(w http.ResponseWriter, key string) error {
-	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{"error": fmt.Sprintf("Service '%s' not found", shortPath(key))})
+	return httpx.WriteJSON(w, http.StatusNotFound, map[string]any{"error": fmt.Sprintf("Service '%s' not found", shortPath(key))})
 }
 
 // tooManyServices answers 409: the request is valid, the registry is full.
 func (h *Handler) tooManyServices(w http.ResponseWriter, key string) error {
 	limit := h.app.MaxRuntimeServices()
-	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+	return httpx.WriteJSON(w, http.StatusConflict, map[string]any{
 		"error":       fmt.Sprintf("Service '%s' not added: at most %d runtime services may exist (runtime_services max_services); delete one first", key, limit),
 		"field":       "key",
 		"maxServices": limit,
@@ -217,7 +212,7 @@ func (h *Handler) tooManyServices(w http.ResponseWriter, key string) error {
 }
 
 func configDefined(w http.ResponseWriter, key string) error {
-	return gateway.WriteJSON(w, http.StatusConflict, map[string]any{
+	return httpx.WriteJSON(w, http.StatusConflict, map[string]any{
 		"error":  fmt.Sprintf("Service '%s' is defined in the Caddy config; change it in the Caddy config", key),
 		"source": "config",
 	})
@@ -261,7 +256,7 @@ func (h *Handler) testService(w http.ResponseWriter, r *http.Request, key string
 		return h.unreachable(w, svc, err, took)
 	}
 	resp.Body.Close()
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"service":        key,
 		"status":         "reachable",
 		"responseStatus": resp.StatusCode,
@@ -272,7 +267,7 @@ func (h *Handler) testService(w http.ResponseWriter, r *http.Request, key string
 
 func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err error, took time.Duration) error {
 	var tlsHelp any
-	if isTLSError(err) {
+	if httpx.IsTLSError(err) {
 		tlsHelp = map[string]any{
 			"issue": "The upstream's TLS certificate could not be verified",
 			"solutions": []string{
@@ -284,7 +279,7 @@ func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err e
 			"strictTLS": h.app.StrictTLSOn(),
 		}
 	}
-	return gateway.WriteJSON(w, http.StatusBadGateway, map[string]any{
+	return httpx.WriteJSON(w, http.StatusBadGateway, map[string]any{
 		"service":  svc.Key,
 		"status":   "unreachable",
 		"error":    svc.Redact(err.Error()),
@@ -300,16 +295,6 @@ func (h *Handler) unreachable(w http.ResponseWriter, svc *gateway.Service, err e
 			"tlsHelp": tlsHelp,
 		},
 	})
-}
-
-func isTLSError(err error) bool {
-	var unknownAuth x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	var verify *tls.CertificateVerificationError
-	var record tls.RecordHeaderError
-	return errors.As(err, &unknownAuth) || errors.As(err, &hostErr) || errors.As(err, &invalid) ||
-		errors.As(err, &verify) || errors.As(err, &record) || strings.Contains(err.Error(), "tls: ")
 }
 
 // diagnostics reports settings useful when something does not work. It
@@ -341,7 +326,7 @@ func (h *Handler) diagnostics(w http.ResponseWriter) error {
 		retries = *h.app.Retries
 	}
 	host, _ := os.Hostname()
-	return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"system": map[string]any{
 			"goVersion":  runtime.Version(),
 			"platform":   runtime.GOOS + "/" + runtime.GOARCH,

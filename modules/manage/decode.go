@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
 	"mime"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -129,21 +129,9 @@ type authBody struct {
 	TokenConfigured ignored `json:"tokenConfigured,omitempty"`
 }
 
-// apiError is a 400 answer: {"error", "field"}.
-type apiError struct {
-	Field string
-	Msg   string
-}
-
-func (e *apiError) Error() string { return e.Field + ": " + e.Msg }
-
-func badField(field, format string, args ...any) *apiError {
-	return &apiError{Field: field, Msg: fmt.Sprintf(format, args...)}
-}
-
 // checkContentType accepts JSON media types and a missing Content-Type
 // (which needsJSON refuses before a body is read).
-func checkContentType(r *http.Request) *apiError {
+func checkContentType(r *http.Request) *httpx.FieldError {
 	ct := r.Header.Get("Content-Type")
 	if ct == "" {
 		return nil
@@ -152,14 +140,14 @@ func checkContentType(r *http.Request) *apiError {
 	if err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json")) {
 		return nil
 	}
-	return badField("Content-Type", "the request body must be JSON (Content-Type: application/json), got %q", ct)
+	return httpx.Fieldf("Content-Type", "the request body must be JSON (Content-Type: application/json), got %q", ct)
 }
 
 // readBody reads the request body whole, at most maxBodyBytes. A body of
 // declared length is read into one buffer of exactly that size, so the
 // buffer holds the body once (io.ReadAll's growth would allocate it about
 // twice over); a declared length over the limit is refused unread.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *httpx.FieldError) {
 	if e := checkContentType(r); e != nil {
 		return nil, e
 	}
@@ -180,13 +168,13 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
 		return nil, bodyTooLarge()
 	}
 	if err != nil {
-		return nil, badField("body", "reading the request body failed")
+		return nil, httpx.Fieldf("body", "reading the request body failed")
 	}
 	return body, nil
 }
 
-func bodyTooLarge() *apiError {
-	return badField("body", "the request body is larger than %d bytes", maxBodyBytes)
+func bodyTooLarge() *httpx.FieldError {
+	return httpx.Fieldf("body", "the request body is larger than %d bytes", maxBodyBytes)
 }
 
 // decodeService decodes a service request body. urlKey is the key of
@@ -199,9 +187,9 @@ func bodyTooLarge() *apiError {
 // (BenchmarkReadDecodeLargeBody: 6.3 MB allocated per 1 MiB body with
 // json.Decoder, 2.1 MB this way). Admission budgets for this
 // (holdPerBodyByte).
-func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *apiError) {
+func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *httpx.FieldError) {
 	if len(bytes.TrimSpace(body)) == 0 {
-		return "", gateway.ServiceConfig{}, badField("body", "a JSON request body is required")
+		return "", gateway.ServiceConfig{}, httpx.Fieldf("body", "a JSON request body is required")
 	}
 	// The member names first: a malformed body is refused after one pass.
 	var names members[members[members[present]]]
@@ -222,17 +210,17 @@ func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *
 		req.Key = &urlKey
 	}
 	if req.Key == nil || *req.Key == "" {
-		return "", gateway.ServiceConfig{}, badField("key", "the service key is required")
+		return "", gateway.ServiceConfig{}, httpx.Fieldf("key", "the service key is required")
 	}
 	key := *req.Key
 	if urlKey != "" && key != urlKey {
-		return "", gateway.ServiceConfig{}, badField("key", "the key in the body (%q) differs from the key in the URL (%q)", key, urlKey)
+		return "", gateway.ServiceConfig{}, httpx.Fieldf("key", "the key in the body (%q) differs from the key in the URL (%q)", key, urlKey)
 	}
 	if e := checkKey(key); e != nil {
 		return "", gateway.ServiceConfig{}, e
 	}
 	if req.Config == nil {
-		return "", gateway.ServiceConfig{}, badField("config", "the service config is required")
+		return "", gateway.ServiceConfig{}, httpx.Fieldf("config", "the service config is required")
 	}
 	cfg, e := req.Config.toConfig()
 	return key, cfg, e
@@ -241,7 +229,7 @@ func decodeService(body []byte, urlKey string) (string, gateway.ServiceConfig, *
 // decodeInto decodes body into v (a serviceRequest, or the serviceBody of
 // a PUT with prefix "config."), then refuses the member v does not have
 // that unknown found beforehand.
-func decodeInto(body []byte, v any, prefix string, unknown func() (string, bool)) *apiError {
+func decodeInto(body []byte, v any, prefix string, unknown func() (string, bool)) *httpx.FieldError {
 	if err := json.Unmarshal(body, v); err != nil {
 		return jsonError(err, prefix)
 	}
@@ -250,7 +238,7 @@ func decodeInto(body []byte, v any, prefix string, unknown func() (string, bool)
 		if field == "" {
 			field = "body"
 		}
-		return badField(field, "unknown field %q", name)
+		return httpx.Fieldf(field, "unknown field %q", name)
 	}
 	return nil
 }
@@ -354,7 +342,7 @@ func membersNamed[T any](obj map[string]T, name string) []T {
 	return out
 }
 
-func jsonError(err error, prefix string) *apiError {
+func jsonError(err error, prefix string) *httpx.FieldError {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
@@ -363,11 +351,11 @@ func jsonError(err error, prefix string) *apiError {
 		if field == "" {
 			field = "body"
 		}
-		return badField(field, "wrong type: got %s, want %s", typeErr.Value, jsonKind(typeErr.Type.Kind().String()))
+		return httpx.Fieldf(field, "wrong type: got %s, want %s", typeErr.Value, jsonKind(typeErr.Type.Kind().String()))
 	case errors.As(err, &syntaxErr):
-		return badField("body", "malformed JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
+		return httpx.Fieldf("body", "malformed JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return badField("body", "malformed JSON: unexpected end of input")
+		return httpx.Fieldf("body", "malformed JSON: unexpected end of input")
 	}
 	if name, ok := strings.CutPrefix(err.Error(), `json: unknown field "`); ok {
 		name = strings.TrimSuffix(name, `"`)
@@ -375,9 +363,9 @@ func jsonError(err error, prefix string) *apiError {
 		if field == "" {
 			field = "body"
 		}
-		return badField(field, "unknown field %q", name)
+		return httpx.Fieldf(field, "unknown field %q", name)
 	}
-	return badField("body", "malformed JSON: %v", err)
+	return httpx.Fieldf("body", "malformed JSON: %v", err)
 }
 
 func jsonKind(kind string) string {
@@ -391,15 +379,15 @@ func jsonKind(kind string) string {
 }
 
 // checkKey validates a service key as the management API accepts it.
-func checkKey(key string) *apiError {
+func checkKey(key string) *httpx.FieldError {
 	if err := gateway.CheckServiceKey(key); err != nil {
-		return badField("key", "%v", err)
+		return httpx.Fieldf("key", "%v", err)
 	}
 	return nil
 }
 
 // toConfig maps the API's config object onto the gateway's ServiceConfig.
-func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
+func (b *serviceBody) toConfig() (gateway.ServiceConfig, *httpx.FieldError) {
 	cfg := gateway.ServiceConfig{
 		Name:     b.Name,
 		BaseURL:  b.BaseURL,
@@ -410,14 +398,14 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 		HTTPVersion: b.HTTPVersion,
 	}
 	if b.BaseURL == "" {
-		return cfg, badField("baseUrl", "baseUrl is required")
+		return cfg, httpx.Fieldf("baseUrl", "baseUrl is required")
 	}
 	if rl := b.RateLimit; rl != nil {
 		if rl.MaxRequests <= 0 || rl.MaxRequests > maxRequestsCap {
-			return cfg, badField("rateLimit.maxRequests", "must be between 1 and %d, got %d", maxRequestsCap, rl.MaxRequests)
+			return cfg, httpx.Fieldf("rateLimit.maxRequests", "must be between 1 and %d, got %d", maxRequestsCap, rl.MaxRequests)
 		}
 		if rl.WindowMs <= 0 || rl.WindowMs > maxWindowMs {
-			return cfg, badField("rateLimit.windowMs", "must be between 1 and %d, got %d", maxWindowMs, rl.WindowMs)
+			return cfg, httpx.Fieldf("rateLimit.windowMs", "must be between 1 and %d, got %d", maxWindowMs, rl.WindowMs)
 		}
 		cfg.RateLimit = &gateway.RateLimit{
 			MaxRequests: int(rl.MaxRequests),
@@ -433,13 +421,13 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 	}
 	if a := b.Auth; a != nil && (a.Type != "" || a.TokenEnvVar != "" || a.HeaderName != "") {
 		if a.Type == "" {
-			return cfg, badField("auth.type", "auth.type is required (bot, bearer, basic, header (or api-key) or query)")
+			return cfg, httpx.Fieldf("auth.type", "auth.type is required (bot, bearer, basic, header (or api-key) or query)")
 		}
 		// "api-key" (the original's name) is stored and shown as "header".
 		cfg.Auth = &gateway.ServiceAuth{Type: gateway.CanonicalAuthType(a.Type), Name: a.HeaderName}
 		if a.TokenEnvVar != "" {
 			if !envVarName.MatchString(a.TokenEnvVar) {
-				return cfg, badField("auth.tokenEnvVar", "%q is not an environment variable name", a.TokenEnvVar)
+				return cfg, httpx.Fieldf("auth.tokenEnvVar", "%q is not an environment variable name", a.TokenEnvVar)
 			}
 			cfg.Auth.Token = "{env." + a.TokenEnvVar + "}"
 		}
@@ -450,22 +438,22 @@ func (b *serviceBody) toConfig() (gateway.ServiceConfig, *apiError) {
 // toConfig maps upstreamLimits onto the gateway's settings, which
 // validates them (BuildService); here only what would overflow a
 // duration is refused.
-func (b *budgetBody) toConfig() (*gateway.UpstreamLimits, *apiError) {
+func (b *budgetBody) toConfig() (*gateway.UpstreamLimits, *httpx.FieldError) {
 	l := &gateway.UpstreamLimits{
 		MaxInFlight: b.MaxInFlight, BanThreshold: b.BanThreshold, MaxQueue: b.MaxQueue,
 		Weights: b.Weights, Headers: b.Headers, Reset: b.Reset,
 	}
-	ms := func(field string, v *int64) (*caddy.Duration, *apiError) {
+	ms := func(field string, v *int64) (*caddy.Duration, *httpx.FieldError) {
 		if v == nil {
 			return nil, nil
 		}
 		if *v < 0 || *v > maxWindowMs {
-			return nil, badField("upstreamLimits."+field, "must be between 0 and %d, got %d", maxWindowMs, *v)
+			return nil, httpx.Fieldf("upstreamLimits."+field, "must be between 0 and %d, got %d", maxWindowMs, *v)
 		}
 		d := caddy.Duration(time.Duration(*v) * time.Millisecond)
 		return &d, nil
 	}
-	var e *apiError
+	var e *httpx.FieldError
 	if l.MaxWait, e = ms("maxWaitMs", b.MaxWaitMs); e != nil {
 		return nil, e
 	}
@@ -521,8 +509,8 @@ var fieldNames = map[string]string{
 }
 
 // fromFieldError turns a gateway validation error into a 400 answer.
-func fromFieldError(err error) (*apiError, bool) {
-	var fe *gateway.FieldError
+func fromFieldError(err error) (*httpx.FieldError, bool) {
+	var fe *httpx.FieldError
 	if !errors.As(err, &fe) {
 		return nil, false
 	}
@@ -530,7 +518,7 @@ func fromFieldError(err error) (*apiError, bool) {
 	if n, ok := fieldNames[field]; ok {
 		field = n
 	}
-	return &apiError{Field: field, Msg: fe.Msg}, true
+	return &httpx.FieldError{Field: field, Msg: fe.Msg}, true
 }
 
 // configView is a service's configuration as the management API shows it.

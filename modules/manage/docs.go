@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -90,7 +91,7 @@ func servePage(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store") // the nonce must not be reused
-	page := strings.NewReplacer("{{NONCE}}", nonce, "{{BASE}}", html.EscapeString(gateway.MountPrefix(r))).Replace(loadDocs().page)
+	page := strings.NewReplacer("{{NONCE}}", nonce, "{{BASE}}", html.EscapeString(httpx.MountPrefix(r))).Replace(loadDocs().page)
 	http.ServeContent(w, r, "", time.Time{}, strings.NewReader(page))
 }
 
@@ -100,7 +101,7 @@ func servePage(w http.ResponseWriter, r *http.Request) {
 func serveSpec(w http.ResponseWriter, r *http.Request) {
 	d := loadDocs()
 	spec, tag := d.spec, d.specTag
-	if prefix := gateway.MountPrefix(r); prefix != "" {
+	if prefix := httpx.MountPrefix(r); prefix != "" {
 		quoted, _ := json.Marshal(prefix) // a string always marshals
 		spec = slices.Concat(d.specHead, quoted[1:len(quoted)-1], d.specTail)
 		f := fnv.New64a()

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/auth"
 	"github.com/byteproxy/byteproxy/modules/gateway"
@@ -55,7 +56,7 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) error {
 		return methodNotAllowed(w, r, route)
 	}
 	status, v := body(r)
-	return gateway.WriteJSON(w, status, v)
+	return httpx.WriteJSON(w, status, v)
 }
 
 // serveReady answers /ready: readiness for load balancers, 503 with
@@ -66,14 +67,14 @@ func (h *Handler) serveReady(w http.ResponseWriter) error {
 	if retryAfter != "" {
 		w.Header().Set("Retry-After", retryAfter)
 	}
-	return gateway.WriteJSON(w, status, body)
+	return httpx.WriteJSON(w, status, body)
 }
 
 // notFound is the JSON 404 of every unknown path, whatever the method. Its
-// paths are the client's: under the mount prefix (see gateway.MountPrefix).
+// paths are the client's: under the mount prefix (see httpx.MountPrefix).
 func notFound(w http.ResponseWriter, r *http.Request) error {
-	prefix := gateway.MountPrefix(r)
-	return gateway.WriteJSON(w, http.StatusNotFound, map[string]any{
+	prefix := httpx.MountPrefix(r)
+	return httpx.WriteJSON(w, http.StatusNotFound, map[string]any{
 		"error":              "Endpoint not found",
 		"message":            "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist",
 		"suggestion":         "Proxy calls look like " + prefix + routes.ProxyService + "; GET " + prefix + routes.Docs + " describes the API",
@@ -84,7 +85,7 @@ func notFound(w http.ResponseWriter, r *http.Request) error {
 
 // welcome links the other informational endpoints, under the mount prefix.
 func (h *Handler) welcome(r *http.Request) (int, any) {
-	prefix := gateway.MountPrefix(r)
+	prefix := httpx.MountPrefix(r)
 	return http.StatusOK, map[string]any{
 		"message":       "Welcome to ByteProxy, an API gateway for Discord, GitHub and any HTTP API",
 		"source":        gateway.ProjectURL,

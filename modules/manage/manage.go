@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/pressure"
@@ -97,7 +98,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 func (h *Handler) unguarded(w http.ResponseWriter, r *http.Request) error {
 	h.logger.Warn("refusing /manage request: no byteproxy_auth management before byteproxy_manage in this route",
 		zap.String("path", r.URL.Path))
-	return gateway.WriteJSON(w, http.StatusForbidden, map[string]any{
+	return httpx.WriteJSON(w, http.StatusForbidden, map[string]any{
 		"error":   "Forbidden",
 		"message": "The management API is not protected in this route: put 'byteproxy_auth management' before 'byteproxy_manage'.",
 	})
@@ -115,9 +116,9 @@ func methodNotAllowed(w http.ResponseWriter, r *http.Request, route string) erro
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	return gateway.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
+	return httpx.WriteJSON(w, http.StatusMethodNotAllowed, map[string]any{
 		"error":   "Method not allowed",
-		"message": "The endpoint '" + shortPath(gateway.MountPrefix(r)+r.URL.Path) + "' does not accept " + r.Method,
+		"message": "The endpoint '" + shortPath(httpx.MountPrefix(r)+r.URL.Path) + "' does not accept " + r.Method,
 		"allowed": allowed,
 	})
 }
@@ -144,7 +145,7 @@ func needsJSON(r *http.Request) bool {
 // unsupportedMediaType answers a management write that is not JSON.
 func unsupportedMediaType(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Accept", "application/json")
-	return gateway.WriteJSON(w, http.StatusUnsupportedMediaType, map[string]any{
+	return httpx.WriteJSON(w, http.StatusUnsupportedMediaType, map[string]any{
 		"error":   "Unsupported Media Type",
 		"message": r.Method + " requests to the management API must send Content-Type: application/json, also without a body.",
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -38,14 +39,14 @@ const maxFeedBytes = 4 << 20
 // app's update_check feed (nil when none is configured).
 func serveVersionCheck(w http.ResponseWriter, r *http.Request, c *updateChecker) error {
 	if c == nil {
-		return gateway.WriteJSON(w, http.StatusOK, map[string]any{
+		return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 			"currentVersion": "v" + gateway.Version,
 			"checked":        false,
 			"message":        "no update_check configured",
 		})
 	}
 	res := c.result(r.Context())
-	return gateway.WriteJSON(w, http.StatusOK, res.body())
+	return httpx.WriteJSON(w, http.StatusOK, res.body())
 }
 
 // checkers holds an update checker per feed URL while a config uses it,
@@ -166,7 +167,7 @@ func (c *updateChecker) fetch(done chan struct{}) {
 func (c *updateChecker) read(ctx context.Context) (*release, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.feed, nil)
 	if err != nil {
-		return nil, fmt.Errorf("update_check URL: %v", err)
+		return nil, fmt.Errorf("update_check URL: %w", err)
 	}
 	req.Header.Set("Accept", "application/vnd.github+json")
 	req.Header.Set("User-Agent", "ByteProxy/"+gateway.Version)
@@ -176,7 +177,7 @@ func (c *updateChecker) read(ctx context.Context) (*release, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL could carry credentials; the host is logged instead
 		}
-		return nil, fmt.Errorf("reading release feed: %v", err)
+		return nil, fmt.Errorf("reading release feed: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -184,7 +185,7 @@ func (c *updateChecker) read(ctx context.Context) (*release, error) {
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFeedBytes))
 	if err != nil {
-		return nil, fmt.Errorf("reading release feed: %v", err)
+		return nil, fmt.Errorf("reading release feed: %w", err)
 	}
 	return pickRelease(body)
 }
@@ -197,7 +198,7 @@ func pickRelease(body []byte) (*release, error) {
 	if err := json.Unmarshal(body, &list); err != nil {
 		var one release
 		if err2 := json.Unmarshal(body, &one); err2 != nil || one.TagName == "" {
-			return nil, fmt.Errorf("release feed is not a GitHub releases document: %v", err)
+			return nil, fmt.Errorf("release feed is not a GitHub releases document: %w", err)
 		}
 		list = []release{one}
 	}

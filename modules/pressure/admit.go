@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -74,7 +75,7 @@ func (m *Monitor) Refuse(w http.ResponseWriter, r *http.Request, limit int64) er
 	held := m.reserved.Load()
 	duplex := startDuplex(w, r)
 	w.Header().Set("Retry-After", reserveRetryAfter)
-	err := gateway.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
+	err := httpx.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
 		Error: "Server under pressure",
 		Type:  TypeReserved,
 		Value: float64(held),

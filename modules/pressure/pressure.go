@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -96,7 +97,7 @@ func (h *Handler) shed(w http.ResponseWriter, r *http.Request, s *settings, typ 
 	gateway.AddLogField(r, zap.String("pressure", typ))
 	h.logger.Debug("shed request", zap.String("type", typ), zap.Float64("value", value))
 	w.Header().Set("Retry-After", s.retryAfterHdr)
-	return gateway.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
+	return httpx.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
 		Error:   "Server under pressure",
 		Type:    typ,
 		Value:   value,

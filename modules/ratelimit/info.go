@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/byteproxy/byteproxy/internal/fleet"
-	"github.com/byteproxy/byteproxy/modules/gateway"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 // limitInfo is the body of GET /proxy/services/{service}/rate-limit, in
@@ -26,7 +26,7 @@ type limitInfo struct {
 func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) error {
 	svc := h.app.Service(key)
 	if svc == nil {
-		return gateway.WriteJSON(w, http.StatusNotFound, map[string]string{
+		return httpx.WriteJSON(w, http.StatusNotFound, map[string]string{
 			"error": fmt.Sprintf("Service '%s' not configured", key),
 		})
 	}
@@ -36,7 +36,7 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) 
 		if svc.Budget() != nil {
 			msg = "The gateway sets no rate limit of its own for this service; the upstream's limits are kept by its upstream budget (README, Upstream budgets)"
 		}
-		return gateway.WriteJSON(w, http.StatusOK, limitInfo{Service: key, Message: msg})
+		return httpx.WriteJSON(w, http.StatusOK, limitInfo{Service: key, Message: msg})
 	}
 	sl := h.serviceLimitFor(key, rl)
 	now := time.Now()
@@ -46,7 +46,7 @@ func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request, key string) 
 		resetTime, resetIn = st.end.UnixMilli(), ceilSeconds(st.end.Sub(now))
 	}
 	limit := rl.MaxRequests
-	return gateway.WriteJSON(w, http.StatusOK, limitInfo{
+	return httpx.WriteJSON(w, http.StatusOK, limitInfo{
 		Service:   key,
 		Limit:     &limit,
 		Remaining: &st.remaining,

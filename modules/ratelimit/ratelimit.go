@@ -28,45 +28,10 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler enforces the rate limits of the byteproxy app on requests to
-// /proxy/{service}/...; requests to anything else pass untouched. It has
-// no settings of its own: the limits are the app's.
-//
-// A service limit (`rate_limit N W` on a service, `rateLimit` on a runtime
-// service) protects the upstream's quota: a fixed window that opens at the
-// service's first request and admits at most N requests, from all clients
-// and paths together. A client limit (`client_rate_limit N W`) is fair use
-// per consumer (the API key used, else the client IP, which honours the
-// server's trusted_proxies): a token bucket holding N tokens and refilled
-// with N per W. The client limit is checked first; a request refused by
-// one limit spends nothing of the other.
-//
-// A request the gateway will refuse itself (gateway.Service.LocalRefusal:
-// a missing token, a refused path, the GitHub /org/ hint) is not counted:
-// it passes on to byteproxy_services, which answers it.
-//
-// Limited responses describe the limits in the IETF draft's fields
-// (draft-ietf-httpapi-ratelimit-headers): RateLimit-Policy, one policy per
-// limit (`"service";q=100;w=60, "client";q=600;w=60`), and RateLimit, the
-// state of each (`"service";r=42;t=17`: remaining, seconds until reset).
-// X-RateLimit-* are left to the upstream. A refusal is a 429 with
-// Retry-After, written by gateway.WriteRefusal: in the original's JSON
-// body, and for a service built from the discord or github preset also in
-// that upstream's shape, so that its client libraries wait and retry once.
-// GET /proxy/services/{service}/rate-limit reports a service's window
-// without counting.
-//
-// Counters live in memory and survive config reloads (an unchanged limit
-// keeps its state; a changed one starts afresh). With `redis <url>` in the
-// app, every decision is made atomically in Redis in one round trip, so
-// the limits are exact across every instance sharing that Redis. If Redis
-// becomes unreachable, each instance falls back to its memory (logged
-// once, shown in /status) and enforces its share of each limit there: the
-// limit divided by the number of instances last seen alive in Redis (they
-// announce themselves every 5 seconds), starting from the count Redis last
-// reported for the window. When Redis answers again, each instance adds
-// what it admitted on its own to the window (if the window has not ended)
-// before returning to Redis. Requests never fail because of Redis.
+// Handler enforces the byteproxy app's service and client rate limits on
+// /proxy/{service}/... and passes anything else untouched. Its counters
+// survive reloads (the limiters pool) and can be shared through Redis;
+// docs/HANDLERS.md describes the limits, headers and Redis fallback.
 type Handler struct {
 	app    *gateway.App
 	logger *zap.Logger
@@ -136,7 +101,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 func (h *Handler) provisionClients(rl *gateway.RateLimit) error {
 	if err := rl.Validate(); err != nil {
-		return fmt.Errorf("client_rate_limit: %v", err)
+		return fmt.Errorf("client_rate_limit: %w", err)
 	}
 	h.clientMax, h.clientWindow = rl.MaxRequests, time.Duration(rl.Window)
 	h.clientPolicy = policyMember(gateway.LimitClient, h.clientMax, h.clientWindow)
@@ -186,10 +151,10 @@ func (h *Handler) provisionRedis() error {
 func redisURLError(err error, raw string) error {
 	var ue *neturl.Error
 	if errors.As(err, &ue) {
-		err = fmt.Errorf("not a valid URL: %v", ue.Err)
+		err = fmt.Errorf("not a valid URL: %w", ue.Err)
 	}
 	if strings.HasPrefix(raw, "{") && strings.HasSuffix(raw, "}") {
-		return fmt.Errorf("%v (the URL came from %s)", err, raw)
+		return fmt.Errorf("%w (the URL came from %s)", err, raw)
 	}
 	return err
 }

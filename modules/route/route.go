@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -55,7 +56,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	load := func(name string, cfg string) (caddyhttp.MiddlewareHandler, error) {
 		m, err := ctx.LoadModuleByID("http.handlers."+name, json.RawMessage(cfg))
 		if err != nil {
-			return nil, fmt.Errorf("loading %s: %v", name, err)
+			return nil, fmt.Errorf("loading %s: %w", name, err)
 		}
 		return m.(caddyhttp.MiddlewareHandler), nil
 	}
@@ -102,7 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			}
 			h.logger.Error("handler panic", zap.Any("panic", rec), zap.ByteString("stack", debug.Stack()),
 				zap.String("method", r.Method), zap.String("path", r.URL.Path))
-			err = gateway.WriteJSON(w, http.StatusInternalServerError, map[string]string{
+			err = httpx.WriteJSON(w, http.StatusInternalServerError, map[string]string{
 				"error":   "Internal Server Error",
 				"message": "The gateway failed to handle this request; the error is logged.",
 			})
@@ -134,7 +135,7 @@ func terminal(mw caddyhttp.MiddlewareHandler) caddyhttp.Handler {
 // notFound is what a terminal handler's next would be; byteproxy_manage
 // answers every request itself, so it only guards against a change there.
 var notFound = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-	return gateway.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "Endpoint not found"})
+	return httpx.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "Endpoint not found"})
 })
 
 // Interface guards

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
 	"log"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
@@ -370,7 +370,7 @@ func (f *forwarder) answerError(w http.ResponseWriter, method, upstream string, 
 	if status == http.StatusGatewayTimeout {
 		title = "Gateway Timeout"
 	}
-	_ = gateway.WriteJSON(w, status, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
+	_ = httpx.WriteJSON(w, status, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
 }
 
 // describe classifies an upstream error: status, metrics kind, message.
@@ -404,7 +404,7 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 	case errors.Is(err, gateway.ErrNoHTTP2):
 		return http.StatusBadGateway, gateway.UpstreamErrOther,
 			"The upstream " + upstream + " did not negotiate HTTP/2, which the service's http_version 2 requires."
-	case isTLSError(err):
+	case httpx.IsTLSError(err):
 		return http.StatusBadGateway, gateway.UpstreamErrOther,
 			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
@@ -414,16 +414,6 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 	}
 	return http.StatusBadGateway, gateway.UpstreamErrOther,
 		"The request to the upstream " + upstream + " failed."
-}
-
-func isTLSError(err error) bool {
-	var certErr *tls.CertificateVerificationError
-	var recErr tls.RecordHeaderError
-	var unknownAuth x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	return errors.As(err, &certErr) || errors.As(err, &recErr) || errors.As(err, &unknownAuth) ||
-		errors.As(err, &hostErr) || errors.As(err, &invalid)
 }
 
 func tlsReason(err error) string {

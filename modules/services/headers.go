@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
-	"github.com/byteproxy/byteproxy/modules/gateway"
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 // The rules for what goes upstream, in one place for both ways of
@@ -38,7 +38,7 @@ import (
 func (f *forwarder) outgoing(h http.Header, u *url.URL, in *http.Request, rt *route, tail string) {
 	u.Scheme, u.Host = rt.scheme, rt.host
 	rt.setPath(u, tail)
-	u.RawQuery = gateway.StripQueryParam(in.URL.RawQuery, "api_key")
+	u.RawQuery = httpx.StripQueryParam(in.URL.RawQuery, "api_key")
 
 	conn := in.Header["Connection"]
 	for k, vv := range in.Header {

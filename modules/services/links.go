@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -152,9 +153,9 @@ func (lr *linkRewriter) ref(ref string) (string, bool) {
 	// The query as the upstream wrote it, minus what the gateway never
 	// hands out: a proxy key parameter, and the service's credential
 	// (which the gateway adds again when the client follows the URL).
-	q := gateway.StripQueryParam(p.query, "api_key")
+	q := httpx.StripQueryParam(p.query, "api_key")
 	if name := lr.f.svc.QueryCredentialName(); name != "" {
-		q = gateway.StripQueryParam(q, name)
+		q = httpx.StripQueryParam(q, name)
 	}
 	if q != "" || p.hasQuery && p.query == "" {
 		sb.WriteByte('?')
@@ -174,7 +175,7 @@ func (lr *linkRewriter) upstreamURL() *url.URL {
 		rt, tail := lr.f.route(lr.rest)
 		u := &url.URL{Scheme: rt.scheme, Host: rt.host}
 		rt.setPath(u, tail)
-		u.RawQuery = gateway.StripQueryParam(lr.r.URL.RawQuery, "api_key")
+		u.RawQuery = httpx.StripQueryParam(lr.r.URL.RawQuery, "api_key")
 		lr.upstream = u
 	}
 	return lr.upstream
@@ -193,7 +194,7 @@ func (lr *linkRewriter) clientOrigin() string {
 }
 
 func clientOrigin(r *http.Request) string {
-	prefix := gateway.MountPrefix(r)
+	prefix := httpx.MountPrefix(r)
 	if r.Host == "" {
 		if strings.HasPrefix(prefix, "//") {
 			prefix = "" // would read as a host

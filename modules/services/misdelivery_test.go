@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -226,7 +227,7 @@ func misGatewayFor(t *testing.T, up *hostile, lean bool, cfg gateway.ServiceConf
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, rest, _ := routes.ProxyPath(r.URL.EscapedPath())
 		if status, body := f.check(r, rest); status != 0 {
-			_ = gateway.WriteJSON(w, status, body)
+			_ = httpx.WriteJSON(w, status, body)
 			return
 		}
 		f.forward(w, r, rest)

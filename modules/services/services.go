@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/httpx"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -20,60 +21,10 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Handler proxies `/proxy/{service}/{path}?{query}` to
-// `{base_url}{path}?{query}` of the service configured in the byteproxy
-// app (`apps.byteproxy`), and passes every other request to the next
-// handler (so `/proxy/services` and the like reach byteproxy_manage).
-//
-// What goes upstream: the method, the path below the service's base URL
-// (a first segment naming one of the service's versions selects that
-// version's base URL), the query without `api_key`, the body streamed as
-// it arrives, and the headers: the service's default headers, then the
-// client's (a client header wins), then the service's credential (always
-// the gateway's). Never forwarded: hop-by-hop headers, the client's
-// credentials (`Authorization`, `Proxy-Authorization`, `X-API-Key`), and
-// headers that claim the client's identity or the request's route
-// (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `True-Client-IP`,
-// `X-Client-IP`, `CF-Connecting-IP`, `X-Original-URL`, `X-Rewrite-URL`;
-// also spelled with `_` for `-`). None are added: the upstream does not
-// learn the client's address.
-//
-// Refused by the gateway, never forwarded: `TRACE` and `CONNECT` (405,
-// with `Allow`: a TRACE echo would hand the service's credential to the
-// caller), and a protocol upgrade to anything but WebSocket (400: `h2c`
-// and the like would open a tunnel past the gateway's rules).
-//
-// What comes back: the upstream's status, headers and body as they are
-// (redirects are not followed, compressed bodies stay compressed, bodies
-// and trailers stream, WebSocket upgrades pass through), plus
-// `X-Proxy-Service: <key>` and `X-Proxy-Duration: <ms>ms` (time until the
-// upstream's response headers). URLs in `Link`, `Location` and
-// `Content-Location` that point under the service's base or version URLs
-// are rewritten to the gateway's URL for the service as the client
-// reached it (links.go), so that pagination and redirects stay on the
-// gateway; bodies are never rewritten.
-//
-// A path can never leave the base URL: the upstream host is always the
-// service's, a leading `//` is collapsed, and a `.` or `..` segment (also
-// percent-encoded, or hidden behind an encoded slash or a backslash) is
-// refused with 400.
-//
-// Errors are JSON: 404 unknown service, 401 when the service's token is
-// not set, 400 for a refused path or the GitHub `/org/` mistake, 502 when
-// the upstream cannot be reached, 504 when it does not answer within the
-// service's timeout. Connection failures of idempotent requests without a
-// body are retried up to the service's `retries`; a GET, HEAD or OPTIONS
-// that finds its kept-alive upstream connection closed by the upstream
-// before any answer is sent again on a new connection.
-//
-// Connections: each service has its own pool. Bodiless GET, HEAD and
-// OPTIONS requests to a plain-http upstream go through a lean HTTP/1.1
-// client (see lean.go; the byteproxy app's `lean_path off` turns it off);
-// TLS upstreams (HTTP/2 when offered), request bodies and upgrades go
-// through the service's http.Transport.
-//
-// The handler has no options: services are configured in the byteproxy
-// app (the `byteproxy` global option).
+// Handler proxies /proxy/{service}/{path} to the service's base URL and
+// passes every other request to the next handler. It has no options: the
+// services are the byteproxy app's. What is forwarded, refused and
+// rewritten is described in docs/HANDLERS.md.
 type Handler struct {
 	app     *gateway.App
 	metrics *gateway.Metrics
@@ -124,7 +75,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		f.metrics.ProxyRequest(key, status, 0, 0)
 		f.logLocal(r, status)
-		_ = gateway.WriteError(w, status, key, body)
+		_ = httpx.WriteError(w, status, key, body)
 		return nil
 	}
 	f.forward(w, r, rest)
@@ -140,7 +91,7 @@ func (h *Handler) notConfigured(w http.ResponseWriter, key string) error {
 	if truncated {
 		body.Truncated, body.ServicesTotal = true, len(services)
 	}
-	_ = gateway.WriteJSON(w, http.StatusNotFound, body)
+	_ = httpx.WriteJSON(w, http.StatusNotFound, body)
 	return nil
 }
 
