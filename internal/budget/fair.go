@@ -88,7 +88,7 @@ func (e *Engine) wait(ctx context.Context, l *lane, p Plan, req Request, first G
 	}
 
 	var timeout <-chan time.Time
-	if d := w.deadline.Sub(time.Now()); d > 0 {
+	if d := time.Until(w.deadline); d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		timeout = t.C

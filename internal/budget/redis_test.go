@@ -36,18 +36,6 @@ func newCluster(t *testing.T, n int, url string, cfg func() Config, mod func(*Re
 	return c
 }
 
-// stats sums the engines' counters of upstream 429s and refusals.
-func (c *cluster) stats() (upstream429s, refused int64) {
-	for _, e := range c.engines {
-		st := e.Stats()
-		for _, n := range st.Upstream429s {
-			upstream429s += n
-		}
-		refused += st.Refused
-	}
-	return
-}
-
 // TestRedisDiscordBotsShareOneToken is issue 14's run through three
 // gateways on one Redis: the bots are spread over them, and Discord sees
 // no 429, as through one gateway.

@@ -328,6 +328,9 @@ func TestManageServicesCRUD(t *testing.T) {
 		t.Fatalf("PUT: %d %v", st, m)
 	}
 	st, m = api(t, in, "GET", "/manage/services/fake", "")
+	if st != 200 {
+		t.Fatalf("GET after PUT: %d %v", st, m)
+	}
 	if c := m["config"].(map[string]any); c["name"] != "Fake 2" || c["rateLimit"].(map[string]any)["maxRequests"].(float64) != 7 {
 		t.Errorf("after PUT: %v", m)
 	}

@@ -25,7 +25,12 @@ import (
 // leanTLSByDefault: whether bodiless requests to an https upstream with
 // http_version auto take the lean HTTP/1.1 path while lean_path is on
 // (http_version 1.1 always does, 2 never).
-const leanTLSByDefault = false
+//
+// On: measured on a quiet 2-core machine, the lean path over TLS gave 1.70x
+// plain Caddy's throughput to an https upstream against HTTP/2 over the
+// Transport's 1.10x (README, Performance), with the same guarantee against
+// misframing upstreams (TestLeanTLSNeverMisdelivers).
+const leanTLSByDefault = true
 
 // leanMethod reports whether r, a request the server received, may take
 // the lean path: a method that may be sent again, no body (a length of 0
