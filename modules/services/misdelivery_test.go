@@ -399,7 +399,10 @@ func TestLeanTLSNeverMisdelivers(t *testing.T) {
 		// The same kind of failure: the one most requests met on each path
 		// (a rare other one, such as a handshake that outlasts the
 		// service's timeout on a loaded machine, may happen on either).
-		if lk, tk := mostFailures(l.failures), mostFailures(tr.failures); lk != tk {
+		// Compared where most requests failed on both paths: where most
+		// were answered, the odd failure (a Transport that read a forged
+		// 502 as the answer) says nothing of the kind.
+		if lk, tk := mostFailures(l.failures), mostFailures(tr.failures); 2*l.errors > rounds(beh.name) && 2*tr.errors > rounds(beh.name) && lk != tk {
 			t.Errorf("%s: the lean path failed mostly with %q (%v), the Transport with %q (%v)", beh.name, lk, l.failures, tk, tr.failures)
 		}
 	}
