@@ -62,13 +62,12 @@ type ServiceConfig struct {
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 
 	// The HTTP version spoken to an https upstream: "auto" (the default:
-	// bodiless GET, HEAD and OPTIONS take the lean HTTP/1.1 path over TLS
-	// while the gateway's lean_path is on; other requests HTTP/2 when the
-	// upstream offers it by ALPN, else HTTP/1.1), "1.1" (HTTP/1.1 only, the
-	// lean path as with auto) or "2" (HTTP/2 only: a request fails with 502
-	// when the upstream does not negotiate it; needs https base URLs; the
-	// choice for an upstream that speaks only HTTP/2). Plain-http upstreams
-	// are always spoken to in HTTP/1.1.
+	// HTTP/2 when the upstream offers it by ALPN, else HTTP/1.1), "1.1"
+	// (HTTP/1.1 only, over a pool of connections; bodiless GET, HEAD and
+	// OPTIONS take the lean path while the gateway's lean_path is on) or
+	// "2" (HTTP/2 only: a request fails with 502 when the upstream does not
+	// negotiate it; needs https base URLs). Plain-http upstreams are always
+	// spoken to in HTTP/1.1.
 	HTTPVersion string `json:"http_version,omitempty"`
 }
 

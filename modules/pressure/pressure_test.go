@@ -40,15 +40,23 @@ type result struct {
 
 func get(t testing.TB, url string) result {
 	t.Helper()
-	resp, err := client.Get(url)
+	r, err := tryGet(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
+	}
+	return r
+}
+
+func tryGet(url string) (result, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return result{}, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	r := result{status: resp.StatusCode, header: resp.Header, raw: string(b)}
 	_ = json.Unmarshal(b, &r.body)
-	return r
+	return r, nil
 }
 
 // until polls url until check accepts the answer, for at most 20s.
@@ -56,13 +64,17 @@ func until(t testing.TB, in *testutil.Instance, url, what string, check func(res
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	var r result
+	var err error
 	for time.Now().Before(deadline) {
-		if r = get(t, url); check(r) {
+		// A connection error is "not yet": right after a reload the old
+		// server closes its idle keep-alive connections, and a GET that
+		// picked one up meets EOF (CI saw it once).
+		if r, err = tryGet(url); err == nil && check(r) {
 			return r
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("timed out waiting for %s; last answer %d %s\nlogs:\n%s", what, r.status, r.raw, in.Logs())
+	t.Fatalf("timed out waiting for %s; last answer %d %s (error %v)\nlogs:\n%s", what, r.status, r.raw, err, in.Logs())
 	return r
 }
 

@@ -26,11 +26,12 @@ import (
 // http_version auto take the lean HTTP/1.1 path while lean_path is on
 // (http_version 1.1 always does, 2 never).
 //
-// On: measured on a quiet 2-core machine, the lean path over TLS gave 1.70x
-// plain Caddy's throughput to an https upstream against HTTP/2 over the
-// Transport's 1.10x (README, Performance), with the same guarantee against
-// misframing upstreams (TestLeanTLSNeverMisdelivers).
-const leanTLSByDefault = true
+// Off, though a quiet-machine run measured the lean path over TLS at 1.70x
+// plain Caddy against HTTP/2's 1.10x (README, Performance): with it on, an
+// upstream that speaks only HTTP/2 fails every bodiless request (the lean
+// client offers HTTP/1.1 only), as TestSmokeModes/https-h2 showed. Services
+// whose upstream speaks HTTP/1.1 (Discord, GitHub) set http_version 1.1.
+const leanTLSByDefault = false
 
 // leanMethod reports whether r, a request the server received, may take
 // the lean path: a method that may be sent again, no body (a length of 0
