@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -23,6 +24,7 @@ import (
 type protoServer struct {
 	*httptest.Server
 	leanHellos atomic.Int32
+	conns      atomic.Int32 // accepted
 
 	mu       sync.Mutex
 	requests map[string]int // "HTTP/2.0 /path"
@@ -63,6 +65,11 @@ func startProtoServer(t *testing.T, kind string) *protoServer {
 		return c, nil
 	}
 	s.TLS = conf
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			s.conns.Add(1)
+		}
+	}
 	s.StartTLS()
 	t.Cleanup(s.Close)
 	return s
@@ -186,6 +193,38 @@ func TestAutoTLSFallsBackToHTTP2(t *testing.T) {
 		for _, p := range []string{"HTTP/1.1 /strict", "HTTP/2.0 /strict"} {
 			if n := up.count(p); n != 0 {
 				t.Errorf("%s: %d requests with a certificate that fails verification reached the upstream", svc, n)
+			}
+		}
+	}
+}
+
+// A burst of first requests to an HTTP/2 upstream shares one connection
+// (http.Transport alone dials one per request and keeps one: firstConn),
+// with http_version 2 and with auto, whose lean client adds one handshake
+// that declines; a later burst opens none.
+func TestHTTP2BurstSharesOneConnection(t *testing.T) {
+	const burst = 30
+	for _, c := range []struct{ version, method string }{{"2", "GET"}, {"auto", "GET"}, {"auto", "POST"}} {
+		up := startProtoServer(t, "h2")
+		gw := versionGateway(t, up.URL+"/", c.version, true)
+		for round := range 2 {
+			var wg sync.WaitGroup
+			var failed atomic.Int32
+			for range burst {
+				wg.Go(func() {
+					if status, body := getBody(t, gw+"/proxy/svc/x", c.method); status != 200 || body != "HTTP/2.0" {
+						failed.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			wantLean := int32(0)
+			if c.version == "auto" && c.method == "GET" {
+				wantLean = 1
+			}
+			if n, lean := up.conns.Load(), up.leanHellos.Load(); failed.Load() != 0 || lean != wantLean || n-lean != 1 {
+				t.Errorf("http_version %s, %s, burst %d: %d failed, %d connections of which %d lean handshakes; want 0 failed, 1 HTTP/2 connection and %d lean",
+					c.version, c.method, round+1, failed.Load(), n, lean, wantLean)
 			}
 		}
 	}

@@ -79,6 +79,9 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		f.poolRoutes()
 	}
 	var transport http.RoundTripper = s.Transport
+	if s.HTTPVersion != gateway.HTTP1 {
+		transport = newFirstConn(transport, f) // HTTP/2 is possible
+	}
 	if s.Retries > 0 {
 		transport = &retryTransport{next: transport, f: f}
 	}
