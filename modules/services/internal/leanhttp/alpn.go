@@ -30,8 +30,9 @@ import (
 // have been acted on.
 
 // ErrNoHTTP1 is the error of a request to a pool made by NewAutoTLSPool
-// whose upstream did not agree to HTTP/1.1 by ALPN, now or in the last
-// ReprobeAfter. Nothing of the request was sent.
+// whose upstream did not agree to HTTP/1.1 by ALPN in the handshake made
+// for it (or the first handshake it waited for). Nothing of the request
+// was sent.
 var ErrNoHTTP1 = errors.New("the upstream did not agree to HTTP/1.1 by ALPN")
 
 // ReprobeAfter is how long a pool made by NewAutoTLSPool takes an
@@ -52,14 +53,15 @@ func NewAutoTLSPool(host string, dial Dialer, conf *tls.Config) *Pool {
 }
 
 // alpnState is what a pool made by NewAutoTLSPool knows of its upstream's
-// answer to ALPN http/1.1.
+// answer to ALPN http/1.1. Declined reads it without a lock: it runs for
+// every bodiless request to an upstream that declined.
 type alpnState struct {
-	agreed  atomic.Bool   // the last handshake agreed: the fast path of Declined
-	reprobe time.Duration // ReprobeAfter (tests shorten it)
+	agreed   atomic.Bool   // the last handshake agreed
+	declined atomic.Int64  // when one last declined (Unix ns); 0 if none did since one agreed
+	reprobe  time.Duration // ReprobeAfter (tests shorten it)
 
-	mu       sync.Mutex
-	declined time.Time     // when a handshake last declined; zero if none did since one agreed
-	first    chan struct{} // closed when the first handshake in flight ends; nil when none is
+	mu    sync.Mutex
+	first chan struct{} // closed when the first handshake in flight ends; nil when none is
 }
 
 // Declined reports whether requests should not be sent through this pool
@@ -76,16 +78,17 @@ func (p *Pool) Declined() bool {
 }
 
 func (a *alpnState) declinedNow() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.declined.IsZero() {
+	d := a.declined.Load()
+	if d == 0 {
 		return false // nothing known yet: the handshake will tell
 	}
-	if now := time.Now(); now.Sub(a.declined) >= a.reprobe {
-		a.declined = now // this caller probes; the others wait for another period
-		return false
+	now := time.Now().UnixNano()
+	if now-d < int64(a.reprobe) {
+		return true
 	}
-	return true
+	// This caller probes if it is the first to see the period over; the
+	// others wait for another period.
+	return !a.declined.CompareAndSwap(d, now)
 }
 
 // dialAuto dials and secures a connection for a pool made by
@@ -96,7 +99,7 @@ func (a *alpnState) declinedNow() bool {
 func (p *Pool) dialAuto(ctx context.Context, timeout time.Duration) (*conn, error) {
 	a := p.alpn
 	a.mu.Lock()
-	unknown := !a.agreed.Load() && a.declined.IsZero()
+	unknown := !a.agreed.Load() && a.declined.Load() == 0
 	var own chan struct{}
 	if unknown && a.first == nil {
 		own = make(chan struct{})
@@ -110,10 +113,7 @@ func (p *Pool) dialAuto(ctx context.Context, timeout time.Duration) (*conn, erro
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		a.mu.Lock()
-		declined := !a.agreed.Load() && !a.declined.IsZero()
-		a.mu.Unlock()
-		if declined {
+		if !a.agreed.Load() && a.declined.Load() != 0 {
 			return nil, ErrNoHTTP1
 		}
 	}
@@ -121,11 +121,11 @@ func (p *Pool) dialAuto(ctx context.Context, timeout time.Duration) (*conn, erro
 	a.mu.Lock()
 	switch {
 	case err == nil:
+		a.declined.Store(0)
 		a.agreed.Store(true)
-		a.declined = time.Time{}
 	case errors.Is(err, ErrNoHTTP1):
 		a.agreed.Store(false)
-		a.declined = time.Now()
+		a.declined.Store(time.Now().UnixNano())
 	}
 	if own != nil {
 		a.first = nil
