@@ -14,7 +14,10 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"go.uber.org/zap"
+
 	"github.com/byteproxy/byteproxy/internal/testutil"
+	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
 // protoServer is an HTTPS upstream that answers every request with the
@@ -201,31 +204,51 @@ func TestAutoTLSFallsBackToHTTP2(t *testing.T) {
 // A burst of first requests to an HTTP/2 upstream shares one connection
 // (http.Transport alone dials one per request and keeps one: firstConn),
 // with http_version 2 and with auto, whose lean client adds one handshake
-// that declines; a later burst opens none.
+// that declines; a second burst opens none, and one after the pool went
+// cold and the gate closed again (gateOpen) opens one.
 func TestHTTP2BurstSharesOneConnection(t *testing.T) {
 	const burst = 30
 	for _, c := range []struct{ version, method string }{{"2", "GET"}, {"auto", "GET"}, {"auto", "POST"}} {
 		up := startProtoServer(t, "h2")
-		gw := versionGateway(t, up.URL+"/", c.version, true)
-		for round := range 2 {
+		svc := testService(t, gateway.ServiceConfig{BaseURL: up.URL + "/", HTTPVersion: c.version, TLSInsecureSkipVerify: true})
+		t.Cleanup(svc.Close)
+		f := newForwarder(svc, nil, zap.NewNop(), true)
+		gw := httptest.NewServer(f)
+		t.Cleanup(gw.Close)
+		wantLean := int32(0)
+		if c.version == "auto" && c.method == "GET" {
+			wantLean = 1
+		}
+		for round, wantConns := range []int32{1, 1, 2} {
+			if round == 2 {
+				svc.Transport.CloseIdleConnections()
+				for _, g := range connGates(f) {
+					g.openUntil.Store(0)
+				}
+			}
 			var wg sync.WaitGroup
 			var failed atomic.Int32
 			for range burst {
 				wg.Go(func() {
-					if status, body := getBody(t, gw+"/proxy/svc/x", c.method); status != 200 || body != "HTTP/2.0" {
+					if status, body := getBody(t, gw.URL+"/proxy/svc/x", c.method); status != 200 || body != "HTTP/2.0" {
 						failed.Add(1)
 					}
 				})
 			}
 			wg.Wait()
-			wantLean := int32(0)
-			if c.version == "auto" && c.method == "GET" {
-				wantLean = 1
-			}
-			if n, lean := up.conns.Load(), up.leanHellos.Load(); failed.Load() != 0 || lean != wantLean || n-lean != 1 {
-				t.Errorf("http_version %s, %s, burst %d: %d failed, %d connections of which %d lean handshakes; want 0 failed, 1 HTTP/2 connection and %d lean",
-					c.version, c.method, round+1, failed.Load(), n, lean, wantLean)
+			if n, lean := up.conns.Load(), up.leanHellos.Load(); failed.Load() != 0 || lean != wantLean || n-lean != wantConns {
+				t.Errorf("http_version %s, %s, burst %d: %d failed, %d connections of which %d lean handshakes; want 0 failed, %d HTTP/2 and %d lean",
+					c.version, c.method, round+1, failed.Load(), n, lean, wantConns, wantLean)
 			}
 		}
 	}
+}
+
+// connGates are f's firstConn gates.
+func connGates(f *forwarder) map[string]*connGate {
+	rt := f.rp.Transport
+	if r, ok := rt.(*retryTransport); ok {
+		rt = r.next
+	}
+	return rt.(*firstConn).hosts
 }

@@ -5,6 +5,7 @@ import (
 	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // firstConn makes a burst of first requests to an https upstream share
@@ -12,21 +13,26 @@ import (
 // per request waiting for one, since it cannot know the protocol before a
 // handshake; with HTTP/2 the extra ones are closed once their handshakes
 // end (net/http's h2 addConnIfNeeded), so 50 clients arriving together
-// cost the upstream 50 TLS handshakes for one connection kept. Here the
-// first request to a host goes alone until it has a connection, and the
-// others then find it in the Transport's HTTP/2 pool (or, for HTTP/1.1,
-// dial their own). Only the first burst of a service waits; afterwards
-// this costs one atomic load per request.
+// cost the upstream 50 TLS handshakes for one connection kept. Here a
+// request to a host goes alone until it has a connection, and the others
+// then find it in the Transport's HTTP/2 pool (or, for HTTP/1.1, dial
+// their own); after that requests pass for gateOpen, then one goes alone
+// again, so that a burst after a quiet spell (the Transport closes idle
+// connections after 90 s) is coalesced too. Against a warm pool that
+// wait is as short as taking a pooled connection.
 type firstConn struct {
 	next  http.RoundTripper
 	hosts map[string]*connGate // the https hosts of the service's routes
 }
 
-// connGate is one host's: open once a request to it got a connection.
+// gateOpen is how long requests pass after one got a connection.
+const gateOpen = 30 * time.Second
+
+// connGate is one host's.
 type connGate struct {
-	open atomic.Bool
-	mu   sync.Mutex
-	wait chan struct{} // closed when the request in flight got a connection or ended; nil when none is
+	openUntil atomic.Int64 // Unix ns until which requests pass
+	mu        sync.Mutex
+	wait      chan struct{} // closed when the request in flight got a connection or ended; nil when none is
 }
 
 // newFirstConn wraps next for the https hosts of f's routes; next alone
@@ -50,11 +56,11 @@ func newFirstConn(next http.RoundTripper, f *forwarder) http.RoundTripper {
 
 func (t *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	g := t.hosts[req.URL.Host]
-	if g == nil || g.open.Load() {
+	if g == nil || time.Now().UnixNano() < g.openUntil.Load() {
 		return t.next.RoundTrip(req)
 	}
 	g.mu.Lock()
-	if g.open.Load() {
+	if time.Now().UnixNano() < g.openUntil.Load() {
 		g.mu.Unlock()
 		return t.next.RoundTrip(req)
 	}
@@ -78,7 +84,7 @@ func (t *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	})
 	defer release() // a request that failed lets the next one try
 	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
-		g.open.Store(true)
+		g.openUntil.Store(time.Now().Add(gateOpen).UnixNano())
 		release()
 	}}
 	return t.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
