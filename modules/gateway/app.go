@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
@@ -104,7 +105,7 @@ type App struct {
 	// Guarded by writeMu.
 	records map[string]string
 
-	metrics     *Metrics
+	metrics     *metrics.Recorder
 	peers       *peerSet                       // the apps of this process (runtime.go), nil until joined
 	warned      sync.Map                       // key -> raw record warned about (warnOnce)
 	guard       atomic.Pointer[netguard.Guard] // see addrGuard
@@ -406,7 +407,7 @@ func (a *App) Cleanup() error {
 	}
 	a.releaseStore()
 	a.leavePeers()
-	a.metrics.release()
+	a.metrics.Release()
 	return nil
 }
 

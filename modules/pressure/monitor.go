@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -53,7 +54,7 @@ type settings struct {
 	healthURL      string
 	healthInterval time.Duration
 
-	metrics *gateway.Metrics
+	metrics *metrics.Recorder
 	logger  *zap.Logger
 }
 
