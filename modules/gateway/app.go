@@ -242,6 +242,12 @@ func (a *App) Validate() error {
 	if err := a.ClientRateLimit.Validate(); err != nil {
 		return ConfigError(err, "client_rate_limit")
 	}
+	if err := a.CORS.Validate(); err != nil {
+		return err
+	}
+	if err := a.Pressure.Validate(); err != nil {
+		return ConfigErrorIn(err, "pressure")
+	}
 	return nil
 }
 
