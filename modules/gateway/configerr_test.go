@@ -3,7 +3,6 @@ package gateway
 import (
 	"fmt"
 	"math"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -33,29 +32,6 @@ func TestCheckFraction(t *testing.T) {
 			t.Errorf("%v: got %v, want an error containing %q", tc.v, err, tc.want)
 		case tc.v == 1.5 && strings.Contains(err.Error(), "did you mean"):
 			t.Errorf("1.5: no percentage hint expected, got %v", err)
-		}
-	}
-}
-
-func TestUnknownFieldPath(t *testing.T) {
-	type inner struct {
-		Name string `json:"name,omitempty"`
-	}
-	type outer struct {
-		List  []inner           `json:"list,omitempty"`
-		ByKey map[string]*inner `json:"by_key,omitempty"`
-		One   *inner            `json:"one,omitempty"`
-	}
-	tests := []struct{ raw, want string }{
-		{`{"list":[{"name":"a"},{"nam":"b"}]}`, "x.list[1].nam"},
-		{`{"by_key":{"k":{"name":"a","extra":1}}}`, "x.by_key.k.extra"},
-		{`{"one":{"NAME":"a"},"two":1}`, "x.two"},
-		{`{"One":{"Name":"a"}}`, ""},
-	}
-	for _, tc := range tests {
-		got, _ := unknownField([]byte(tc.raw), reflect.TypeFor[outer](), "x")
-		if got != tc.want {
-			t.Errorf("%s: got path %q, want %q", tc.raw, got, tc.want)
 		}
 	}
 }
