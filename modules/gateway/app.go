@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
@@ -56,8 +57,9 @@ type App struct {
 	StrictTLS *bool `json:"strict_tls,omitempty"`
 
 	// Send bodiless GET, HEAD and OPTIONS requests to plain-http
-	// upstreams through the gateway's lean HTTP/1.1 client (about half the
-	// CPU per request of Go's http.Transport; same guarantees, see
+	// upstreams, and to https ones as each service's http_version allows,
+	// through the gateway's lean HTTP/1.1 client (about half the CPU per
+	// request of Go's http.Transport; same guarantees, see
 	// docs/OPERATIONS.md, Upstream connections). Default true; false sends
 	// every request through Go's httputil.ReverseProxy and http.Transport.
 	LeanPath *bool `json:"lean_path,omitempty"`
@@ -104,7 +106,7 @@ type App struct {
 	// Guarded by writeMu.
 	records map[string]string
 
-	metrics     *Metrics
+	metrics     *metrics.Recorder
 	peers       *peerSet                       // the apps of this process (runtime.go), nil until joined
 	warned      sync.Map                       // key -> raw record warned about (warnOnce)
 	guard       atomic.Pointer[netguard.Guard] // see addrGuard
@@ -240,6 +242,12 @@ func (a *App) Validate() error {
 	}
 	if err := a.ClientRateLimit.Validate(); err != nil {
 		return ConfigError(err, "client_rate_limit")
+	}
+	if err := a.CORS.Validate(); err != nil {
+		return err
+	}
+	if err := a.Pressure.Validate(); err != nil {
+		return ConfigErrorIn(err, "pressure")
 	}
 	return nil
 }
@@ -406,7 +414,7 @@ func (a *App) Cleanup() error {
 	}
 	a.releaseStore()
 	a.leavePeers()
-	a.metrics.release()
+	a.metrics.Release()
 	return nil
 }
 

@@ -2,7 +2,11 @@ package gateway
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -62,9 +66,13 @@ type ServiceConfig struct {
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 
 	// The HTTP version spoken to an https upstream: "auto" (the default:
-	// HTTP/2 when the upstream offers it by ALPN, else HTTP/1.1), "1.1"
-	// (HTTP/1.1 only, over a pool of connections; bodiless GET, HEAD and
-	// OPTIONS take the lean path while the gateway's lean_path is on) or
+	// bodiless GET, HEAD and OPTIONS take the lean HTTP/1.1 path while the
+	// gateway's lean_path is on, where the upstream agrees to HTTP/1.1 by
+	// ALPN; an upstream that speaks HTTP/2 alone declines in the TLS
+	// handshake, before anything is sent, and gets them in HTTP/2, the host
+	// remembered for 5 minutes; other requests HTTP/2 when the upstream
+	// offers it, else HTTP/1.1), "1.1" (HTTP/1.1 only; the lean path takes
+	// bodiless requests whatever ALPN says, for an upstream without it) or
 	// "2" (HTTP/2 only: a request fails with 502 when the upstream does not
 	// negotiate it; needs https base URLs). Plain-http upstreams are always
 	// spoken to in HTTP/1.1.
@@ -297,6 +305,39 @@ type CORSConfig struct {
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
+// Validate checks the cors settings (App.Validate): each origin is
+// scheme://host[:port] or "null" (unless "*" allows every origin), max_age
+// is not negative. A disabled config is not checked.
+func (c *CORSConfig) Validate() error {
+	if c == nil || c.Disabled {
+		return nil
+	}
+	if !slices.Contains(c.Origins, "*") {
+		for _, o := range c.Origins {
+			if _, ok := NormalizeOrigin(o); !ok {
+				return fmt.Errorf("cors origins: %q is not an origin; want scheme://host[:port], e.g. https://app.example.com", o)
+			}
+		}
+	}
+	if c.MaxAge < 0 {
+		return errors.New("cors max_age: must not be negative")
+	}
+	return nil
+}
+
+// NormalizeOrigin is the form of an origin setting that a request's Origin
+// is compared with (lower case, no trailing slash), and whether it is an
+// origin: http(s)://host[:port] or "null".
+func NormalizeOrigin(o string) (string, bool) {
+	norm := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(o), "/"))
+	if norm == "null" {
+		return norm, true
+	}
+	u, err := url.Parse(norm)
+	ok := err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.Path == "" && u.RawQuery == "" && u.User == nil
+	return norm, ok
+}
+
 // PressureConfig configures load shedding. A threshold left at zero takes
 // its default; set it very high to make it irrelevant.
 //
@@ -351,6 +392,37 @@ type PressureConfig struct {
 
 	// How often the dependency is probed. Default 10s.
 	HealthCheckInterval caddy.Duration `json:"health_check_interval,omitempty"`
+}
+
+// Validate checks the pressure settings (App.Validate); each error starts
+// with the option it names. Disabled settings are checked too: /up still
+// judges readings by them.
+func (c *PressureConfig) Validate() error {
+	if c == nil {
+		return nil
+	}
+	if err := CheckFraction("max_cpu", c.MaxCPU); err != nil {
+		return err
+	}
+	switch {
+	case c.MaxHeap < 0:
+		return errors.New("max_heap: must not be negative")
+	case c.MaxRSS < 0:
+		return errors.New("max_rss: must not be negative")
+	case c.MaxSchedLatency < 0:
+		return errors.New("max_sched_latency: must not be negative")
+	case c.MaxInFlight < -1:
+		return errors.New("max_in_flight: want a number of requests, 0 for the default derived from max_heap, or -1 for no limit")
+	case c.Interval < 0 || c.RetryAfter < 0 || c.HealthCheckInterval < 0:
+		return errors.New("interval, retry_after, health_check interval: must not be negative")
+	}
+	if c.HealthCheckURL != "" {
+		u, err := url.Parse(c.HealthCheckURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("health_check: want an absolute http(s) URL, got %q", c.HealthCheckURL)
+		}
+	}
+	return nil
 }
 
 // RuntimeServicesConfig governs services added through the management API.

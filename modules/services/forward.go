@@ -19,6 +19,7 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/budget"
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
@@ -41,7 +42,7 @@ type forwarder struct {
 	rp       *httputil.ReverseProxy
 	pools    []*leanhttp.Pool // the lean path's, one per scheme and host (poolRoutes); none when it is off
 	budget   *gateway.Budget  // the upstream budget; nil when upstream_limits are off (budget.go)
-	metrics  *gateway.Metrics
+	metrics  *metrics.Recorder
 	logger   *zap.Logger
 }
 
@@ -54,7 +55,7 @@ type headerValue struct {
 
 // newForwarder builds the forwarder of service s; lean says whether the
 // lean path is on (the byteproxy app's lean_path).
-func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, lean bool) *forwarder {
+func newForwarder(s *gateway.Service, m *metrics.Recorder, logger *zap.Logger, lean bool) *forwarder {
 	f := &forwarder{
 		svc:     s,
 		key:     s.Key,
@@ -79,6 +80,9 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		f.poolRoutes()
 	}
 	var transport http.RoundTripper = s.Transport
+	if s.HTTPVersion != gateway.HTTP1 {
+		transport = newFirstConn(transport, f) // HTTP/2 is possible
+	}
 	if s.Retries > 0 {
 		transport = &retryTransport{next: transport, f: f}
 	}
@@ -93,23 +97,28 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 }
 
 // poolRoutes gives each route the lean path may take a connection pool,
-// one per scheme and host: plain-http routes, and https routes while the
-// service's http_version allows HTTP/1.1 there (1.1, or auto when
-// leanTLSByDefault). An https pool verifies the upstream as the Transport
-// does (the service's TLSConfig) and dials with the Transport's dialer, so
-// the address guard applies to both paths.
+// one per scheme and host: plain-http routes, and https routes unless the
+// service's http_version is 2. Under auto an https pool speaks HTTP/1.1
+// only to an upstream that agrees to it by ALPN (leanhttp.NewAutoTLSPool;
+// the others go through the Transport: see serveLean); under 1.1 to any.
+// An https pool verifies the upstream as the Transport does (the service's
+// TLSConfig) and dials with the Transport's dialer, so the address guard
+// applies to both paths.
 func (f *forwarder) poolRoutes() {
 	pools := make(map[string]*leanhttp.Pool)
-	leanTLS := f.svc.HTTPVersion == gateway.HTTP1 || f.svc.HTTPVersion == gateway.HTTPAuto && leanTLSByDefault
+	version := f.svc.HTTPVersion
 	add := func(rt *route) {
-		if rt.scheme != "http" && (rt.scheme != "https" || !leanTLS) {
+		if rt.scheme != "http" && (rt.scheme != "https" || version == gateway.HTTP2) {
 			return
 		}
 		k := rt.scheme + "://" + rt.host
 		if pools[k] == nil {
-			if rt.scheme == "https" {
+			switch {
+			case rt.scheme == "https" && version == gateway.HTTP1:
 				pools[k] = leanhttp.NewTLSPool(rt.host, f.svc.Transport.DialContext, f.svc.TLSConfig)
-			} else {
+			case rt.scheme == "https":
+				pools[k] = leanhttp.NewAutoTLSPool(rt.host, f.svc.Transport.DialContext, f.svc.TLSConfig)
+			default:
 				pools[k] = leanhttp.NewPool(rt.host, f.svc.Transport.DialContext)
 			}
 			f.pools = append(f.pools, pools[k])
@@ -148,7 +157,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string)
 		return // held, then answered here (or the client left)
 	}
 	if leanMethod(r) {
-		if rt, tail := f.route(rest); rt.pool != nil {
+		if rt, tail := f.route(rest); rt.pool != nil && !rt.pool.Declined() {
 			f.serveLean(pw, r, rt, tail)
 			return
 		}
@@ -380,16 +389,16 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 	var netErr net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout() {
 		if dial {
-			return http.StatusGatewayTimeout, gateway.UpstreamErrTimeout,
+			return http.StatusGatewayTimeout, metrics.UpstreamErrTimeout,
 				"Could not connect to " + upstream + " within " + f.svc.Timeout.String() + "."
 		}
-		return http.StatusGatewayTimeout, gateway.UpstreamErrTimeout,
+		return http.StatusGatewayTimeout, metrics.UpstreamErrTimeout,
 			"The upstream " + upstream + " did not answer within " + f.svc.Timeout.String() + "."
 	}
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &dnsErr):
-		return http.StatusBadGateway, gateway.UpstreamErrDial,
+		return http.StatusBadGateway, metrics.UpstreamErrDial,
 			"Could not resolve the upstream host " + dnsErr.Name + "."
 	case dial:
 		reason := "connection failed"
@@ -399,20 +408,20 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 		} else if opErr.Err != nil {
 			reason = f.svc.Redact(opErr.Err.Error()) // e.g. the private-address guard
 		}
-		return http.StatusBadGateway, gateway.UpstreamErrDial,
+		return http.StatusBadGateway, metrics.UpstreamErrDial,
 			"Could not connect to " + upstream + ": " + reason + "."
 	case errors.Is(err, gateway.ErrNoHTTP2):
-		return http.StatusBadGateway, gateway.UpstreamErrOther,
+		return http.StatusBadGateway, metrics.UpstreamErrOther,
 			"The upstream " + upstream + " did not negotiate HTTP/2, which the service's http_version 2 requires."
 	case httpx.IsTLSError(err):
-		return http.StatusBadGateway, gateway.UpstreamErrOther,
+		return http.StatusBadGateway, metrics.UpstreamErrOther,
 			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return http.StatusBadGateway, gateway.UpstreamErrReset,
+		return http.StatusBadGateway, metrics.UpstreamErrReset,
 			"The upstream " + upstream + " closed the connection before sending a response."
 	}
-	return http.StatusBadGateway, gateway.UpstreamErrOther,
+	return http.StatusBadGateway, metrics.UpstreamErrOther,
 		"The request to the upstream " + upstream + " failed."
 }
 
