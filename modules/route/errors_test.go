@@ -108,7 +108,7 @@ func ask(t *testing.T, port int, host, path string, key bool) answer {
 var digits = regexp.MustCompile(`[0-9]+`)
 
 // TestHandleErrors: the gateway's own error answers (401, 404 for an
-// unknown service, 429, 502) go through a site's handle_errors, with the
+// unknown service or path, 429, 502) go through a site's handle_errors, with the
 // headers the gateway set (Retry-After, WWW-Authenticate) kept and the
 // JSON body in {vars.byteproxy_error_body}; where no error route answers
 // (another site, `handle_errors 404` for a 401) and on a server without
@@ -135,6 +135,7 @@ func TestHandleErrors(t *testing.T) {
 	}{
 		{"no key", "/proxy/ok/x", false, 401, "No authentication provided. API key required for proxy routes."},
 		{"unknown service", "/proxy/nope/x", true, 404, "Service 'nope' not configured"},
+		{"unknown endpoint", "/nothing-here", false, 404, "The endpoint '/nothing-here' does not exist"},
 		{"rate limit", "/proxy/ok/x", true, 429, "Rate limit exceeded for ok. Reset in N seconds."},
 		{"upstream down", "/proxy/down/x", true, 502, ""},
 	}
