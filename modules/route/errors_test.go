@@ -16,8 +16,8 @@ import (
 
 const errorsKey = "errors-proxy-key-0123456789"
 
-// errorsGateway runs one gateway with four sites on one server (custom,
-// vars, only404 with handle_errors; same without) and one site on a
+// errorsGateway runs one gateway with five sites on one server (custom,
+// vars, only404, broken with handle_errors; same without) and one site on a
 // server of its own without handle_errors (plain), at debug level.
 // Services: "ok" (limited to one request a minute) and "down" (nothing
 // listens).
@@ -66,13 +66,20 @@ http://only404.localhost:{{PORT}} {
 		respond "custom 404"
 	}
 }
+http://broken.localhost:{{PORT}} {
+	byteproxy
+	handle_errors {
+		root * %s
+		file_server
+	}
+}
 http://same.localhost:{{PORT}} {
 	byteproxy
 }
 http://plain.localhost:%d {
 	byteproxy
 }
-`, errorsKey, up.URL, down, plainPort), testutil.Options{})
+`, errorsKey, up.URL, down, t.TempDir(), plainPort), testutil.Options{})
 	return in, plainPort
 }
 
@@ -199,7 +206,15 @@ func TestHandleErrors(t *testing.T) {
 			t.Errorf("%s, handle_errors 404 only: %d %s, want the JSON body %s", c.name, only.status, only.body, plain.body)
 		}
 	}
+	// Error routes that fail (no page to serve): the JSON body, logged.
+	plain := ask(t, plainPort, "plain.localhost", "/proxy/ok/x", false)
+	if broken := ask(t, port, "broken.localhost", "/proxy/ok/x", false); broken.status != 401 || broken.body != plain.body {
+		t.Errorf("failing error routes: %d %s, want 401 %s", broken.status, broken.body, plain.body)
+	}
 	logs := in.Logs()
+	if !strings.Contains(logs, "handle_errors failed on a gateway error") {
+		t.Error("no error line for the failing error routes")
+	}
 	if !strings.Contains(logs, "gateway error answered by handle_errors") {
 		t.Errorf("no debug line for the errors handle_errors answered:\n%.3000s", logs)
 	}
