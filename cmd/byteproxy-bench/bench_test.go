@@ -756,9 +756,10 @@ func TestSmokeModes(t *testing.T) {
 			t.Errorf("budgets ratios: %+v", rs)
 		}
 	})
-	// If the gateway ever defaults to HTTP/1.1 to TLS upstreams, https-h2
-	// needs its HTTP/2 setting in cfg.ServiceExtra (-service-options): the
-	// h2-only upstream refuses HTTP/1.1, and the run is then invalid.
+	// The gateway's http_version auto speaks HTTP/1.1 (the lean path) to an
+	// upstream that agrees to it by ALPN; the h2-only upstream declines in
+	// the handshake, so the gateway must reach it in HTTP/2 alone, with no
+	// request failed (modules/services, TestAutoTLSFallsBackToHTTP2).
 	for _, proto := range []string{protoH1, protoH2} {
 		t.Run("https-"+proto, func(t *testing.T) {
 			cfg := smokeConfig(t)

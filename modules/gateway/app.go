@@ -56,8 +56,9 @@ type App struct {
 	StrictTLS *bool `json:"strict_tls,omitempty"`
 
 	// Send bodiless GET, HEAD and OPTIONS requests to plain-http
-	// upstreams through the gateway's lean HTTP/1.1 client (about half the
-	// CPU per request of Go's http.Transport; same guarantees, see
+	// upstreams, and to https ones as each service's http_version allows,
+	// through the gateway's lean HTTP/1.1 client (about half the CPU per
+	// request of Go's http.Transport; same guarantees, see
 	// docs/OPERATIONS.md, Upstream connections). Default true; false sends
 	// every request through Go's httputil.ReverseProxy and http.Transport.
 	LeanPath *bool `json:"lean_path,omitempty"`

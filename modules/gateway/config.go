@@ -62,9 +62,13 @@ type ServiceConfig struct {
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 
 	// The HTTP version spoken to an https upstream: "auto" (the default:
-	// HTTP/2 when the upstream offers it by ALPN, else HTTP/1.1), "1.1"
-	// (HTTP/1.1 only, over a pool of connections; bodiless GET, HEAD and
-	// OPTIONS take the lean path while the gateway's lean_path is on) or
+	// bodiless GET, HEAD and OPTIONS take the lean HTTP/1.1 path while the
+	// gateway's lean_path is on, where the upstream agrees to HTTP/1.1 by
+	// ALPN; an upstream that speaks HTTP/2 alone declines in the TLS
+	// handshake, before anything is sent, and gets them in HTTP/2, the host
+	// remembered for 5 minutes; other requests HTTP/2 when the upstream
+	// offers it, else HTTP/1.1), "1.1" (HTTP/1.1 only; the lean path takes
+	// bodiless requests whatever ALPN says, for an upstream without it) or
 	// "2" (HTTP/2 only: a request fails with 502 when the upstream does not
 	// negotiate it; needs https base URLs). Plain-http upstreams are always
 	// spoken to in HTTP/1.1.

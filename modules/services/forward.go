@@ -79,6 +79,9 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 		f.poolRoutes()
 	}
 	var transport http.RoundTripper = s.Transport
+	if s.HTTPVersion != gateway.HTTP1 {
+		transport = newFirstConn(transport, f) // HTTP/2 is possible
+	}
 	if s.Retries > 0 {
 		transport = &retryTransport{next: transport, f: f}
 	}
@@ -93,23 +96,28 @@ func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, le
 }
 
 // poolRoutes gives each route the lean path may take a connection pool,
-// one per scheme and host: plain-http routes, and https routes while the
-// service's http_version allows HTTP/1.1 there (1.1, or auto when
-// leanTLSByDefault). An https pool verifies the upstream as the Transport
-// does (the service's TLSConfig) and dials with the Transport's dialer, so
-// the address guard applies to both paths.
+// one per scheme and host: plain-http routes, and https routes unless the
+// service's http_version is 2. Under auto an https pool speaks HTTP/1.1
+// only to an upstream that agrees to it by ALPN (leanhttp.NewAutoTLSPool;
+// the others go through the Transport: see serveLean); under 1.1 to any.
+// An https pool verifies the upstream as the Transport does (the service's
+// TLSConfig) and dials with the Transport's dialer, so the address guard
+// applies to both paths.
 func (f *forwarder) poolRoutes() {
 	pools := make(map[string]*leanhttp.Pool)
-	leanTLS := f.svc.HTTPVersion == gateway.HTTP1 || f.svc.HTTPVersion == gateway.HTTPAuto && leanTLSByDefault
+	version := f.svc.HTTPVersion
 	add := func(rt *route) {
-		if rt.scheme != "http" && (rt.scheme != "https" || !leanTLS) {
+		if rt.scheme != "http" && (rt.scheme != "https" || version == gateway.HTTP2) {
 			return
 		}
 		k := rt.scheme + "://" + rt.host
 		if pools[k] == nil {
-			if rt.scheme == "https" {
+			switch {
+			case rt.scheme == "https" && version == gateway.HTTP1:
 				pools[k] = leanhttp.NewTLSPool(rt.host, f.svc.Transport.DialContext, f.svc.TLSConfig)
-			} else {
+			case rt.scheme == "https":
+				pools[k] = leanhttp.NewAutoTLSPool(rt.host, f.svc.Transport.DialContext, f.svc.TLSConfig)
+			default:
 				pools[k] = leanhttp.NewPool(rt.host, f.svc.Transport.DialContext)
 			}
 			f.pools = append(f.pools, pools[k])
@@ -148,7 +156,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, rest string)
 		return // held, then answered here (or the client left)
 	}
 	if leanMethod(r) {
-		if rt, tail := f.route(rest); rt.pool != nil {
+		if rt, tail := f.route(rest); rt.pool != nil && !rt.pool.Declined() {
 			f.serveLean(pw, r, rt, tail)
 			return
 		}

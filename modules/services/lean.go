@@ -11,27 +11,22 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
 )
 
 // The lean path: how the forwarder sends the bulk of an API gateway's
 // traffic — GET, HEAD and OPTIONS without a body to a plain-http upstream,
-// or to an https one in HTTP/1.1 over TLS as the service's http_version
-// allows (poolRoutes) — through the lean HTTP/1.1 client (internal/leanhttp:
-// why, and its guarantees) instead of httputil.ReverseProxy and
-// http.Transport, which keep everything else (HTTP/2, request bodies,
-// WebSocket upgrades, other methods). The byteproxy app's `lean_path off`
-// sends everything through ReverseProxy.
-
-// leanTLSByDefault: whether bodiless requests to an https upstream with
-// http_version auto take the lean HTTP/1.1 path while lean_path is on
-// (http_version 1.1 always does, 2 never).
-//
-// Off, though a quiet-machine run measured the lean path over TLS at 1.70x
-// plain Caddy against HTTP/2's 1.10x (README, Performance): with it on, an
-// upstream that speaks only HTTP/2 fails every bodiless request (the lean
-// client offers HTTP/1.1 only), as TestSmokeModes/https-h2 showed. Services
-// whose upstream speaks HTTP/1.1 (Discord, GitHub) set http_version 1.1.
-const leanTLSByDefault = false
+// or to an https one in HTTP/1.1 over TLS unless the service's
+// http_version is 2 (poolRoutes) — through the lean HTTP/1.1 client
+// (internal/leanhttp: why, and its guarantees) instead of
+// httputil.ReverseProxy and http.Transport, which keep everything else
+// (HTTP/2, request bodies, WebSocket upgrades, other methods). Under
+// http_version auto an https upstream that does not agree to HTTP/1.1 by
+// ALPN (one that speaks HTTP/2 only) gets its requests through the
+// Transport instead, decided by the handshake before anything is sent
+// (leanhttp.NewAutoTLSPool). The byteproxy app's `lean_path off` sends
+// everything through ReverseProxy.
 
 // leanMethod reports whether r, a request the server received, may take
 // the lean path: a method that may be sent again, no body (a length of 0
@@ -61,8 +56,15 @@ func (f *forwarder) serveLean(w *proxyWriter, r *http.Request, rt *route, tail s
 	ctx := r.Context()
 	send := func() (*http.Response, error) { return rt.pool.RoundTrip(ctx, &out.req, f.svc.Timeout, w) }
 	resp, err := send()
-	if err != nil {
+	if err != nil && !errors.Is(err, leanhttp.ErrNoHTTP1) {
 		resp, err = f.retry(ctx, r.Method, err, send)
+	}
+	if errors.Is(err, leanhttp.ErrNoHTTP1) {
+		// The upstream will not speak HTTP/1.1 (http_version auto), and
+		// nothing was sent: the Transport speaks what it offers.
+		w.lean = false
+		f.rp.ServeHTTP(w, r)
+		return
 	}
 	if err != nil {
 		w.failed = true

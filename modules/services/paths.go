@@ -17,7 +17,7 @@ type route struct {
 	path         string         // decoded base path, ending in "/"
 	rawPath      string         // escaped base path, ending in "/"
 	encoded      bool           // the base path needs its escaped form kept
-	pool         *leanhttp.Pool // the lean path's connections; nil unless plain http and the lean path is on
+	pool         *leanhttp.Pool // the lean path's connections; nil where it does not go (poolRoutes)
 }
 
 func newRoute(u *url.URL) route {

@@ -75,6 +75,7 @@ type Pool struct {
 	addr        string
 	dial        Dialer
 	tls         *tls.Config // set by NewTLSPool
+	alpn        *alpnState  // set by NewAutoTLSPool (alpn.go)
 	idleTimeout time.Duration
 
 	mu       sync.Mutex
@@ -187,6 +188,10 @@ func (p *Pool) get(ctx context.Context, timeout time.Duration) (c *conn, reused 
 		_ = c.Conn.Close()
 	}
 	p.mu.Unlock()
+	if p.alpn != nil {
+		c, err = p.dialAuto(ctx, timeout)
+		return c, false, err
+	}
 	nc, err := p.dial(ctx, "tcp", p.addr)
 	if err != nil {
 		return nil, false, err

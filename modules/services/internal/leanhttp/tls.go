@@ -52,8 +52,9 @@ func (p *Pool) handshake(ctx context.Context, nc net.Conn, timeout time.Duration
 	if timeout > 0 {
 		_ = nc.SetDeadline(time.Now().Add(timeout))
 	}
-	if err := tc.HandshakeContext(ctx); err != nil {
-		_ = nc.Close()
+	err := p.checkALPN(tc, tc.HandshakeContext(ctx))
+	if err != nil {
+		_ = nc.Close() // nothing was sent; a decline (ErrNoHTTP1) is not told the server
 		return nil, err
 	}
 	if timeout > 0 {
