@@ -94,6 +94,16 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{"byteproxy > pressure > max_cpu: 98 would mean 9,800% of GOMAXPROCS; it is a fraction between 0 and 1; did you mean 0.98?"},
 		},
 		{
+			name: "cors origin in JSON",
+			json: `{"apps":{"byteproxy":{"cors":{"origins":["app.example.com"]}},` + jsonSite + `}}`,
+			want: []string{`cors origins: "app.example.com" is not an origin; want scheme://host[:port], e.g. https://app.example.com`},
+		},
+		{
+			name: "pressure health_check in JSON",
+			json: `{"apps":{"byteproxy":{"pressure":{"disabled":true,"health_check_url":"ftp://x/"}},` + jsonSite + `}}`,
+			want: []string{`byteproxy > pressure > health_check: want an absolute http(s) URL, got "ftp://x/"`},
+		},
+		{
 			name: "unknown field of a service",
 			json: `{"apps":{"byteproxy":{"services":{"github":{"preset":"github","rate_limt":{"max_requests":5,"window":"1m"}}}},` + jsonSite + `}}`,
 			want: []string{`apps.byteproxy.services.github.rate_limt: unknown field (did you mean "rate_limit"?)`},

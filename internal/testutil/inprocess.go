@@ -6,22 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
+	"github.com/byteproxy/byteproxy/internal/testutil/inproc"
 	"github.com/byteproxy/byteproxy/internal/testutil/record"
-)
-
-// inProcessMu is held by the test whose gateway runs in this process:
-// Caddy keeps one running config per process. current is that test's
-// instance.
-var (
-	inProcessMu sync.Mutex
-	currentMu   sync.Mutex
-	current     *Instance
 )
 
 // InProcess runs the gateway inside the test process, as Caddy's
@@ -43,27 +34,10 @@ func InProcess(t testing.TB, caddyfile string, opt Options) *Instance {
 	if caddy.GetModuleName(new(record.Recorder)) == "" {
 		t.Fatal("InProcess: the record module is not registered")
 	}
-	currentMu.Lock()
-	prev := current
-	currentMu.Unlock()
-	if prev != nil && prev.t == t {
-		prev.Stop()
-	} else {
-		inProcessMu.Lock()
-		// Registered first, so it runs after the cleanups of every
-		// instance of this test.
-		t.Cleanup(func() {
-			currentMu.Lock()
-			current = nil
-			currentMu.Unlock()
-			_ = record.SetFile("")
-			inProcessMu.Unlock()
-		})
-	}
-	in := &Instance{t: t, Dir: t.TempDir(), AdminPort: FreePort(t), Port: opt.Port, logs: new(syncBuffer), done: make(chan struct{}), inProcess: true}
-	currentMu.Lock()
-	current = in
-	currentMu.Unlock()
+	// Taken first, so Caddy is given up after every cleanup below.
+	proc := inproc.New(t)
+	t.Cleanup(func() { _ = record.SetFile("") })
+	in := &Instance{t: t, Dir: t.TempDir(), AdminPort: FreePort(t), Port: opt.Port, logs: new(syncBuffer), done: make(chan struct{}), proc: proc}
 	if in.Port == 0 {
 		in.Port = FreePort(t)
 	}
@@ -108,7 +82,7 @@ func (in *Instance) load() error {
 	if err != nil {
 		return err
 	}
-	return caddy.Load(out, true)
+	return in.proc.LoadJSON(out)
 }
 
 // own makes the adapted config the instance's: file storage under DataDir
@@ -151,15 +125,6 @@ func (in *Instance) own(cfg map[string]any) {
 }
 
 func (in *Instance) logFile() string { return filepath.Join(in.Dir, "caddy.log") }
-
-// stopInProcess replaces the running config by an empty one with the
-// admin endpoint off: the apps stop, modules clean up, the admin port
-// closes.
-func (in *Instance) stopInProcess() {
-	if err := caddy.Load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`), true); err != nil {
-		in.t.Errorf("stopping the in-process gateway: %v", err)
-	}
-}
 
 // setEnv sets each "K=V" of env in the process environment and returns a
 // function that puts the previous values back.

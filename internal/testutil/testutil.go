@@ -70,10 +70,7 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago and that
-// no other caller in this process has been given.
-//
-// FreePort returns a loopback port no other test of this process got
+// FreePort returns a loopback port no other caller in this process got
 // (inproc.FreePort).
 func FreePort(t testing.TB) int {
 	t.Helper()
@@ -90,8 +87,7 @@ type Instance struct {
 	Port      int // the site port ({{PORT}} in the Caddyfile)
 	logs      *syncBuffer
 	done      chan struct{}
-	inProcess bool // run by InProcess: no child process
-	stopped   bool // an in-process gateway was stopped
+	proc      *inproc.Instance // run by InProcess: no child process
 }
 
 // Options for Start.
@@ -207,7 +203,7 @@ func (in *Instance) AdminURL(path string) string {
 func (in *Instance) Reload(caddyfile string) {
 	in.t.Helper()
 	in.write(caddyfile)
-	if in.inProcess {
+	if in.proc != nil {
 		if err := in.load(); err != nil {
 			in.t.Fatalf("reload: %v\nlogs:\n%s", err, in.Logs())
 		}
@@ -223,7 +219,7 @@ func (in *Instance) Reload(caddyfile string) {
 // PID is the process id of the gateway, e.g. to read its peak resident
 // memory from /proc/<pid>/status.
 func (in *Instance) PID() int {
-	if in.inProcess {
+	if in.proc != nil {
 		in.t.Fatal("PID: the gateway runs in the test process (InProcess); use Start")
 	}
 	return in.cmd.Process.Pid
@@ -231,7 +227,7 @@ func (in *Instance) PID() int {
 
 // Logs is everything the process printed so far.
 func (in *Instance) Logs() string {
-	if in.inProcess {
+	if in.proc != nil {
 		b, _ := os.ReadFile(in.logFile())
 		return in.logs.String() + string(b)
 	}
@@ -241,7 +237,7 @@ func (in *Instance) Logs() string {
 // Kill ends the process with SIGKILL (no graceful shutdown) and waits.
 // In process it stops the config, as Stop does.
 func (in *Instance) Kill() {
-	if in.inProcess {
+	if in.proc != nil {
 		in.Stop()
 		return
 	}
@@ -253,11 +249,8 @@ func (in *Instance) Kill() {
 
 // Stop ends the process gracefully (SIGTERM) and waits at most 10s.
 func (in *Instance) Stop() {
-	if in.inProcess {
-		if !in.stopped {
-			in.stopped = true
-			in.stopInProcess()
-		}
+	if in.proc != nil {
+		in.proc.Stop()
 		return
 	}
 	_ = in.cmd.Process.Signal(syscall.SIGTERM)

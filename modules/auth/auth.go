@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -33,7 +34,7 @@ type Handler struct {
 	required bool
 	queryKey bool
 	logger   *zap.Logger
-	metrics  *gateway.Metrics
+	metrics  *metrics.Recorder
 
 	failures    *failureStore // nil when auth_failures is off
 	failuresKey string        // its key in the pool
@@ -81,7 +82,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 }
 
 // setup is Provision without a Caddy context, for tests.
-func (h *Handler) setup(sc *gateway.Scope, queryKey bool, logger *zap.Logger, m *gateway.Metrics) {
+func (h *Handler) setup(sc *gateway.Scope, queryKey bool, logger *zap.Logger, m *metrics.Recorder) {
 	h.keys = newKeyring(sc.Keys)
 	h.required = sc.Required
 	h.queryKey = queryKey

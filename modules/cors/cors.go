@@ -4,10 +4,8 @@
 package cors
 
 import (
-	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,7 +84,8 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision reads the app's cors settings and builds every header value.
+// Provision reads the app's cors settings (checked by the app's Validate)
+// and builds every header value.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	app, err := gateway.FromContext(ctx)
 	if err != nil {
@@ -96,24 +95,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if sc := app.ScopeFor(gateway.ScopeManagement); sc == nil || len(sc.Keys) == 0 {
 		h.manageKeyless = true
 	}
-	return h.setup(app.CORS, ctx.Logger())
+	h.setup(app.CORS, ctx.Logger())
+	return nil
 }
 
-// setup precomputes the header values of a (possibly nil) config.
-func (h *Handler) setup(c *gateway.CORSConfig, logger *zap.Logger) error {
+// setup precomputes the header values of a (possibly nil) valid config.
+func (h *Handler) setup(c *gateway.CORSConfig, logger *zap.Logger) {
 	if c == nil {
 		c = new(gateway.CORSConfig)
 	}
 	if h.disabled = c.Disabled; h.disabled {
-		return nil
+		return
 	}
-	if err := h.provisionOrigins(c.Origins, logger); err != nil {
-		return err
-	}
+	h.setupOrigins(c.Origins, logger)
 	maxAge := time.Duration(c.MaxAge)
-	if maxAge < 0 {
-		return fmt.Errorf("cors max_age: must not be negative")
-	}
 	if maxAge == 0 {
 		maxAge = defaultMaxAge
 	}
@@ -126,29 +121,23 @@ func (h *Handler) setup(c *gateway.CORSConfig, logger *zap.Logger) error {
 	}
 	h.maxAge = strconv.Itoa(int(maxAge / time.Second))
 	h.expose = strings.Join(exposeHeaders, ", ")
-	return nil
 }
 
-// provisionOrigins normalizes the allowed origins; "*" among them allows
-// every origin.
-func (h *Handler) provisionOrigins(list []string, logger *zap.Logger) error {
+// setupOrigins normalizes the allowed origins; "*" among them allows every
+// origin.
+func (h *Handler) setupOrigins(list []string, logger *zap.Logger) {
 	if len(list) == 0 || slices.Contains(list, "*") {
 		if len(list) > 1 {
 			logger.Warn("cors origins: '*' allows every origin; the other entries are ignored", zap.Strings("origins", list))
 		}
 		h.allowAll = true
-		return nil
+		return
 	}
 	h.origins = make(map[string]bool, len(list))
 	for _, o := range list {
-		norm := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(o), "/"))
-		u, err := url.Parse(norm)
-		if norm != "null" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil) {
-			return fmt.Errorf("cors origins: %q is not an origin; want scheme://host[:port], e.g. https://app.example.com", o)
-		}
+		norm, _ := gateway.NormalizeOrigin(o)
 		h.origins[norm] = true
 	}
-	return nil
 }
 
 // joined is one comma-separated header value of the configured list, or

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/netguard"
 )
 
@@ -105,7 +106,7 @@ type App struct {
 	// Guarded by writeMu.
 	records map[string]string
 
-	metrics     *Metrics
+	metrics     *metrics.Recorder
 	peers       *peerSet                       // the apps of this process (runtime.go), nil until joined
 	warned      sync.Map                       // key -> raw record warned about (warnOnce)
 	guard       atomic.Pointer[netguard.Guard] // see addrGuard
@@ -241,6 +242,12 @@ func (a *App) Validate() error {
 	}
 	if err := a.ClientRateLimit.Validate(); err != nil {
 		return ConfigError(err, "client_rate_limit")
+	}
+	if err := a.CORS.Validate(); err != nil {
+		return err
+	}
+	if err := a.Pressure.Validate(); err != nil {
+		return ConfigErrorIn(err, "pressure")
 	}
 	return nil
 }
@@ -407,7 +414,7 @@ func (a *App) Cleanup() error {
 	}
 	a.releaseStore()
 	a.leavePeers()
-	a.metrics.release()
+	a.metrics.Release()
 	return nil
 }
 

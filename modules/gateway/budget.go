@@ -151,14 +151,14 @@ func (a *App) attachBudget(s *Service) error {
 	}
 	spec := s.budgetSpec
 	key := "budget-engine|" + storeKey + "|" + s.Key + "|" + spec.cred + "|" + spec.id
-	metrics, service, log := a.Metrics(), s.Key, a.logger
+	rec, service, log := a.Metrics(), s.Key, a.logger
 	if log == nil {
 		log = zap.NewNop() // an app used without Provision (unit tests)
 	}
 	v, _, err := appState.LoadOrNew(key, func() (caddy.Destructor, error) {
 		cfg := spec.cfg
 		cfg.Logger = log.With(zap.String("service", service))
-		cfg.OnBanTrip = func() { metrics.BudgetBanTrip(service) }
+		cfg.OnBanTrip = func() { rec.BudgetBanTrip(service) }
 		return pooledEngine{budget.New(cfg, store)}, nil
 	})
 	if err != nil {

@@ -2,7 +2,11 @@ package gateway
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -301,6 +305,39 @@ type CORSConfig struct {
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
+// Validate checks the cors settings (App.Validate): each origin is
+// scheme://host[:port] or "null" (unless "*" allows every origin), max_age
+// is not negative. A disabled config is not checked.
+func (c *CORSConfig) Validate() error {
+	if c == nil || c.Disabled {
+		return nil
+	}
+	if !slices.Contains(c.Origins, "*") {
+		for _, o := range c.Origins {
+			if _, ok := NormalizeOrigin(o); !ok {
+				return fmt.Errorf("cors origins: %q is not an origin; want scheme://host[:port], e.g. https://app.example.com", o)
+			}
+		}
+	}
+	if c.MaxAge < 0 {
+		return errors.New("cors max_age: must not be negative")
+	}
+	return nil
+}
+
+// NormalizeOrigin is the form of an origin setting that a request's Origin
+// is compared with (lower case, no trailing slash), and whether it is an
+// origin: http(s)://host[:port] or "null".
+func NormalizeOrigin(o string) (string, bool) {
+	norm := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(o), "/"))
+	if norm == "null" {
+		return norm, true
+	}
+	u, err := url.Parse(norm)
+	ok := err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.Path == "" && u.RawQuery == "" && u.User == nil
+	return norm, ok
+}
+
 // PressureConfig configures load shedding. A threshold left at zero takes
 // its default; set it very high to make it irrelevant.
 //
@@ -355,6 +392,37 @@ type PressureConfig struct {
 
 	// How often the dependency is probed. Default 10s.
 	HealthCheckInterval caddy.Duration `json:"health_check_interval,omitempty"`
+}
+
+// Validate checks the pressure settings (App.Validate); each error starts
+// with the option it names. Disabled settings are checked too: /up still
+// judges readings by them.
+func (c *PressureConfig) Validate() error {
+	if c == nil {
+		return nil
+	}
+	if err := CheckFraction("max_cpu", c.MaxCPU); err != nil {
+		return err
+	}
+	switch {
+	case c.MaxHeap < 0:
+		return errors.New("max_heap: must not be negative")
+	case c.MaxRSS < 0:
+		return errors.New("max_rss: must not be negative")
+	case c.MaxSchedLatency < 0:
+		return errors.New("max_sched_latency: must not be negative")
+	case c.MaxInFlight < -1:
+		return errors.New("max_in_flight: want a number of requests, 0 for the default derived from max_heap, or -1 for no limit")
+	case c.Interval < 0 || c.RetryAfter < 0 || c.HealthCheckInterval < 0:
+		return errors.New("interval, retry_after, health_check interval: must not be negative")
+	}
+	if c.HealthCheckURL != "" {
+		u, err := url.Parse(c.HealthCheckURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("health_check: want an absolute http(s) URL, got %q", c.HealthCheckURL)
+		}
+	}
+	return nil
 }
 
 // RuntimeServicesConfig governs services added through the management API.

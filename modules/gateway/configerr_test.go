@@ -1,9 +1,13 @@
 package gateway
 
 import (
-	"reflect"
+	"fmt"
+	"math"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 func TestCheckFraction(t *testing.T) {
@@ -32,29 +36,6 @@ func TestCheckFraction(t *testing.T) {
 	}
 }
 
-func TestUnknownFieldPath(t *testing.T) {
-	type inner struct {
-		Name string `json:"name,omitempty"`
-	}
-	type outer struct {
-		List  []inner           `json:"list,omitempty"`
-		ByKey map[string]*inner `json:"by_key,omitempty"`
-		One   *inner            `json:"one,omitempty"`
-	}
-	tests := []struct{ raw, want string }{
-		{`{"list":[{"name":"a"},{"nam":"b"}]}`, "x.list[1].nam"},
-		{`{"by_key":{"k":{"name":"a","extra":1}}}`, "x.by_key.k.extra"},
-		{`{"one":{"NAME":"a"},"two":1}`, "x.two"},
-		{`{"One":{"Name":"a"}}`, ""},
-	}
-	for _, tc := range tests {
-		got, _ := unknownField([]byte(tc.raw), reflect.TypeFor[outer](), "x")
-		if got != tc.want {
-			t.Errorf("%s: got path %q, want %q", tc.raw, got, tc.want)
-		}
-	}
-}
-
 // TestAppValidate: settings out of range are refused by Validate (which
 // Caddy calls after Provision), each naming its option.
 func TestAppValidate(t *testing.T) {
@@ -70,6 +51,10 @@ func TestAppValidate(t *testing.T) {
 		{"max_services", &App{RuntimeServices: &RuntimeServicesConfig{MaxServices: -2}}, "runtime_services max_services: must be positive, got -2"},
 		{"client_rate_limit", &App{ClientRateLimit: &RateLimit{}}, "byteproxy > client_rate_limit: "},
 		{"auth_failures", &App{AuthFailures: &AuthFailures{MaxFailures: -1}}, "auth_failures: max_failures must not be negative"},
+		{"cors origins", &App{CORS: &CORSConfig{Origins: []string{"app.example.com"}}}, `cors origins: "app.example.com" is not an origin`},
+		{"cors max_age", &App{CORS: &CORSConfig{MaxAge: -1}}, "cors max_age: must not be negative"},
+		{"pressure", &App{Pressure: &PressureConfig{MaxHeap: -1}}, "byteproxy > pressure > max_heap: must not be negative"},
+		{"pressure max_cpu", &App{Pressure: &PressureConfig{MaxCPU: 98}}, "byteproxy > pressure > max_cpu: 98 would mean 9,800% of GOMAXPROCS"},
 	} {
 		err := c.app.Validate()
 		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
@@ -78,5 +63,53 @@ func TestAppValidate(t *testing.T) {
 	}
 	if err := new(App).Validate(); err != nil {
 		t.Errorf("the zero app: %v", err)
+	}
+}
+
+// TestCORSValidate: what the cors settings refuse, and what they let pass.
+func TestCORSValidate(t *testing.T) {
+	for _, o := range []string{"app.example.com", "https://app.example.com/path", "ftp://x", "https://user@x.example", "https://x.example?q"} {
+		err := (&CORSConfig{Origins: []string{o}}).Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), fmt.Sprintf("cors origins: %q is not an origin", o)) {
+			t.Errorf("%q: want an error naming cors origins, got %v", o, err)
+		}
+	}
+	for _, c := range []*CORSConfig{
+		nil,
+		{Origins: []string{"HTTPS://App.Example.com/", "null", "http://localhost:3000"}},
+		{Origins: []string{"*", "not an origin"}},            // '*' allows all; the rest is ignored
+		{Disabled: true, Origins: []string{"not an origin"}}, // not used
+		{MaxAge: caddy.Duration(time.Hour)},
+	} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+	if err := (&CORSConfig{MaxAge: -1}).Validate(); err == nil || err.Error() != "cors max_age: must not be negative" {
+		t.Errorf("negative max_age: %v", err)
+	}
+}
+
+// TestPressureValidate: each refused pressure setting is named in its
+// error.
+func TestPressureValidate(t *testing.T) {
+	for name, c := range map[string]*PressureConfig{
+		"max_heap":          {MaxHeap: -1},
+		"max_rss":           {MaxRSS: -1},
+		"max_sched_latency": {MaxSchedLatency: -1},
+		"max_cpu":           {MaxCPU: math.NaN()},
+		"max_in_flight":     {MaxInFlight: -2},
+		"health_check":      {HealthCheckURL: "ftp://x/"},
+		"interval":          {Interval: -1},
+		"retry_after":       {Disabled: true, RetryAfter: -1},
+	} {
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: want an error naming it, got %v", name, err)
+		}
+	}
+	for _, c := range []*PressureConfig{nil, {}, {MaxInFlight: -1, MaxCPU: 0.5, HealthCheckURL: "http://127.0.0.1:9/health"}} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
 	}
 }

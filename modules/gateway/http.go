@@ -1,5 +1,12 @@
 package gateway
 
+import (
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
 // Request variables that byteproxy handlers set for later handlers, logs
 // and placeholders ({http.vars.byteproxy.client}, ...).
 const (
@@ -19,3 +26,17 @@ const (
 	// one (Discord's webhook and interaction-callback routes).
 	VarAuthorization = "byteproxy.client_authorization"
 )
+
+// AddLogField adds a field to the request's access log entry (Caddy's `log`
+// directive), e.g. the service or the consumer id. A field with the same
+// key replaces the earlier one. Never pass a secret.
+func AddLogField(r *http.Request, f zap.Field) {
+	// Without access logs on this server nobody reads the field, and
+	// ExtraLogFields.Set allocates: skip it on the hot path.
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
+		return
+	}
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(f)
+	}
+}

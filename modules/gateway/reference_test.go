@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/byteproxy/byteproxy/internal/metrics"
 )
 
 // TestReferenceListsEveryMetric: the metrics table of docs/REFERENCE.md
@@ -21,7 +23,10 @@ func TestReferenceListsEveryMetric(t *testing.T) {
 	for _, m := range regexp.MustCompile("(?m)^\\| `(byteproxy_[a-z_]+)` \\|.*$").FindAllSubmatch(doc, -1) {
 		rows[string(m[1])] = string(m[0])
 	}
-	cs := append(newMetricSet().collectors(), serviceGauge(new(App), "config"), budgetWaiting{new(App)})
+	var cs collectorList
+	if err := metrics.New().Register(&cs, appCollectors(new(App))...); err != nil {
+		t.Fatal(err)
+	}
 	descs := make(chan *prometheus.Desc, 64)
 	for _, c := range cs {
 		c.Describe(descs)
@@ -70,3 +75,12 @@ func TestReferenceListsEveryMetric(t *testing.T) {
 		}
 	}
 }
+
+// collectorList is a prometheus.Registerer that keeps what it is given.
+type collectorList []prometheus.Collector
+
+func (l *collectorList) Register(c prometheus.Collector) error { *l = append(*l, c); return nil }
+
+func (l *collectorList) MustRegister(cs ...prometheus.Collector) { *l = append(*l, cs...) }
+
+func (*collectorList) Unregister(prometheus.Collector) bool { return false }

@@ -3,15 +3,12 @@ package gateway
 import "github.com/caddyserver/caddy/v2"
 
 // appState holds what outlives one config: the upstream budgets' engines
-// and stores (budget.go), the metric collectors (metrics.go) and the peer
-// set of runtime services (runtime.go). An App acquires its share in
-// Provision and releases it in Cleanup; during a reload the new config
-// acquires before the old one releases, so the state carries over, and
-// the last release destroys it. Keys: "budget-store|...",
-// "budget-engine|...", metricsKey, peersKey.
+// and stores (budget.go) and the peer set of runtime services (runtime.go);
+// internal/metrics keeps the metric collectors the same way. An App
+// acquires its share in Provision and releases it in Cleanup; during a
+// reload the new config acquires before the old one releases, so the state
+// carries over, and the last release destroys it. Keys: "budget-store|...",
+// "budget-engine|...", peersKey.
 var appState = caddy.NewUsagePool()
 
-const (
-	metricsKey = "metrics"
-	peersKey   = "peers"
-)
+const peersKey = "peers"

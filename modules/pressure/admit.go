@@ -124,7 +124,4 @@ func discardAfter(rc *http.ResponseController, r *http.Request, limit int64) {
 }
 
 // defaults are the settings when no byteproxy_pressure handler runs.
-var defaults = sync.OnceValue(func() *settings {
-	s, _ := resolve(nil)
-	return s
-})
+var defaults = sync.OnceValue(func() *settings { return resolve(nil) })

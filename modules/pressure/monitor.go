@@ -2,11 +2,8 @@ package pressure
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"math"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -53,12 +51,13 @@ type settings struct {
 	healthURL      string
 	healthInterval time.Duration
 
-	metrics *gateway.Metrics
+	metrics *metrics.Recorder
 	logger  *zap.Logger
 }
 
-// resolve applies the defaults to a (possibly nil) config and checks it.
-func resolve(c *gateway.PressureConfig) (*settings, error) {
+// resolve applies the defaults to a (possibly nil) config that the app's
+// Validate passed.
+func resolve(c *gateway.PressureConfig) *settings {
 	if c == nil {
 		c = new(gateway.PressureConfig)
 	}
@@ -72,21 +71,6 @@ func resolve(c *gateway.PressureConfig) (*settings, error) {
 		interval:       time.Duration(c.Interval),
 		healthURL:      c.HealthCheckURL,
 		healthInterval: time.Duration(c.HealthCheckInterval),
-	}
-	if err := gateway.CheckFraction("max_cpu", s.maxCPU); err != nil {
-		return nil, err
-	}
-	switch {
-	case c.MaxHeap < 0:
-		return nil, errors.New("max_heap: must not be negative")
-	case c.MaxRSS < 0:
-		return nil, errors.New("max_rss: must not be negative")
-	case s.maxSched < 0:
-		return nil, errors.New("max_sched_latency: must not be negative")
-	case s.maxInFlight < -1:
-		return nil, errors.New("max_in_flight: want a number of requests, 0 for the default derived from max_heap, or -1 for no limit")
-	case s.interval < 0 || c.RetryAfter < 0 || s.healthInterval < 0:
-		return nil, errors.New("interval, retry_after, health_check interval: must not be negative")
 	}
 	switch s.maxInFlight {
 	case 0:
@@ -115,13 +99,7 @@ func resolve(c *gateway.PressureConfig) (*settings, error) {
 		s.healthInterval = defaultHealthInterval
 	}
 	s.healthInterval = max(s.healthInterval, minInterval)
-	if s.healthURL != "" {
-		u, err := url.Parse(s.healthURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("health_check: want an absolute http(s) URL, got %q", s.healthURL)
-		}
-	}
-	return s, nil
+	return s
 }
 
 func orDefault(v, def int64) uint64 {

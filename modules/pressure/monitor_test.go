@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -28,7 +29,7 @@ func testSettings(t testing.TB, c gateway.PressureConfig) *settings {
 		c.Interval = caddy.Duration(10 * time.Millisecond)
 	}
 	s := mustResolve(t, &c)
-	s.metrics = new(gateway.Metrics)
+	s.metrics = new(metrics.Recorder)
 	s.logger = zap.NewNop()
 	return s
 }

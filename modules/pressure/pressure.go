@@ -52,10 +52,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.app = app
 	h.logger = ctx.Logger()
-	s, err := resolve(app.Pressure)
-	if err != nil {
-		return gateway.ConfigErrorIn(err, "pressure")
-	}
+	s := resolve(app.Pressure) // checked by the app's Validate
 	s.metrics = app.Metrics()
 	s.logger = h.logger
 	if h.mon, err = Open(); err != nil {

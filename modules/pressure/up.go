@@ -110,7 +110,7 @@ func (m *Monitor) current() *snapshot {
 	if snap := m.snap.Load(); snap != nil {
 		return snap
 	}
-	s, _ := resolve(nil)
+	s := resolve(nil)
 	r := newSampler().take()
 	return &snapshot{reading: r, s: s, exceeded: evaluate(r, s)}
 }

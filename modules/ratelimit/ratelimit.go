@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/fleet"
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -104,7 +105,7 @@ func (h *Handler) provisionClients(rl *gateway.RateLimit) error {
 		return fmt.Errorf("client_rate_limit: %w", err)
 	}
 	h.clientMax, h.clientWindow = rl.MaxRequests, time.Duration(rl.Window)
-	h.clientPolicy = policyMember(gateway.LimitClient, h.clientMax, h.clientWindow)
+	h.clientPolicy = policyMember(metrics.LimitClient, h.clientMax, h.clientWindow)
 	h.clientsKey = fmt.Sprintf("clients|%d|%d", h.clientMax, h.clientWindow)
 	h.clientsPrefix = redisClientPrefix(h.clientMax, h.clientWindow)
 	v, _, err := limiters.LoadOrNew(h.clientsKey, func() (caddy.Destructor, error) {
@@ -193,7 +194,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // verdict is one request's decision and the figures for its headers.
 type verdict struct {
-	refused string // "", gateway.LimitClient or gateway.LimitService
+	refused string // "", metrics.LimitClient or metrics.LimitService
 
 	service    *serviceLimit // nil without a service limit
 	window     windowState
@@ -231,7 +232,7 @@ func (h *Handler) decideLocal(now time.Time, v *verdict, ck clientKey) {
 	n := h.instances()
 	if !v.hasClient {
 		if v.window = sl.win.take(now, n); !v.window.ok {
-			v.refused = gateway.LimitService
+			v.refused = metrics.LimitService
 		}
 		return
 	}
@@ -245,9 +246,9 @@ func (h *Handler) decideLocal(now time.Time, v *verdict, ck clientKey) {
 	v.bucket = h.clients.admit(now, ck, h.clientCost(n), next)
 	switch {
 	case !v.bucket.ok:
-		v.refused = gateway.LimitClient
+		v.refused = metrics.LimitClient
 	case sl != nil && !v.window.ok:
-		v.refused = gateway.LimitService
+		v.refused = metrics.LimitService
 	}
 }
 
@@ -278,9 +279,9 @@ func (h *Handler) decideRedis(ctx context.Context, now time.Time, v *verdict, ck
 	}
 	switch rep.verdict {
 	case 1:
-		v.refused = gateway.LimitClient
+		v.refused = metrics.LimitClient
 	case 2:
-		v.refused = gateway.LimitService
+		v.refused = metrics.LimitService
 	}
 	return nil
 }
@@ -345,7 +346,7 @@ func (h *Handler) carryBack(ctx context.Context) (int64, error) {
 // of the service limit, else of the client limit: the access log's
 // rate_limit_remaining.
 func (v *verdict) remaining() int64 {
-	if v.refused == gateway.LimitClient || v.service == nil {
+	if v.refused == metrics.LimitClient || v.service == nil {
 		return v.bucket.remaining
 	}
 	return v.window.remaining
@@ -369,15 +370,15 @@ func (h *Handler) setHeaders(hdr http.Header, v *verdict, now time.Time) {
 	policy := h.clientPolicy
 	if v.service != nil {
 		policy = v.service.policy
-		if v.refused != gateway.LimitClient {
-			b = appendState(b, gateway.LimitService, v.window.remaining, v.serviceReset(now))
+		if v.refused != metrics.LimitClient {
+			b = appendState(b, metrics.LimitService, v.window.remaining, v.serviceReset(now))
 		}
 	}
 	if v.hasClient {
 		if len(b) > 0 {
 			b = append(b, ", "...)
 		}
-		b = appendState(b, gateway.LimitClient, v.bucket.remaining, v.bucket.full)
+		b = appendState(b, metrics.LimitClient, v.bucket.remaining, v.bucket.full)
 	}
 	// A slice of this request's own (Caddy's header directive edits
 	// values in place); the keys are already canonical. One allocation
@@ -416,11 +417,11 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, svc *gateway.Se
 	gateway.AddLogField(r, zap.String("rate_limited", v.refused))
 	_, path, _ := routes.ProxyPath(r.URL.Path) // the body's path, decoded as the original's
 	rf := gateway.Refusal{Service: svc, Path: path}
-	if v.refused == gateway.LimitClient {
+	if v.refused == metrics.LimitClient {
 		rf.RetryAfter, rf.Limit = v.bucket.retry, int64(v.clientMax)
 		secs := max(ceilSeconds(rf.RetryAfter), 1)
 		rf.Error = fmt.Sprintf("Client rate limit exceeded. Reset in %d seconds.", secs)
-		rf.LimitType = gateway.LimitClient
+		rf.LimitType = metrics.LimitClient
 		rf.Hint = fmt.Sprintf("Each client (its API key, else its IP address) may make %d requests per %s through this gateway, across all services. Wait %d seconds before retrying.",
 			v.clientMax, humanDuration(v.clientSize), secs)
 		rf.Scope, rf.Resource = "user", "byteproxy_client" // this consumer's own limit
@@ -457,7 +458,7 @@ func (h *Handler) acquireWindow(key string, rl gateway.RateLimit) *serviceLimit 
 	if sl := old[key]; sl != nil && sl.limit == rl {
 		return sl
 	}
-	sl := &serviceLimit{limit: rl, redisKey: redisServiceKey(key, rl.MaxRequests, size), policy: policyMember(gateway.LimitService, rl.MaxRequests, size)}
+	sl := &serviceLimit{limit: rl, redisKey: redisServiceKey(key, rl.MaxRequests, size), policy: policyMember(metrics.LimitService, rl.MaxRequests, size)}
 	if h.clientPolicy != "" {
 		sl.policy += ", " + h.clientPolicy
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/testutil/redistest"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -106,7 +107,7 @@ func BenchmarkWindowTake(b *testing.B) {
 // request (service and client limit).
 func BenchmarkHeaders(b *testing.B) {
 	now := time.Now()
-	h := &Handler{clientPolicy: policyMember(gateway.LimitClient, 600, time.Minute)}
+	h := &Handler{clientPolicy: policyMember(metrics.LimitClient, 600, time.Minute)}
 	v := verdict{
 		service:   &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}, policy: `"service";q=100;w=60, ` + h.clientPolicy},
 		window:    windowState{ok: true, remaining: 42, end: now.Add(time.Minute)},

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -68,11 +69,11 @@ func TestResetNeverExceedsWindow(t *testing.T) {
 // state is given. No X-RateLimit-* is ever set by the gateway's limits.
 func TestIETFHeaders(t *testing.T) {
 	now := time.Now()
-	h := &Handler{clientPolicy: policyMember(gateway.LimitClient, 600, time.Minute)}
+	h := &Handler{clientPolicy: policyMember(metrics.LimitClient, 600, time.Minute)}
 	if h.clientPolicy != `"client";q=600;w=60` {
 		t.Fatalf("client policy %q", h.clientPolicy)
 	}
-	if got := policyMember(gateway.LimitService, 5, 1500*time.Millisecond); got != `"service";q=5;w=2` {
+	if got := policyMember(metrics.LimitService, 5, 1500*time.Millisecond); got != `"service";q=5;w=2` {
 		t.Fatalf("policy with a fractional window %q, want w rounded up", got)
 	}
 	sl := &serviceLimit{limit: gateway.RateLimit{MaxRequests: 100, Window: caddy.Duration(time.Minute)}, policy: `"service";q=100;w=60, "client";q=600;w=60`}
@@ -83,7 +84,7 @@ func TestIETFHeaders(t *testing.T) {
 	}{
 		{"both admitted", verdict{service: sl, window: windowState{ok: true, remaining: 42, end: now.Add(17 * time.Second)}, hasClient: true, bucket: bucketState{ok: true, remaining: 599, full: 100 * time.Millisecond}},
 			sl.policy, `"service";r=42;t=17, "client";r=599;t=1`},
-		{"client refused", verdict{refused: gateway.LimitClient, service: sl, hasClient: true, bucket: bucketState{remaining: 0, full: time.Minute, retry: 100 * time.Millisecond}},
+		{"client refused", verdict{refused: metrics.LimitClient, service: sl, hasClient: true, bucket: bucketState{remaining: 0, full: time.Minute, retry: 100 * time.Millisecond}},
 			sl.policy, `"client";r=0;t=60`},
 		{"client only", verdict{hasClient: true, bucket: bucketState{ok: true, remaining: 3, full: 2 * time.Second}},
 			h.clientPolicy, `"client";r=3;t=2`},

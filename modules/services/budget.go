@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -175,35 +176,35 @@ func (f *forwarder) refusalReason(rf *budget.Refusal, err error) string {
 	github := f.budget.Kind == budget.KindGitHub
 	switch {
 	case rf.QueueFull:
-		return gateway.BudgetQueue
+		return metrics.BudgetQueue
 	case !errors.As(err, new(*budget.Refusal)):
-		return gateway.BudgetUnavailable
+		return metrics.BudgetUnavailable
 	}
 	switch rf.Scope {
 	case budget.ScopeBucket:
 		if github {
-			return gateway.BudgetResource
+			return metrics.BudgetResource
 		}
-		return gateway.BudgetBucket
+		return metrics.BudgetBucket
 	case budget.ScopeGlobal:
-		return gateway.BudgetGlobal
+		return metrics.BudgetGlobal
 	case budget.ScopeShared:
-		return gateway.BudgetShared
+		return metrics.BudgetShared
 	case budget.ScopeLocked:
 		if github {
-			return gateway.BudgetSecondary
+			return metrics.BudgetSecondary
 		}
-		return gateway.BudgetRetryAfter
+		return metrics.BudgetRetryAfter
 	case budget.ScopeSerial:
-		return gateway.BudgetSerial
+		return metrics.BudgetSerial
 	case budget.ScopeConcurrency:
-		return gateway.BudgetConcurrency
+		return metrics.BudgetConcurrency
 	case budget.ScopeBanGuard:
-		return gateway.BudgetBan
+		return metrics.BudgetBan
 	case budget.ScopeUnauthorized:
-		return gateway.BudgetUnauthorized
+		return metrics.BudgetUnauthorized
 	}
-	return gateway.BudgetUnavailable
+	return metrics.BudgetUnavailable
 }
 
 // GitHub's documentation of its limits, which its clients expect in
@@ -259,10 +260,10 @@ func (f *forwarder) shapeRefusal(rf *budget.Refusal, reason, path string) gatewa
 // could not decide.
 func (f *forwarder) pausedMessage(rf *budget.Refusal, reason, retry string) (msg, hint string) {
 	switch reason {
-	case gateway.BudgetBan:
+	case metrics.BudgetBan:
 		return fmt.Sprintf("The upstream credential of %s is paused: it received too many invalid responses (401, 403, 429) recently, and sending more would risk a ban. Retry in %s seconds.", f.key, retry),
 			"Look for the requests that fail with 401, 403 or 429 (the gateway's log names the trip); the ban guard's threshold is the service's upstream_limits ban_threshold."
-	case gateway.BudgetUnauthorized:
+	case metrics.BudgetUnauthorized:
 		return fmt.Sprintf("The upstream rejected the credential of %s (401); it is not used again for a while. Retry in %s seconds.", f.key, retry),
 			"Check the service's token (its environment variable) and reload; the lock lasts upstream_limits unauthorized_lock."
 	}

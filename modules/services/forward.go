@@ -19,6 +19,7 @@ import (
 
 	"github.com/byteproxy/byteproxy/internal/budget"
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 	"github.com/byteproxy/byteproxy/modules/services/internal/leanhttp"
@@ -41,7 +42,7 @@ type forwarder struct {
 	rp       *httputil.ReverseProxy
 	pools    []*leanhttp.Pool // the lean path's, one per scheme and host (poolRoutes); none when it is off
 	budget   *gateway.Budget  // the upstream budget; nil when upstream_limits are off (budget.go)
-	metrics  *gateway.Metrics
+	metrics  *metrics.Recorder
 	logger   *zap.Logger
 }
 
@@ -54,7 +55,7 @@ type headerValue struct {
 
 // newForwarder builds the forwarder of service s; lean says whether the
 // lean path is on (the byteproxy app's lean_path).
-func newForwarder(s *gateway.Service, m *gateway.Metrics, logger *zap.Logger, lean bool) *forwarder {
+func newForwarder(s *gateway.Service, m *metrics.Recorder, logger *zap.Logger, lean bool) *forwarder {
 	f := &forwarder{
 		svc:     s,
 		key:     s.Key,
@@ -388,16 +389,16 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 	var netErr net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout() {
 		if dial {
-			return http.StatusGatewayTimeout, gateway.UpstreamErrTimeout,
+			return http.StatusGatewayTimeout, metrics.UpstreamErrTimeout,
 				"Could not connect to " + upstream + " within " + f.svc.Timeout.String() + "."
 		}
-		return http.StatusGatewayTimeout, gateway.UpstreamErrTimeout,
+		return http.StatusGatewayTimeout, metrics.UpstreamErrTimeout,
 			"The upstream " + upstream + " did not answer within " + f.svc.Timeout.String() + "."
 	}
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &dnsErr):
-		return http.StatusBadGateway, gateway.UpstreamErrDial,
+		return http.StatusBadGateway, metrics.UpstreamErrDial,
 			"Could not resolve the upstream host " + dnsErr.Name + "."
 	case dial:
 		reason := "connection failed"
@@ -407,20 +408,20 @@ func (f *forwarder) describe(upstream string, err error) (int, string, string) {
 		} else if opErr.Err != nil {
 			reason = f.svc.Redact(opErr.Err.Error()) // e.g. the private-address guard
 		}
-		return http.StatusBadGateway, gateway.UpstreamErrDial,
+		return http.StatusBadGateway, metrics.UpstreamErrDial,
 			"Could not connect to " + upstream + ": " + reason + "."
 	case errors.Is(err, gateway.ErrNoHTTP2):
-		return http.StatusBadGateway, gateway.UpstreamErrOther,
+		return http.StatusBadGateway, metrics.UpstreamErrOther,
 			"The upstream " + upstream + " did not negotiate HTTP/2, which the service's http_version 2 requires."
 	case httpx.IsTLSError(err):
-		return http.StatusBadGateway, gateway.UpstreamErrOther,
+		return http.StatusBadGateway, metrics.UpstreamErrOther,
 			"The TLS handshake with " + upstream + " failed: " + f.svc.Redact(tlsReason(err)) + "."
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return http.StatusBadGateway, gateway.UpstreamErrReset,
+		return http.StatusBadGateway, metrics.UpstreamErrReset,
 			"The upstream " + upstream + " closed the connection before sending a response."
 	}
-	return http.StatusBadGateway, gateway.UpstreamErrOther,
+	return http.StatusBadGateway, metrics.UpstreamErrOther,
 		"The request to the upstream " + upstream + " failed."
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -95,13 +96,13 @@ func TestErrorClassification(t *testing.T) {
 		kind   string
 		retry  bool
 	}{
-		{refused, 502, gateway.UpstreamErrDial, true},
-		{&url.Error{Op: "Get", URL: r.URL.String(), Err: refused}, 502, gateway.UpstreamErrDial, true},
-		{&net.OpError{Op: "dial", Net: "tcp", Err: &timeoutErr{}}, 504, gateway.UpstreamErrTimeout, false},
-		{&timeoutErr{}, 504, gateway.UpstreamErrTimeout, false},
-		{&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, 502, gateway.UpstreamErrReset, false},
-		{&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("refusing to dial private address 10.0.0.1")}, 502, gateway.UpstreamErrDial, false},
-		{errors.New("something else with SECRETTOKEN"), 502, gateway.UpstreamErrOther, false},
+		{refused, 502, metrics.UpstreamErrDial, true},
+		{&url.Error{Op: "Get", URL: r.URL.String(), Err: refused}, 502, metrics.UpstreamErrDial, true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: &timeoutErr{}}, 504, metrics.UpstreamErrTimeout, false},
+		{&timeoutErr{}, 504, metrics.UpstreamErrTimeout, false},
+		{&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, 502, metrics.UpstreamErrReset, false},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("refusing to dial private address 10.0.0.1")}, 502, metrics.UpstreamErrDial, false},
+		{errors.New("something else with SECRETTOKEN"), 502, metrics.UpstreamErrOther, false},
 	} {
 		status, kind, msg := f.describe(r.URL.Scheme+"://"+r.URL.Host, c.err)
 		if status != c.status || kind != c.kind {

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/metrics"
 	"github.com/byteproxy/byteproxy/internal/routes"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
@@ -27,7 +28,7 @@ func init() {
 // rewritten is described in docs/HANDLERS.md.
 type Handler struct {
 	app     *gateway.App
-	metrics *gateway.Metrics
+	metrics *metrics.Recorder
 	logger  *zap.Logger
 	build   func(*gateway.Service) http.Handler
 }

@@ -1,6 +1,7 @@
-// Package inproc runs a Caddy config in the test's own process, for tests
-// that look at package state across real config reloads. It imports no
-// byteproxy package, so any package's internal tests can use it.
+// Package inproc runs Caddy configs in the test's own process (caddy.Load):
+// the one place tests start, reload and stop Caddy in process. It imports
+// no byteproxy package, so any package's internal tests can use it;
+// testutil.InProcess runs a whole Caddyfile on top of it.
 package inproc
 
 import (
@@ -16,35 +17,98 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
 )
 
-// Instance is a Caddy config running in the test's own process
-// (caddy.Load), for tests that look at package state across real config
-// reloads: what a caddy.UsagePool holds, which object a new config got.
-// One Caddy runs per process, so such tests must not be parallel. The
-// modules the config names must be linked into the test binary.
+// Instance is a test's hold on the process's Caddy, which runs one config
+// at a time: what a caddy.UsagePool holds across real config reloads,
+// which object a new config got. The modules a config names must be
+// linked into the test binary.
 type Instance struct {
 	t       testing.TB
-	port    int
-	storage string
+	port    int    // the server of Load's configs
+	storage string // the file storage of Load's configs
+	loaded  bool   // a config of this instance runs
+}
+
+// held is the instance whose test holds the process's Caddy (holdMu),
+// nil when no test does.
+var (
+	holdMu sync.Mutex
+	heldMu sync.Mutex
+	held   *Instance
+)
+
+// New takes the process's Caddy for t, with no config loaded yet. A test
+// in another goroutine that holds it is waited for; an instance t already
+// holds is stopped. When t ends the config is stopped and the hold is
+// given up, after the cleanups t registers later.
+func New(t testing.TB) *Instance {
+	t.Helper()
+	heldMu.Lock()
+	prev := held
+	heldMu.Unlock()
+	if prev != nil && prev.t == t {
+		prev.Stop()
+	} else {
+		holdMu.Lock()
+		t.Cleanup(func() {
+			heldMu.Lock()
+			last := held
+			held = nil
+			heldMu.Unlock()
+			if last != nil {
+				last.Stop()
+			}
+			holdMu.Unlock()
+		})
+	}
+	p := &Instance{t: t}
+	heldMu.Lock()
+	held = p
+	heldMu.Unlock()
+	return p
+}
+
+// LoadJSON runs a whole Caddy config, replacing the running one as a
+// config reload does: the new config is provisioned, then the old one is
+// stopped and cleaned up.
+func (p *Instance) LoadJSON(raw []byte) error {
+	if err := caddy.Load(raw, true); err != nil {
+		return err
+	}
+	p.loaded = true
+	return nil
+}
+
+// Stop unloads the config: the apps stop, every module's Cleanup runs, the
+// admin endpoint closes (caddy.Stop would leave it open). A stopped
+// instance stays stopped.
+func (p *Instance) Stop() {
+	p.t.Helper()
+	if !p.loaded {
+		return
+	}
+	p.loaded = false
+	if err := caddy.Load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`), true); err != nil {
+		p.t.Errorf("stopping the in-process config: %v", err)
+	}
 }
 
 // Load loads a config with the byteproxy app app (a JSON value:
 // apps.byteproxy) and one server on a free loopback port whose single
-// route runs handlers (JSON values, each with a "handler" member). Caddy
-// is stopped when the test ends.
+// route runs handlers (JSON values, each with a "handler" member), as New
+// does.
 func Load(t testing.TB, app any, handlers ...any) *Instance {
 	t.Helper()
-	p := &Instance{t: t, port: FreePort(t), storage: t.TempDir()}
+	p := New(t)
+	p.port, p.storage = FreePort(t), t.TempDir()
 	p.Reload(app, handlers...)
-	t.Cleanup(func() { _ = caddy.Stop() })
 	return p
 }
 
-// Reload replaces the running config as a config reload does: the new
-// config is provisioned, then the old one is stopped and cleaned up.
+// Reload replaces the running config by one of Load's shape.
 func (p *Instance) Reload(app any, handlers ...any) {
 	p.t.Helper()
 	cfg := map[string]any{
-		"admin":   map[string]any{"disabled": true},
+		"admin":   map[string]any{"disabled": true, "config": map[string]any{"persist": false}},
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
 		"storage": map[string]any{"module": "file_system", "root": p.storage},
 		"apps": map[string]any{
@@ -60,24 +124,18 @@ func (p *Instance) Reload(app any, handlers ...any) {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	if err := caddy.Load(raw, true); err != nil {
+	if err := p.LoadJSON(raw); err != nil {
 		p.t.Fatalf("loading the config: %v", err)
 	}
 }
 
-// URL is the server's URL for path.
+// URL is the URL of path on Load's server.
 func (p *Instance) URL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", p.port, path)
 }
 
-// Stop unloads the config (every module's Cleanup runs).
-func (p *Instance) Stop() {
-	p.t.Helper()
-	if err := caddy.Stop(); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
+// FreePort returns a loopback port no other caller in this process got.
+//
 // Caddy listens with SO_REUSEPORT, so two gateways given the same port
 // would both start and share its connections: a test would then talk to
 // another test's gateway. Ports therefore come from a counter that starts

@@ -1,29 +1,29 @@
-package gateway
+// Package metrics records the gateway's Prometheus metrics (namespace
+// byteproxy). The collectors are shared by every config alive, so a reload
+// keeps the counts; see Acquire.
+package metrics
 
 import (
 	"errors"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 )
 
-// Metrics records the gateway's Prometheus metrics (namespace byteproxy).
-// Every module reports through these methods; they are safe for concurrent
-// use, and a zero Metrics records nothing.
+// Recorder records the gateway's Prometheus metrics. Every module reports
+// through its methods; they are safe for concurrent use, and a nil or zero
+// Recorder records nothing.
 //
 // Label values are bounded: service keys come only from the registry,
-// never from a request path, and at most maxServiceLabels distinct
+// never from a request path, and at most MaxServiceLabels distinct
 // services get their own label value (the rest are counted as "other").
-type Metrics struct {
+type Recorder struct {
 	set    *metricSet
-	pooled bool // set holds a reference in appState (newMetrics)
+	pooled bool // set holds a reference in pool (Acquire)
 }
 
 // Upstream error kinds.
@@ -42,7 +42,7 @@ const (
 
 // Label bounds: distinct values beyond these share the label "other".
 const (
-	maxServiceLabels = 1000
+	MaxServiceLabels = 1000
 	maxSmallLabels   = 32
 	otherLabel       = "other"
 )
@@ -50,7 +50,7 @@ const (
 // ProxyRequest records one proxied request of a known service: the status
 // sent to the client, the total duration, and the upstream duration (zero
 // if the upstream was never reached).
-func (m *Metrics) ProxyRequest(service string, status int, total, upstream time.Duration) {
+func (m *Recorder) ProxyRequest(service string, status int, total, upstream time.Duration) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -63,7 +63,7 @@ func (m *Metrics) ProxyRequest(service string, status int, total, upstream time.
 }
 
 // UpstreamError records a failed upstream exchange of a known service.
-func (m *Metrics) UpstreamError(service, kind string) {
+func (m *Recorder) UpstreamError(service, kind string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -81,7 +81,7 @@ func (m *Metrics) UpstreamError(service, kind string) {
 }
 
 // RateLimited records a 429 of the given kind (LimitService, LimitClient).
-func (m *Metrics) RateLimited(service, kind string) {
+func (m *Recorder) RateLimited(service, kind string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -114,7 +114,7 @@ const (
 
 // BudgetHeld records a request the upstream budget held for waited
 // before it was sent.
-func (m *Metrics) BudgetHeld(service string, waited time.Duration) {
+func (m *Recorder) BudgetHeld(service string, waited time.Duration) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -126,7 +126,7 @@ func (m *Metrics) BudgetHeld(service string, waited time.Duration) {
 // BudgetRefused records a request the upstream budget answered itself
 // (429, 403 or 503) for a reason (BudgetBucket, ...), after holding it for
 // waited (0: answered at once).
-func (m *Metrics) BudgetRefused(service, reason string, waited time.Duration) {
+func (m *Recorder) BudgetRefused(service, reason string, waited time.Duration) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -138,7 +138,7 @@ func (m *Metrics) BudgetRefused(service, reason string, waited time.Duration) {
 }
 
 // BudgetBanTrip records a ban-guard trip of a service's credential.
-func (m *Metrics) BudgetBanTrip(service string) {
+func (m *Recorder) BudgetBanTrip(service string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -150,7 +150,7 @@ func (m *Metrics) BudgetBanTrip(service string) {
 // "shared"), "exhausted" (x-ratelimit-remaining: 0, GitHub's primary
 // limit), "retry_after" (a 403 or 429 with Retry-After, GitHub's secondary
 // limits), "other" (any other 429).
-func (m *Metrics) UpstreamRateLimited(service, scope string) {
+func (m *Recorder) UpstreamRateLimited(service, scope string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -172,7 +172,7 @@ func boundedReason(r string) string {
 }
 
 // AuthFailure records a 401 for a scope ("proxy", "management").
-func (m *Metrics) AuthFailure(scope string) {
+func (m *Recorder) AuthFailure(scope string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -181,7 +181,7 @@ func (m *Metrics) AuthFailure(scope string) {
 
 // AuthThrottled records a request refused with 429 because its client
 // address presented too many wrong keys, by scope.
-func (m *Metrics) AuthThrottled(scope string) {
+func (m *Recorder) AuthThrottled(scope string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -189,7 +189,7 @@ func (m *Metrics) AuthThrottled(scope string) {
 }
 
 // Shed records a request refused with 503 for a pressure type.
-func (m *Metrics) Shed(pressureType string) {
+func (m *Recorder) Shed(pressureType string) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -197,7 +197,7 @@ func (m *Metrics) Shed(pressureType string) {
 }
 
 // SetPressure publishes the monitor's latest readings.
-func (m *Metrics) SetPressure(heapBytes, rssBytes uint64, schedLatency time.Duration, cpu float64, goroutines, inFlight int64) {
+func (m *Recorder) SetPressure(heapBytes, rssBytes uint64, schedLatency time.Duration, cpu float64, goroutines, inFlight int64) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -211,7 +211,7 @@ func (m *Metrics) SetPressure(heapBytes, rssBytes uint64, schedLatency time.Dura
 }
 
 // SetRedisFallback publishes whether rate limits fell back to memory.
-func (m *Metrics) SetRedisFallback(fallback bool) {
+func (m *Recorder) SetRedisFallback(fallback bool) {
 	if m == nil || m.set == nil {
 		return
 	}
@@ -222,137 +222,80 @@ func (m *Metrics) SetRedisFallback(fallback bool) {
 	m.set.redisFallback.Set(v)
 }
 
-// Metrics returns the app's metrics recorder (never nil).
-func (a *App) Metrics() *Metrics {
-	if a.metrics == nil {
-		return new(Metrics)
-	}
-	return a.metrics
-}
+// pool holds the collectors shared by every loaded config, under poolKey.
+var pool = caddy.NewUsagePool()
 
-// AddLogField adds a field to the request's access log entry (Caddy's `log`
-// directive), e.g. the service or the consumer id. A field with the same
-// key replaces the earlier one. Never pass a secret.
-func AddLogField(r *http.Request, f zap.Field) {
-	// Without access logs on this server nobody reads the field, and
-	// ExtraLogFields.Set allocates: skip it on the hot path.
-	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
-		return
-	}
-	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Set(f)
-	}
-}
+const poolKey = "metrics"
 
-// newMetrics registers the gateway's collectors in this config's registry
+// Acquire registers the shared collectors and extra (collectors of one
+// config, such as gauges read at scrape time) in this config's registry
 // (the one behind the admin endpoint's /metrics and the `metrics`
-// directive) and returns the recorder for app.
+// directive) and returns a recorder that holds the collectors until
+// Release (the module's Cleanup).
 //
 // Caddy gives every config load a fresh registry. The collectors are
-// shared by every config alive (appState, as Caddy's reverse_proxy shares
-// its upstream gauge), so a config reload does not reset the counters and
-// registering them again in the new registry never collides. The service
-// gauge is per app: it reads this config's registry of services.
-func newMetrics(ctx caddy.Context, app *App) *Metrics {
-	v, _, err := appState.LoadOrNew(metricsKey, func() (caddy.Destructor, error) { return newMetricSet(), nil })
+// shared by every config alive (pool, as Caddy's reverse_proxy shares its
+// upstream gauge), so a config reload does not reset the counters and
+// registering them again in the new registry never collides. On error
+// nothing is held.
+func Acquire(ctx caddy.Context, extra ...prometheus.Collector) (*Recorder, error) {
+	v, _, err := pool.LoadOrNew(poolKey, func() (caddy.Destructor, error) { return newMetricSet(), nil })
 	if err != nil { // newMetricSet cannot fail
-		return new(Metrics)
+		return nil, err
 	}
 	var reg prometheus.Registerer
 	if r := ctx.GetMetricsRegistry(); r != nil {
 		reg = r
 	}
-	m, err := newMetricsIn(reg, v.(*metricSet), app)
-	if err != nil {
-		// A metrics failure must not stop the gateway.
-		app.logger.Error("registering metrics", zap.Error(err))
-		_, _ = appState.Delete(metricsKey)
-		return new(Metrics)
+	m := &Recorder{set: v.(*metricSet)}
+	if err := m.Register(reg, extra...); err != nil {
+		_, _ = pool.Delete(poolKey)
+		return nil, err
 	}
 	m.pooled = true
-	return m
+	return m, nil
 }
 
-// release gives a recorder of newMetrics back to appState (App.Cleanup).
-func (m *Metrics) release() {
+// Release gives a recorder of Acquire back; the last release of all
+// loaded configs drops the collectors. Calling it again does nothing.
+func (m *Recorder) Release() {
 	if m != nil && m.pooled {
 		m.pooled = false
-		_, _ = appState.Delete(metricsKey)
+		_, _ = pool.Delete(poolKey)
 	}
+}
+
+// Held is how many recorders of Acquire hold the shared collectors now
+// (one per loaded config that has metrics; 0 when none).
+func Held() int {
+	n, _ := pool.References(poolKey)
+	return n
 }
 
 // Destruct lets a metricSet live in a caddy.UsagePool; it holds nothing
 // to close.
 func (*metricSet) Destruct() error { return nil }
 
-// newMetricsIn registers set (and a service gauge reading app, if not nil)
-// in reg. Registering a collector that reg already holds is not an error.
-func newMetricsIn(reg prometheus.Registerer, set *metricSet, app *App) (*Metrics, error) {
-	cs := set.collectors()
-	if app != nil {
-		cs = append(cs, serviceGauge(app, "config"), serviceGauge(app, "runtime"), budgetWaiting{app})
+// New returns a recorder with collectors of its own, registered nowhere
+// (tests and benchmarks; see Register).
+func New() *Recorder { return &Recorder{set: newMetricSet()} }
+
+// Register registers m's collectors and extra in reg (nil: nowhere).
+// Registering a collector that reg already holds is not an error.
+func (m *Recorder) Register(reg prometheus.Registerer, extra ...prometheus.Collector) error {
+	if reg == nil {
+		return nil
 	}
-	if reg != nil {
-		for _, c := range cs {
-			if err := reg.Register(c); err != nil {
-				var are prometheus.AlreadyRegisteredError
-				if errors.As(err, &are) && are.ExistingCollector == c {
-					continue
-				}
-				return nil, err
+	for _, c := range append(m.set.collectors(), extra...) {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) && are.ExistingCollector == c {
+				continue
 			}
+			return err
 		}
 	}
-	return &Metrics{set: set}, nil
-}
-
-// serviceGauge counts the app's services of one source at scrape time.
-func serviceGauge(app *App, source string) prometheus.Collector {
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace:   "byteproxy",
-		Name:        "services",
-		Help:        "Services in the registry, by source (config or runtime).",
-		ConstLabels: prometheus.Labels{"source": source},
-	}, func() float64 {
-		p := app.services.Load()
-		if p == nil {
-			return 0
-		}
-		n := 0
-		for _, s := range *p {
-			if s.Source == source {
-				n++
-			}
-		}
-		return float64(n)
-	})
-}
-
-// budgetWaiting reports, at scrape time, the requests each service's
-// upstream budget holds now.
-type budgetWaiting struct{ app *App }
-
-var budgetWaitingDesc = prometheus.NewDesc("byteproxy_budget_waiting",
-	"Requests the upstream budget holds now, by service.", []string{"service"}, nil)
-
-func (budgetWaiting) Describe(ch chan<- *prometheus.Desc) { ch <- budgetWaitingDesc }
-
-func (c budgetWaiting) Collect(ch chan<- prometheus.Metric) {
-	p := c.app.services.Load()
-	if p == nil {
-		return
-	}
-	n := 0
-	for _, key := range SortedKeys(*p) {
-		b := (*p)[key].Budget()
-		if b == nil {
-			continue
-		}
-		if n++; n > maxServiceLabels {
-			return
-		}
-		ch <- prometheus.MustNewConstMetric(budgetWaitingDesc, prometheus.GaugeValue, float64(b.Engine.Waiting(b.Credential)), key)
-	}
+	return nil
 }
 
 // metricSet holds the collectors and the per-label children cached for the
@@ -487,7 +430,7 @@ type serviceMetrics struct {
 }
 
 // service returns the cached children of a service label, creating them on
-// first use; past maxServiceLabels distinct keys, every new key shares
+// first use; past MaxServiceLabels distinct keys, every new key shares
 // "other".
 func (s *metricSet) service(key string) *serviceMetrics {
 	if v, ok := s.services.Load(key); ok {
@@ -499,7 +442,7 @@ func (s *metricSet) service(key string) *serviceMetrics {
 		return v.(*serviceMetrics)
 	}
 	label := key
-	if s.serviceCount >= maxServiceLabels || key == "" {
+	if s.serviceCount >= MaxServiceLabels || key == "" {
 		label = otherLabel
 		if v, ok := s.services.Load(otherLabel); ok {
 			return v.(*serviceMetrics) // do not store key: the map stays bounded

@@ -1,4 +1,4 @@
-package gateway
+package metrics
 
 import (
 	"fmt"
@@ -11,18 +11,18 @@ import (
 
 // freshMetrics returns a recorder with its own collectors in a new registry,
 // so tests do not see each other's counts.
-func freshMetrics(t *testing.T, app *App) (*Metrics, *prometheus.Registry) {
+func freshMetrics(t *testing.T) (*Recorder, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	m, err := newMetricsIn(reg, newMetricSet(), app)
-	if err != nil {
+	m := New()
+	if err := m.Register(reg); err != nil {
 		t.Fatal(err)
 	}
 	return m, reg
 }
 
 func TestMetricsCounts(t *testing.T) {
-	m, reg := freshMetrics(t, nil)
+	m, reg := freshMetrics(t)
 	for range 3 {
 		m.ProxyRequest("fake", 200, 20*time.Millisecond, 10*time.Millisecond)
 	}
@@ -34,9 +34,9 @@ func TestMetricsCounts(t *testing.T) {
 	m.RateLimited("fake", LimitService)
 	m.RateLimited("fake", LimitClient)
 	m.RateLimited("fake", LimitClient)
-	m.AuthFailure(ScopeProxy)
-	m.AuthFailure(ScopeManagement)
-	m.AuthFailure(ScopeManagement)
+	m.AuthFailure("proxy")
+	m.AuthFailure("management")
+	m.AuthFailure("management")
 	m.Shed("heapUsed")
 	m.SetPressure(1<<20, 2<<20, 5*time.Millisecond, 0.5, 42, 7)
 	m.SetRedisFallback(true)
@@ -132,15 +132,15 @@ func seriesCount(t *testing.T, reg prometheus.Gatherer, name string) int {
 }
 
 func TestMetricsServiceLabelBound(t *testing.T) {
-	m, reg := freshMetrics(t, nil)
-	for i := range maxServiceLabels + 50 {
+	m, reg := freshMetrics(t)
+	for i := range MaxServiceLabels + 50 {
 		m.ProxyRequest(fmt.Sprintf("svc%d", i), 200, time.Millisecond, 0)
 	}
 	m.ProxyRequest("", 200, time.Millisecond, 0)
-	// The first maxServiceLabels keys (one of them "other") get a label;
+	// The first MaxServiceLabels keys (one of them "other") get a label;
 	// every later key is counted under "other".
-	if n := seriesCount(t, reg, "byteproxy_requests_total"); n > maxServiceLabels+1 {
-		t.Fatalf("%d request series, want at most %d", n, maxServiceLabels+1)
+	if n := seriesCount(t, reg, "byteproxy_requests_total"); n > MaxServiceLabels+1 {
+		t.Fatalf("%d request series, want at most %d", n, MaxServiceLabels+1)
 	}
 	if got, _ := gathered(t, reg, "byteproxy_requests_total", "service", otherLabel, "code", "200"); got != 51 {
 		t.Fatalf(`requests_total{service="other"} = %v, want 51`, got)
@@ -152,7 +152,7 @@ func TestMetricsServiceLabelBound(t *testing.T) {
 }
 
 func TestMetricsOddStatusAndSmallLabelBound(t *testing.T) {
-	m, reg := freshMetrics(t, nil)
+	m, reg := freshMetrics(t)
 	m.ProxyRequest("fake", 0, time.Millisecond, 0)
 	m.ProxyRequest("fake", 999, time.Millisecond, 0)
 	if got, _ := gathered(t, reg, "byteproxy_requests_total", "service", "fake", "code", otherLabel); got != 2 {
@@ -167,8 +167,8 @@ func TestMetricsOddStatusAndSmallLabelBound(t *testing.T) {
 }
 
 func TestMetricsZeroValueIsNoop(t *testing.T) {
-	var nilM *Metrics
-	for _, m := range []*Metrics{nilM, new(Metrics), new(App).Metrics()} {
+	var nilM *Recorder
+	for _, m := range []*Recorder{nilM, new(Recorder)} {
 		m.ProxyRequest("x", 200, time.Second, time.Second)
 		m.UpstreamError("x", UpstreamErrDial)
 		m.RateLimited("x", LimitClient)
@@ -183,46 +183,37 @@ func TestMetricsZeroValueIsNoop(t *testing.T) {
 // collectors go into the next config's fresh registry (and again into the
 // same one) without error, and keep their counts.
 func TestMetricsReRegister(t *testing.T) {
-	set := newMetricSet()
-	app := new(App)
-	snap := map[string]*Service{
-		"a": {Key: "a", Source: "config"},
-		"b": {Key: "b", Source: "runtime"},
-		"c": {Key: "c", Source: "runtime"},
-	}
-	app.services.Store(&snap)
+	m := New()
+	extra := prometheus.NewGauge(prometheus.GaugeOpts{Name: "byteproxy_test_extra"})
+	extra.Set(3)
 	reg1 := prometheus.NewPedanticRegistry()
-	m1, err := newMetricsIn(reg1, set, app)
-	if err != nil {
+	if err := m.Register(reg1, extra); err != nil {
 		t.Fatal(err)
 	}
-	m1.AuthFailure("proxy")
-	if _, err := newMetricsIn(reg1, set, nil); err != nil {
+	m.AuthFailure("proxy")
+	if err := m.Register(reg1); err != nil {
 		t.Fatalf("registering twice in one registry: %v", err)
 	}
 	reg2 := prometheus.NewPedanticRegistry()
-	m2, err := newMetricsIn(reg2, set, app)
-	if err != nil {
+	if err := m.Register(reg2, extra); err != nil {
 		t.Fatal(err)
 	}
-	m2.AuthFailure("proxy")
-	for _, c := range []struct {
-		name   string
-		labels []string
-		want   float64
-	}{
-		{"byteproxy_auth_failures_total", []string{"scope", "proxy"}, 2},
-		{"byteproxy_services", []string{"source", "config"}, 1},
-		{"byteproxy_services", []string{"source", "runtime"}, 2},
-	} {
-		if got, ok := gathered(t, reg2, c.name, c.labels...); !ok || got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
+	m.AuthFailure("proxy")
+	if got, ok := gathered(t, reg2, "byteproxy_auth_failures_total", "scope", "proxy"); !ok || got != 2 {
+		t.Errorf("auth failures in the second registry = %v (found %v), want 2", got, ok)
+	}
+	if got, ok := gathered(t, reg2, "byteproxy_test_extra"); !ok || got != 3 {
+		t.Errorf("extra collector = %v (found %v), want 3", got, ok)
+	}
+	// Another collector under a registered name is an error.
+	other := prometheus.NewGauge(prometheus.GaugeOpts{Name: "byteproxy_test_extra"})
+	if err := m.Register(reg2, other); err == nil {
+		t.Error("a second collector of one name registered without error")
 	}
 }
 
 func TestMetricsConcurrent(t *testing.T) {
-	m, reg := freshMetrics(t, nil)
+	m, reg := freshMetrics(t)
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
@@ -247,10 +238,7 @@ func TestMetricsConcurrent(t *testing.T) {
 }
 
 func BenchmarkMetricsProxyRequest(b *testing.B) {
-	m, err := newMetricsIn(prometheus.NewRegistry(), newMetricSet(), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+	m := New()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
