@@ -27,6 +27,7 @@ const pollEvery = 100 * time.Millisecond
 // refused too), so a limit that frees up goes to the earliest tags.
 type lane struct {
 	e       *Engine
+	cred    string
 	waiting atomic.Int32
 	passes  atomic.Int64 // dispatch passes, for tests
 
@@ -69,8 +70,8 @@ type waiter struct {
 	last     Grant // the latest refusal, for the one given at the deadline
 }
 
-func newLane(e *Engine) *lane {
-	return &lane{e: e, consumers: make(map[string]*consumer)}
+func newLane(e *Engine, cred string) *lane {
+	return &lane{e: e, cred: cred, consumers: make(map[string]*consumer)}
 }
 
 // wait queues a request and holds it until it is granted, refused, its

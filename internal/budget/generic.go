@@ -4,6 +4,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -229,6 +230,14 @@ func parseSeconds(s string) (time.Duration, bool) {
 	if s == "" {
 		return 0, false
 	}
+	if whole, milli, rest, ok := decimalMillis(s); ok && whole <= int64(maxWindow/time.Second) {
+		// The upstreams' own form (Discord's "0.988", "3600.000"), read
+		// exactly without a float (BenchmarkParseSeconds).
+		if rest {
+			milli++ // rounded up
+		}
+		return min(time.Duration(whole*1000+milli)*time.Millisecond, maxWindow), true
+	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
 		return 0, false
@@ -242,11 +251,63 @@ func parseEpochMillis(s string) (int64, bool) {
 	if s == "" {
 		return 0, false
 	}
+	if whole, milli, rest, ok := decimalMillis(s); ok && whole < 1e12 {
+		// Discord's "1796222454.522", exactly (BenchmarkParseSeconds).
+		return whole*1000 + milli + roundDigit(s), whole > 0 || milli > 0 || rest
+	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || f <= 0 || f > 1e12 {
 		return 0, false
 	}
 	return int64(math.Round(f * 1000)), true
+}
+
+// decimalMillis reads a plain decimal "digits[.digits]" (at most 12
+// digits before the point) as whole units and thousandths; rest: digits
+// after the thousandths are not all zero. ok is false for any other form
+// (signs, exponents, spaces), which strconv.ParseFloat then reads.
+func decimalMillis(s string) (whole, milli int64, rest, ok bool) {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		whole = whole*10 + int64(s[i]-'0')
+		i++
+	}
+	if i == 0 || i > 12 {
+		return 0, 0, false, false
+	}
+	if i == len(s) {
+		return whole, 0, false, true
+	}
+	if s[i] != '.' || i+1 == len(s) {
+		return 0, 0, false, false
+	}
+	for j, k := i+1, 0; j < len(s); j, k = j+1, k+1 {
+		c := s[j]
+		if c < '0' || c > '9' {
+			return 0, 0, false, false
+		}
+		switch {
+		case k < 3:
+			milli = milli*10 + int64(c-'0')
+		case c != '0':
+			rest = true
+		}
+		if j == len(s)-1 {
+			for ; k < 2; k++ {
+				milli *= 10 // "0.5": 500 thousandths
+			}
+		}
+	}
+	return whole, milli, rest, true
+}
+
+// roundDigit is 1 when the digit after the thousandths of a plain decimal
+// is 5 or more (rounding half away from zero, as math.Round), else 0.
+func roundDigit(s string) int64 {
+	if dot := strings.IndexByte(s, '.'); dot >= 0 && dot+4 < len(s) && s[dot+4] >= '5' {
+		return 1
+	}
+	return 0
 }
 
 // seconds converts to a duration, rounded up to the millisecond and

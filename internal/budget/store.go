@@ -96,6 +96,14 @@ type Grant struct {
 	// Lease is the store's name for the reservation: RedisStore's lease id
 	// (> 0), or its fallback's (< 0); 0 in MemStore.
 	Lease int64
+	// MemStore's own, so that its Settle finds the state reserved from
+	// without a lookup (nil from any other store): the store, the
+	// credential, the bucket (unless Probe) and the credential's routes
+	// generation at Take (BenchmarkReserveDone, BenchmarkBudgetSimServer).
+	mem    *MemStore
+	mcred  *memCred
+	mb     *bucket
+	mroute uint64
 
 	// The most restrictive limit of the request after this reservation
 	// (Limit 0: none known), for the share reported to the consumer, or,

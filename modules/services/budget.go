@@ -275,11 +275,13 @@ func (f *forwarder) pausedMessage(rf *budget.Refusal, reason, retry string) (msg
 // byteproxy_auth set, else the client IP Caddy resolved (honouring
 // trusted_proxies), else the peer address.
 func consumerOf(r *http.Request) string {
-	ctx := r.Context()
-	if id, _ := caddyhttp.GetVar(ctx, gateway.VarClient).(string); id != "" {
+	// One walk up the request's contexts for both (caddyhttp.GetVar walks
+	// per call).
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if id, _ := vars[gateway.VarClient].(string); id != "" {
 		return id
 	}
-	if ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ip != "" {
+	if ip, _ := vars[caddyhttp.ClientIPVarKey].(string); ip != "" {
 		return ip
 	}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/byteproxy/byteproxy/internal/budget"
+	discordsim "github.com/byteproxy/byteproxy/internal/upstreamsim/discord"
 	"github.com/byteproxy/byteproxy/modules/gateway"
 )
 
@@ -254,5 +255,80 @@ func BenchmarkGateway(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkForwardBudgetSim is cmd/byteproxy-bench's -upstream-sim discord
+// -budgets comparison in one process: the forwarder against the Discord
+// simulator (real X-RateLimit-* headers, 1s windows that roll over, limits
+// that never bind) on GET /v10/channels/{id}/messages, with the budget off
+// and on (the Discord engine with the bench's global_limit 100000 100ms).
+// The difference between the two is the budget's whole cost per request;
+// compare CPU profiles with go tool pprof -diff_base.
+func BenchmarkForwardBudgetSim(b *testing.B) {
+	for _, name := range []string{"off", "on"} {
+		b.Run(name, func(b *testing.B) {
+			sim, err := discordsim.NewHandler(benchSimConfig("bench-token"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			up := httptest.NewServer(sim)
+			up.Config.ErrorLog = nil
+			b.Cleanup(up.Close)
+			f := newForwarder(benchService(b, up.URL), nil, zap.NewNop(), true)
+			var e *budget.Engine
+			if name == "on" {
+				cfg := budget.DiscordConfig()
+				cfg.GlobalLimit, cfg.GlobalWindow = 100000, 100*time.Millisecond
+				e = budget.New(cfg, budget.NewMemStore())
+				f.budget = &gateway.Budget{Engine: e, Credential: "cred-bench", Kind: cfg.Kind, MaxWait: cfg.MaxWait}
+			}
+			const path = "http://gw/proxy/svc/v10/channels/100000000000000001/messages"
+			// The first answer teaches the engine the route's bucket (until
+			// then one request at a time), as the bench's warmup does.
+			w := &discardWriter{h: make(http.Header, 8)}
+			r, _ := http.NewRequest("GET", path, nil)
+			if f.ServeHTTP(w, r); w.status != http.StatusOK {
+				b.Fatalf("status %d", w.status)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				w := &discardWriter{h: make(http.Header, 8)}
+				for pb.Next() {
+					r, _ := http.NewRequest("GET", path, nil)
+					clear(w.h)
+					w.status = 0
+					f.ServeHTTP(w, r)
+					if w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			})
+			b.StopTimer()
+			if st := sim.Stats(); st.Upstream429s() != 0 {
+				b.Fatalf("the simulator answered %d 429s", st.Upstream429s())
+			}
+			if e != nil {
+				if st := e.Stats(); st.Held != 0 || st.Refused != 0 {
+					b.Fatalf("the budget held %d and refused %d requests: a limit bound", st.Held, st.Refused)
+				}
+			}
+		})
+	}
+}
+
+// benchSimConfig is cmd/byteproxy-bench's simulator (simConfig): Discord's
+// routes with limits that never bind.
+func benchSimConfig(token string) discordsim.Config {
+	buckets := discordsim.FastBuckets()
+	for h, bk := range buckets {
+		bk.Limit, bk.Window = 1000000, time.Second
+		buckets[h] = bk
+	}
+	return discordsim.Config{
+		Tokens: []string{token}, GlobalLimit: 100000, GlobalWindow: 100 * time.Millisecond,
+		Buckets: buckets, Body: `{"id":1,"name":"small response","ok":true}`, NoArrivals: true, BanThreshold: 1 << 30,
 	}
 }
