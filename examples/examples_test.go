@@ -27,6 +27,7 @@ var configs = []struct {
 	{"github/Caddyfile", []string{"ghe", "github"}},
 	{"handle-path/Caddyfile", []string{"github", "weather"}},
 	{"json/config.json", []string{"custom-api", "discord"}},
+	{"error-pages/Caddyfile", []string{"github"}},
 	{"clients/Caddyfile", []string{"discord", "discord-tight", "github", "github-tight"}},
 }
 

@@ -25,30 +25,37 @@ import (
 // than pass on the upstream's. (Each response gets its own header values:
 // see STYLE, never one slice for two responses.)
 func WriteJSON(w http.ResponseWriter, status int, v any) error {
-	body, err := json.Marshal(v)
+	body, err := marshal(v)
 	if err != nil {
 		return err
 	}
+	return writeBody(w, status, body)
+}
+
+func marshal(v any) ([]byte, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(body, '\n'), nil
+}
+
+// writeBody writes a ready JSON body (see WriteJSON).
+func writeBody(w http.ResponseWriter, status int, body []byte) error {
 	h := w.Header()
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	if status >= 400 {
-		h.Set("Cache-Control", "no-store")
-		h.Set("X-Proxy-Error", "true")
+		markError(h)
 	}
 	h.Del("Content-Length")
 	w.WriteHeader(status)
-	_, err = w.Write(append(body, '\n'))
+	_, err := w.Write(body)
 	return err
 }
 
-// WriteError is WriteJSON for an error the gateway makes about a request
-// to a known service: the answer also carries `X-Proxy-Service: <service>`
-// (none when service is ""), as a forwarded answer does.
-func WriteError(w http.ResponseWriter, status int, service string, v any) error {
-	if service != "" {
-		w.Header().Set("X-Proxy-Service", service)
-	}
-	return WriteJSON(w, status, v)
+func markError(h http.Header) {
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Proxy-Error", "true")
 }
 
 // MountPrefix is the path prefix that Caddy removed before the request

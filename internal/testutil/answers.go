@@ -66,8 +66,8 @@ func (in *Instance) checkAnswers() {
 	checked, failed := 0, 0
 	for i := range answers {
 		a := &answers[i]
-		if a.ClientGone {
-			continue // the client may have received nothing
+		if a.ClientGone || a.ErrorRoute {
+			continue // the client may have received nothing; the operator's answer
 		}
 		AnswersChecked.Add(1)
 		checked++

@@ -41,7 +41,7 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, c credent
 	if c.badAuthz != "" {
 		body["detail"] = c.badAuthz
 	}
-	_ = httpx.WriteJSON(w, http.StatusUnauthorized, body)
+	_ = httpx.WriteError(w, r, http.StatusUnauthorized, "", msg, body)
 	// A write error means the client left. It is not returned: Caddy would
 	// log it with the request as it arrived, X-API-Key included.
 	return nil
@@ -51,7 +51,7 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, c credent
 // from a local program, saying why and what to configure.
 func (h *Handler) forbidden(w http.ResponseWriter, r *http.Request, why *refusal) error {
 	h.logFailure(r, why.reason)
-	_ = httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
+	_ = httpx.WriteError(w, r, http.StatusForbidden, "", why.message, map[string]string{
 		"error":   "Forbidden",
 		"message": why.message,
 	})
@@ -70,9 +70,10 @@ func (h *Handler) throttled(w http.ResponseWriter, r *http.Request, retry time.D
 	hdr := w.Header()
 	hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
 	hdr.Set("Connection", "close")
-	_ = httpx.WriteJSON(w, http.StatusTooManyRequests, map[string]any{
+	msg := "Too many failed authentication attempts from this address. Try again in " + strconv.FormatInt(secs, 10) + " seconds."
+	_ = httpx.WriteError(w, r, http.StatusTooManyRequests, "", msg, map[string]any{
 		"error":      "Too Many Requests",
-		"message":    "Too many failed authentication attempts from this address. Try again in " + strconv.FormatInt(secs, 10) + " seconds.",
+		"message":    msg,
 		"retryAfter": secs,
 	})
 	return nil // as in unauthorized

@@ -172,7 +172,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	isPreflight := r.Method == http.MethodOptions && origin != "" && len(r.Header[hRequestMethod]) > 0
 	if h.manageKeyless && routes.Of(r.URL.Path) == routes.Management {
 		if isPreflight {
-			return refuseManagementPreflight(w)
+			return refuseManagementPreflight(w, r)
 		}
 		return next.ServeHTTP(w, r)
 	}
@@ -258,9 +258,10 @@ func (h *Handler) allowOrigin(origin string) string {
 // allows the request headers the browser asks for (not on /manage/*).
 func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, hdr http.Header, v *values, allowed string, reflect bool) error {
 	if allowed == "" {
-		return httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
+		const msg = "This origin is not allowed by the gateway's CORS policy."
+		return httpx.WriteError(w, r, http.StatusForbidden, "", msg, map[string]string{
 			"error":   "Forbidden",
-			"message": "This origin is not allowed by the gateway's CORS policy.",
+			"message": msg,
 		})
 	}
 	hdr[hAllowOrigin] = v.one(1, allowed)
@@ -327,11 +328,12 @@ func (h *Handler) withRequested(requested []string) string {
 
 // refuseManagementPreflight answers a preflight for the management API
 // while it has no key: no web page may call it from another origin.
-func refuseManagementPreflight(w http.ResponseWriter) error {
-	return httpx.WriteJSON(w, http.StatusForbidden, map[string]string{
-		"error": "Forbidden",
-		"message": "The management API (/manage/*) has no key, so it answers local programs only and no web page of another origin. " +
-			"Set a management key (auth management { key ... } in the byteproxy global option) to call it from a browser app.",
+func refuseManagementPreflight(w http.ResponseWriter, r *http.Request) error {
+	const msg = "The management API (/manage/*) has no key, so it answers local programs only and no web page of another origin. " +
+		"Set a management key (auth management { key ... } in the byteproxy global option) to call it from a browser app."
+	return httpx.WriteError(w, r, http.StatusForbidden, "", msg, map[string]string{
+		"error":   "Forbidden",
+		"message": msg,
 	})
 }
 

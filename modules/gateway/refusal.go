@@ -128,11 +128,11 @@ func (s jsonSeconds) MarshalJSON() ([]byte, error) {
 // not a rate limit of the client's and has no upstream shape: its body is
 // {"error", "retry_after" (seconds, millisecond fraction), "service",
 // "path", "troubleshooting"}, with Retry-After.
-func WriteRefusal(w http.ResponseWriter, rf Refusal) error {
-	return writeRefusal(w, rf, time.Now())
+func WriteRefusal(w http.ResponseWriter, r *http.Request, rf Refusal) error {
+	return writeRefusal(w, r, rf, time.Now())
 }
 
-func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
+func writeRefusal(w http.ResponseWriter, r *http.Request, rf Refusal, now time.Time) error {
 	status := rf.Status
 	if status == 0 {
 		status = http.StatusTooManyRequests
@@ -156,7 +156,7 @@ func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
 	if status == http.StatusServiceUnavailable {
 		// Not a rate limit of the client's: no upstream shape, no
 		// X-RateLimit-*; the wait to the millisecond in retry_after.
-		return httpx.WriteJSON(w, status, unavailableBody{Error: rf.Error, RetryAfter: jsonSeconds(rf.RetryAfter),
+		return httpx.WriteError(w, r, status, "", rf.Error, unavailableBody{Error: rf.Error, RetryAfter: jsonSeconds(rf.RetryAfter),
 			Service: body.Service, Path: rf.Path, Troubleshooting: body.Troubleshooting})
 	}
 	switch preset {
@@ -171,7 +171,7 @@ func writeRefusal(w http.ResponseWriter, rf Refusal, now time.Time) error {
 			setGitHubHeaders(h, &rf, now)
 		}
 	}
-	return httpx.WriteError(w, status, rf.Service.Key, body)
+	return httpx.WriteError(w, r, status, rf.Service.Key, rf.Error, body)
 }
 
 // discordWait is the wait a Discord client is told: RetryAfter rounded up

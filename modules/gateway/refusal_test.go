@@ -23,7 +23,7 @@ func refusalFor(t *testing.T, preset string, rf Refusal, now time.Time) (*httpte
 	}
 	rf.Service = svc
 	w := httptest.NewRecorder()
-	if err := writeRefusal(w, rf, now); err != nil {
+	if err := writeRefusal(w, nil, rf, now); err != nil {
 		t.Fatal(err)
 	}
 	var m map[string]any

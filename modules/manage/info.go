@@ -74,9 +74,10 @@ func (h *Handler) serveReady(w http.ResponseWriter) error {
 // paths are the client's: under the mount prefix (see httpx.MountPrefix).
 func notFound(w http.ResponseWriter, r *http.Request) error {
 	prefix := httpx.MountPrefix(r)
-	return httpx.WriteJSON(w, http.StatusNotFound, map[string]any{
+	msg := "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist"
+	return httpx.WriteError(w, r, http.StatusNotFound, "", msg, map[string]any{
 		"error":              "Endpoint not found",
-		"message":            "The endpoint '" + shortPath(prefix+r.URL.Path) + "' does not exist",
+		"message":            msg,
 		"suggestion":         "Proxy calls look like " + prefix + routes.ProxyService + "; GET " + prefix + routes.Docs + " describes the API",
 		"documentation":      prefix + routes.Docs,
 		"availableEndpoints": routes.Endpoints(prefix), // routes.Table, as the OpenAPI document (TestRoutesServed)

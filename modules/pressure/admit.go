@@ -75,12 +75,13 @@ func (m *Monitor) Refuse(w http.ResponseWriter, r *http.Request, limit int64) er
 	held := m.reserved.Load()
 	duplex := startDuplex(w, r)
 	w.Header().Set("Retry-After", reserveRetryAfter)
-	err := httpx.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
-		Error: "Server under pressure",
-		Type:  TypeReserved,
-		Value: float64(held),
-		Message: fmt.Sprintf("Requests being processed hold %s of request bodies, the most this gateway admits at once (1/%d of max_heap or max_rss). Retry in %s second.",
-			ibytes(float64(held)), reservableShare, reserveRetryAfter),
+	msg := fmt.Sprintf("Requests being processed hold %s of request bodies, the most this gateway admits at once (1/%d of max_heap or max_rss). Retry in %s second.",
+		ibytes(float64(held)), reservableShare, reserveRetryAfter)
+	err := httpx.WriteError(w, r, http.StatusServiceUnavailable, "", msg, shedBody{
+		Error:   "Server under pressure",
+		Type:    TypeReserved,
+		Value:   float64(held),
+		Message: msg,
 	})
 	if duplex != nil {
 		discardAfter(duplex, r, limit)

@@ -94,7 +94,7 @@ func (h *Handler) shed(w http.ResponseWriter, r *http.Request, s *settings, typ 
 	gateway.AddLogField(r, zap.String("pressure", typ))
 	h.logger.Debug("shed request", zap.String("type", typ), zap.Float64("value", value))
 	w.Header().Set("Retry-After", s.retryAfterHdr)
-	return httpx.WriteJSON(w, http.StatusServiceUnavailable, shedBody{
+	return httpx.WriteError(w, r, http.StatusServiceUnavailable, "", msg, shedBody{
 		Error:   "Server under pressure",
 		Type:    typ,
 		Value:   value,

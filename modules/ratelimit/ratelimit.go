@@ -435,7 +435,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, svc *gateway.Se
 		rf.Scope, rf.Resource = "shared", "byteproxy_service" // shared by every client of the service
 	}
 	h.logger.Debug("rate limited", zap.String("service", key), zap.String("limit", v.refused), zap.Duration("retry_after", rf.RetryAfter))
-	return gateway.WriteRefusal(w, rf)
+	return gateway.WriteRefusal(w, r, rf)
 }
 
 // serviceLimitFor returns the state of the service's current limit,

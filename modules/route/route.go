@@ -135,7 +135,7 @@ func terminal(mw caddyhttp.MiddlewareHandler) caddyhttp.Handler {
 // notFound is what a terminal handler's next would be; byteproxy_manage
 // answers every request itself, so it only guards against a change there.
 var notFound = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-	return httpx.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "Endpoint not found"})
+	return httpx.WriteError(w, r, http.StatusNotFound, "", "Endpoint not found", map[string]string{"error": "Endpoint not found"})
 })
 
 // Interface guards

@@ -168,7 +168,7 @@ func (f *forwarder) refuseBudget(pw *proxyWriter, r *http.Request, err error) {
 	w := pw.ResponseWriter
 	pw.setPreferenceApplied(w.Header())
 	w.Header().Set("X-Proxy-Service", f.key) // as on the gateway's other answers for a known service
-	_ = gateway.WriteRefusal(w, g)
+	_ = gateway.WriteRefusal(w, r, g)
 }
 
 // refusalReason names what refused, for the metric and the log.

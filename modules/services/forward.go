@@ -361,7 +361,7 @@ func (f *forwarder) handleError(w http.ResponseWriter, r *http.Request, err erro
 		f.clientGone(r)
 		return
 	}
-	f.answerError(w, r.Method, r.URL.Scheme+"://"+r.URL.Host, err)
+	f.answerError(w, r, r.URL.Scheme+"://"+r.URL.Host, err)
 }
 
 // clientGone notes a request whose client went away before the upstream
@@ -373,18 +373,18 @@ func (f *forwarder) clientGone(r *http.Request) {
 }
 
 // answerError answers a failed exchange with upstream (scheme://host).
-func (f *forwarder) answerError(w http.ResponseWriter, method, upstream string, err error) {
+func (f *forwarder) answerError(w http.ResponseWriter, r *http.Request, upstream string, err error) {
 	status, kind, msg := f.describe(upstream, err)
 	f.metrics.UpstreamError(f.key, kind)
 	if ce := f.logger.Check(zap.WarnLevel, "upstream request failed"); ce != nil {
-		ce.Write(zap.String("method", method), zap.String("upstream", upstream),
+		ce.Write(zap.String("method", r.Method), zap.String("upstream", upstream),
 			zap.String("kind", kind), zap.Int("status", status), zap.String("error", f.svc.Redact(err.Error())))
 	}
 	title := "Bad Gateway"
 	if status == http.StatusGatewayTimeout {
 		title = "Gateway Timeout"
 	}
-	_ = httpx.WriteJSON(w, status, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
+	_ = httpx.WriteError(w, r, status, "", msg, upstreamErrorBody{Error: title, Message: msg, Service: f.key})
 }
 
 // describe classifies an upstream error: status, metrics kind, message.

@@ -72,7 +72,7 @@ func (f *forwarder) serveLean(w *proxyWriter, r *http.Request, rt *route, tail s
 			f.clientGone(r)
 			return
 		}
-		f.answerError(w, r.Method, rt.scheme+"://"+rt.host, err)
+		f.answerError(w, r, rt.scheme+"://"+rt.host, err)
 		return
 	}
 	f.writeLean(w, resp)

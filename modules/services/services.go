@@ -65,7 +65,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	svc := h.app.Service(key)
 	if svc == nil {
-		return h.notConfigured(w, key)
+		return h.notConfigured(w, r, key)
 	}
 	f := svc.Proxy(h.build).(*forwarder)
 	caddyhttp.SetVar(r.Context(), gateway.VarService, f.keyVar)
@@ -76,7 +76,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		f.metrics.ProxyRequest(key, status, 0, 0)
 		f.logLocal(r, status)
-		_ = httpx.WriteError(w, status, key, body)
+		_ = httpx.WriteError(w, r, status, key, http.StatusText(status), body)
 		return nil
 	}
 	f.forward(w, r, rest)
@@ -85,14 +85,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // notConfigured answers 404 for a key no service has, listing at most
 // gateway.PublicListLimit of the services there are.
-func (h *Handler) notConfigured(w http.ResponseWriter, key string) error {
+func (h *Handler) notConfigured(w http.ResponseWriter, r *http.Request, key string) error {
 	services := h.app.AllServices()
 	keys, truncated := gateway.ListedKeys(services)
 	body := notConfiguredBody{Error: "Service '" + key + "' not configured", AvailableServices: keys}
 	if truncated {
 		body.Truncated, body.ServicesTotal = true, len(services)
 	}
-	_ = httpx.WriteJSON(w, http.StatusNotFound, body)
+	_ = httpx.WriteError(w, r, http.StatusNotFound, "", body.Error, body)
 	return nil
 }
 

@@ -30,6 +30,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/byteproxy/byteproxy/internal/httpx"
 )
 
 // EnvFile names the file answers are appended to; nothing is recorded
@@ -67,6 +69,10 @@ type Answer struct {
 	// ClientGone is set when the client went away before the answer was
 	// complete: it may have received nothing.
 	ClientGone bool `json:"clientGone,omitempty"`
+	// ErrorRoute is set when the site's handle_errors answered an error of
+	// the gateway's with a body of its own (httpx.WriteError): the
+	// operator's answer, which the OpenAPI document does not describe.
+	ErrorRoute bool `json:"errorRoute,omitempty"`
 }
 
 // Recorder wraps one handler and records the answers it makes itself.
@@ -127,6 +133,9 @@ func (rec *Recorder) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	a.ClientGone = r.Context().Err() != nil
 	a.Body = cw.body.Bytes()
+	if v, ok := caddyhttp.GetVar(r.Context(), httpx.VarErrorBody).(string); ok && v != string(a.Body) {
+		a.ErrorRoute = true
+	}
 	write(a)
 	return err
 }
