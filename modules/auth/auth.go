@@ -30,6 +30,7 @@ type Handler struct {
 	Scope string `json:"scope,omitempty"`
 
 	app      *gateway.App
+	scopeVar any // Scope boxed once for the request variable (BenchmarkServeHTTP: 0 allocs/op with, 1 boxing per request)
 	keys     *keyring
 	required bool
 	queryKey bool
@@ -83,6 +84,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // setup is Provision without a Caddy context, for tests.
 func (h *Handler) setup(sc *gateway.Scope, queryKey bool, logger *zap.Logger, m *metrics.Recorder) {
+	h.scopeVar = h.Scope
 	h.keys = newKeyring(sc.Keys)
 	h.required = sc.Required
 	h.queryKey = queryKey
@@ -133,7 +135,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	h.strip(r, c)
-	caddyhttp.SetVar(r.Context(), gateway.VarScope, h.Scope)
+	caddyhttp.SetVar(r.Context(), gateway.VarScope, h.scopeVar)
 	if h.serveEndpoint(w, r, c) {
 		return nil
 	}

@@ -34,7 +34,7 @@ import (
 type forwarder struct {
 	svc      *gateway.Service
 	key      string
-	keyVar   any // the key boxed once for the request variable
+	keyVar   any // key boxed once for the request variable (BenchmarkModules/services: 36 allocs/op with, 37 boxing per request)
 	base     route
 	versions map[string]*route
 	links    []linkBase // the URLs response headers are rewritten from (links.go)
@@ -261,6 +261,9 @@ type proxyWriter struct {
 	preferApplied bool // the client's Prefer: wait bounded the hold
 }
 
+// writers recycles proxyWriters, which the upstream budget's fields make
+// large (BenchmarkModules/services: 36 allocs, 3.2 KB/op with; 37 allocs,
+// 3.7 KB/op with one allocated per request).
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 
 func (w *proxyWriter) WriteHeader(code int) {
@@ -310,7 +313,9 @@ func (w *proxyWriter) upstreamAnswered(code int, h http.Header) {
 // `header` directive and other handlers edit response headers in place,
 // so a slice shared between responses would carry one's edits into all.
 func (w *proxyWriter) setProxyHeaders(h http.Header, d time.Duration) {
-	vals := make([]string, 2) // one allocation for both
+	// One allocation for both (BenchmarkModules/services: 36 allocs/op
+	// with, 37 with a slice each).
+	vals := make([]string, 2)
 	vals[0], vals[1] = w.f.key, durationMS(d)
 	h["X-Proxy-Service"] = vals[0:1:1]
 	h["X-Proxy-Duration"] = vals[1:2:2]
@@ -514,7 +519,9 @@ func pause(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// bufferPool lends ReverseProxy its 32 KiB copy buffers.
+// bufferPool lends ReverseProxy and the lean path (copyBody) their 32 KiB
+// copy buffers (BenchmarkModules/services: 3.2 KB/op with, 36 KB/op with
+// a buffer allocated per response).
 type bufferPool struct{ p sync.Pool }
 
 const bufSize = 32 << 10

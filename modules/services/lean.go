@@ -79,7 +79,9 @@ func (f *forwarder) serveLean(w *proxyWriter, r *http.Request, rt *route, tail s
 }
 
 // outRequest is a pooled outgoing request with its URL and header map,
-// so that the lean path does not copy the client's request to make one.
+// so that the lean path does not copy the client's request to make one
+// (outRequests; BenchmarkModules/services: 36 allocs, 3.2 KB/op with the
+// pool; 41 allocs, 5.2 KB/op with an outRequest allocated per request).
 type outRequest struct {
 	req    http.Request
 	url    url.URL

@@ -149,8 +149,13 @@ func TestDurationAndBackoff(t *testing.T) {
 	if got := durationMS(1234567 * time.Microsecond); got != "1234ms" {
 		t.Errorf("durationMS = %q", got)
 	}
-	if got := durationMS(0); got != "0ms" {
-		t.Errorf("durationMS(0) = %q", got)
+	for d, want := range map[time.Duration]string{
+		0: "0ms", -time.Second: "0ms", 42*time.Millisecond + 999*time.Microsecond: "42ms",
+		999 * time.Millisecond: "999ms", time.Second: "1000ms",
+	} {
+		if got := durationMS(d); got != want {
+			t.Errorf("durationMS(%v) = %q, want %q", d, got, want)
+		}
 	}
 	if backoff(1) != 50*time.Millisecond || backoff(2) != 100*time.Millisecond || backoff(10) != time.Second {
 		t.Errorf("backoff %v %v %v", backoff(1), backoff(2), backoff(10))

@@ -126,9 +126,24 @@ func (f *forwarder) logLocal(r *http.Request, status int) {
 }
 
 // durationMS formats d as the original's X-Proxy-Duration value, "12ms".
+// Below a second the string is made once (msValues): every response
+// carries one (BenchmarkModules/services: 35 allocs/op with, 36 with the
+// string built per response).
 func durationMS(d time.Duration) string {
-	return strconv.FormatInt(max(d.Milliseconds(), 0), 10) + "ms"
+	ms := max(d.Milliseconds(), 0)
+	if ms < int64(len(msValues)) {
+		return msValues[ms]
+	}
+	return strconv.FormatInt(ms, 10) + "ms"
 }
+
+// msValues[i] is "<i>ms".
+var msValues = func() (v [1000]string) {
+	for i := range v {
+		v[i] = strconv.Itoa(i) + "ms"
+	}
+	return v
+}()
 
 // Interface guards
 var (

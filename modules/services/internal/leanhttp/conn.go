@@ -20,6 +20,7 @@ type conn struct {
 	limit     limitReader // bounds response heads
 	br        *bufio.Reader
 	bw        *bufio.Writer
+	keys      []string // writeHead's, kept between exchanges
 	idleSince time.Time
 
 	// For the check before reuse (quiet): the socket, and the check as a
@@ -114,7 +115,7 @@ func (c *conn) exchange(ctx context.Context, req *http.Request, timeout time.Dur
 // roundTrip writes req and reads responses up to the final one, passing
 // informational ones to info.
 func (c *conn) roundTrip(req *http.Request, info Informer) (*http.Response, error) {
-	if err := req.Write(c.bw); err != nil {
+	if err := writeHead(c.bw, req, &c.keys); err != nil {
 		return nil, err
 	}
 	if err := c.bw.Flush(); err != nil {
