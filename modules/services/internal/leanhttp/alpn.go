@@ -58,6 +58,7 @@ func NewAutoTLSPool(host string, dial Dialer, conf *tls.Config) *Pool {
 type alpnState struct {
 	agreed   atomic.Bool   // the last handshake agreed
 	declined atomic.Int64  // when one last declined (Unix ns); 0 if none did since one agreed
+	probe    atomic.Bool   // one handshake may try again though the upstream declined (declinedNow)
 	reprobe  time.Duration // ReprobeAfter (tests shorten it)
 
 	mu    sync.Mutex
@@ -88,7 +89,11 @@ func (a *alpnState) declinedNow() bool {
 	}
 	// This caller probes if it is the first to see the period over; the
 	// others wait for another period.
-	return !a.declined.CompareAndSwap(d, now)
+	if a.declined.CompareAndSwap(d, now) {
+		a.probe.Store(true)
+		return false
+	}
+	return true
 }
 
 // dialAuto dials and secures a connection for a pool made by
@@ -106,6 +111,13 @@ func (p *Pool) dialAuto(ctx context.Context, timeout time.Duration) (*conn, erro
 		a.first = own
 	}
 	wait := a.first
+	if !unknown && !a.agreed.Load() && !a.probe.CompareAndSwap(true, false) {
+		// The upstream declined since this caller asked Declined (a
+		// burst's first handshake answered meanwhile), and no re-probe is
+		// due: a handshake now would only decline again.
+		a.mu.Unlock()
+		return nil, ErrNoHTTP1
+	}
 	a.mu.Unlock()
 	if unknown && own == nil {
 		select {
