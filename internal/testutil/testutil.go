@@ -264,23 +264,51 @@ func (in *Instance) Stop() {
 // Do sends a request to the gateway and returns status, headers and body.
 func Do(t testing.TB, method, url string, body []byte, headers ...string) (*http.Response, []byte) {
 	t.Helper()
+	resp, b, err := do(method, url, body, headers)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	return resp, b
+}
+
+// DoAfterReload is Do for a request sent right after a config change: a
+// connection that the replaced server accepted and then closed in its
+// shutdown ends without an answer, so a connection error is retried, at
+// most 5 attempts in all, 50 ms apart; any answer is final.
+func DoAfterReload(t testing.TB, method, url string, body []byte, headers ...string) (*http.Response, []byte) {
+	t.Helper()
+	var err error
+	for range 5 {
+		var resp *http.Response
+		var b []byte
+		if resp, b, err = do(method, url, body, headers); err == nil {
+			return resp, b
+		}
+		time.Sleep(50 * time.Millisecond) // a pause between attempts, not a synchronisation
+	}
+	t.Fatalf("%s %s: %v", method, url, err)
+	return nil, nil
+}
+
+// do sends one request (30 s at most) and reads its whole answer.
+func do(method, url string, body []byte, headers []string) (*http.Response, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	b := new(bytes.Buffer)
 	_, _ = b.ReadFrom(resp.Body)
-	return resp, b.Bytes()
+	return resp, b.Bytes(), nil
 }
 
 type syncBuffer struct {

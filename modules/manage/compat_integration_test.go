@@ -1,10 +1,8 @@
 package manage_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/byteproxy/byteproxy/internal/testutil"
 )
@@ -58,42 +55,13 @@ func compatConf(upURL string) string {
 // the upstream with the custom token in X-Up-Key.
 func proxied(t *testing.T, in *testutil.Instance, rec *headerRecorder, path, upPath string) {
 	t.Helper()
-	resp, raw := getAfterReload(t, in.URL(path), "X-API-Key", proxyKey)
+	resp, raw := testutil.DoAfterReload(t, "GET", in.URL(path), nil, "X-API-Key", proxyKey)
 	if resp.StatusCode != 204 {
 		t.Fatalf("%s: %d %s", path, resp.StatusCode, raw)
 	}
 	if v, ok := rec.got(upPath); !ok || v != customToken {
 		t.Errorf("%s: upstream %s got the credential %v (seen %v)", path, upPath, v == customToken, ok)
 	}
-}
-
-// getAfterReload is a GET sent right after a config change: a connection
-// that the replaced server accepted and then closed in its shutdown ends in
-// EOF without an answer (CI saw it once here), so a connection error is
-// retried, at most 5 times in all, 50 ms apart; any answer is final.
-func getAfterReload(t *testing.T, url string, headers ...string) (*http.Response, []byte) {
-	t.Helper()
-	var err error
-	for range 5 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-		for i := 0; i+1 < len(headers); i += 2 {
-			req.Header.Set(headers[i], headers[i+1])
-		}
-		var resp *http.Response
-		if resp, err = http.DefaultClient.Do(req); err == nil {
-			raw, rerr := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if rerr != nil {
-				t.Fatalf("GET %s: reading the body: %v", url, rerr)
-			}
-			return resp, raw
-		}
-		time.Sleep(50 * time.Millisecond) // a pause between attempts, not a synchronisation
-	}
-	t.Fatalf("GET %s: %v", url, err)
-	return nil, nil
 }
 
 // TestAuthTypeAPIKeyAlias: "api-key", the original's name of the header
