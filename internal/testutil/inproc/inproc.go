@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -70,11 +71,47 @@ func New(t testing.TB) *Instance {
 // LoadJSON runs a whole Caddy config, replacing the running one as a
 // config reload does: the new config is provisioned, then the old one is
 // stopped and cleaned up.
+//
+// It returns when the replaced config's servers have closed their
+// listeners and connections (drain.go), so the next request is the new
+// config's.
 func (p *Instance) LoadJSON(raw []byte) error {
-	if err := caddy.Load(raw, true); err != nil {
+	if err := p.load(raw); err != nil {
 		return err
 	}
 	p.loaded = true
+	return nil
+}
+
+// running is the generation of the config Caddy runs (0: none counted).
+var running atomic.Uint64
+
+// load runs raw with its servers' connections counted, then waits for the
+// replaced config's to close.
+func (p *Instance) load(raw []byte) error {
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return err
+	}
+	gen := lastGen.Add(1)
+	if err := countConnections(cfg, gen); err != nil {
+		return err
+	}
+	counted, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	if err := caddy.Load(counted, true); err != nil {
+		forgetGeneration(gen)
+		return err
+	}
+	if prev := running.Swap(gen); prev != 0 {
+		if open := generationOf(prev).drain(drainWait); open > 0 {
+			p.t.Logf("inproc: the replaced config still holds %d listeners or connections after %s (a request held across the reload)", open, drainWait)
+		}
+		forgetGeneration(prev)
+	}
+	closeClientIdle()
 	return nil
 }
 
@@ -87,7 +124,7 @@ func (p *Instance) Stop() {
 		return
 	}
 	p.loaded = false
-	if err := caddy.Load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`), true); err != nil {
+	if err := p.load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`)); err != nil {
 		p.t.Errorf("stopping the in-process config: %v", err)
 	}
 }
@@ -134,14 +171,18 @@ func (p *Instance) URL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", p.port, path)
 }
 
-// FreePort returns a loopback port no other caller in this process got.
+// FreePort returns a loopback port that no other caller got, in this
+// process or in another test process on the machine.
 //
 // Caddy listens with SO_REUSEPORT, so two gateways given the same port
 // would both start and share its connections: a test would then talk to
-// another test's gateway. Ports therefore come from a counter that starts
-// at a random point of 20000–31999 (below the kernel's ephemeral range, so
-// a bind to :0 elsewhere never takes them), are never handed out twice in
-// this process, and are checked free before they are returned.
+// another test's gateway (and one on 127.0.0.1:P takes every connection
+// from one on :P). Ports therefore come from a counter that starts at a
+// random point of 20000–31999 (below the kernel's ephemeral range, so a
+// bind to :0 elsewhere never takes them), are never handed out twice in
+// this process, are reserved against the other test processes (`go test`
+// runs packages side by side) by an flock held until this process exits,
+// and are checked free before they are returned.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	portMu.Lock()
@@ -155,15 +196,15 @@ func FreePort(t testing.TB) int {
 		if nextPort >= 32000 {
 			nextPort = 20000
 		}
-		if portsGiven[port] {
+		if portsGiven[port] || !reservePort(port) {
 			continue
 		}
+		portsGiven[port] = true
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			continue // in use
+			continue // in use by something that does not reserve
 		}
 		l.Close()
-		portsGiven[port] = true
 		return port
 	}
 	t.Fatal("no free loopback port in 20000-31999")

@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -85,5 +89,41 @@ func TestHoldWaits(t *testing.T) {
 	serve(t, p, port, "next")
 	if b, err := get(port); err != nil || b != "next" {
 		t.Fatalf("next holder: %q %v", b, err)
+	}
+}
+
+// TestReloadDrainsReplacedServer: right after LoadJSON returns, every
+// request is the new config's, also a POST (which net/http does not retry)
+// from a client whose kept-alive connection led to the replaced server.
+func TestReloadDrainsReplacedServer(t *testing.T) {
+	p, port := New(t), FreePort(t)
+	serve(t, p, port, "gen-0")
+	for i := 1; i <= 30; i++ {
+		if _, err := get(port); err != nil { // leaves a kept-alive connection
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("gen-%d", i)
+		serve(t, p, port, want)
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/", port), "text/plain", strings.NewReader("x"))
+		if err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != want {
+			t.Fatalf("reload %d: answered by %q, want %q", i, b, want)
+		}
+	}
+}
+
+// TestFreePortReservesAcrossProcesses: a port FreePort returned is locked
+// against another process (a child that tries the same flock fails).
+func TestFreePortReservesAcrossProcesses(t *testing.T) {
+	port := FreePort(t)
+	lock := filepath.Join(os.TempDir(), fmt.Sprintf("byteproxy-test-ports-%d", os.Getuid()), fmt.Sprintf("%d.lock", port))
+	// flock(1) from util-linux, as another process: -n fails at once when held.
+	out, err := exec.Command("flock", "-n", lock, "true").CombinedOutput()
+	if err == nil {
+		t.Fatalf("another process took the lock of port %d: %s", port, out)
 	}
 }
