@@ -76,13 +76,34 @@ func (c config) simUpstreamEnv() []string {
 	return []string{upstreamSimEnv + "=" + c.UpstreamSim, upstreamTokensEnv + "=" + c.simTokens.gateway + "," + c.simTokens.client}
 }
 
-// targetEnv is a target's environment: -env, and for a gateway target
-// with -upstream-sim its bot token.
+// targetEnv is a target's environment: -env; for plain Caddy, stock
+// Caddy's GOGC (100) unless -env sets one, since the byteproxy binary
+// that runs it defaults to its own (cmd/byteproxy defaultGCPercent); for
+// a gateway target with -upstream-sim its bot token.
 func targetEnv(c config, name string) []string {
-	if c.UpstreamSim == "" || name == nameCaddy {
+	if name == nameCaddy {
+		if envHas(c.Env, "GOGC") {
+			return c.Env
+		}
+		return append(slices.Clip(c.Env), stockCaddyGOGC)
+	}
+	if c.UpstreamSim == "" {
 		return c.Env
 	}
 	return append(slices.Clip(c.Env), simTokenEnv+"="+c.simTokens.gateway)
+}
+
+// stockCaddyGOGC is the GC setting of a caddy binary run without GOGC.
+const stockCaddyGOGC = "GOGC=100"
+
+// envHas reports whether env (K=V entries) sets key.
+func envHas(env []string, key string) bool {
+	for _, kv := range env {
+		if k, _, _ := strings.Cut(kv, "="); k == key {
+			return true
+		}
+	}
+	return false
 }
 
 // simConfig is the simulator of the benchmark: Discord's routes with

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -29,7 +30,25 @@ func main() {
 		printVersion(os.Stdout)
 		return
 	}
+	setGCDefault()
 	caddycmd.Main()
+}
+
+// defaultGCPercent is the binary's GOGC when the environment sets none.
+// A gateway's live heap is small and its garbage is per request, so the
+// collector's work follows the allocation rate: at Go's 100 it took about
+// a sixth of the gateway's CPU under load. 200 cut the CPU per request by
+// 18% in the load bench (121.5 to 99.8 µs to a plain-http upstream; 400
+// gave 102.8), for a heap that peaks at three times the live one instead
+// of two. The memory limit Caddy sets from the cgroup or the machine
+// (GOMEMLIMIT, automemlimit) still makes the collector run earlier near
+// that limit, and GOGC in the environment overrides this default.
+const defaultGCPercent = 200
+
+func setGCDefault() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 }
 
 func isVersionArg(arg string) bool {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -44,5 +46,41 @@ func TestOtherCommandsReachCaddy(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(id) + `$`).Match(out) {
 			t.Errorf("list-modules does not list %s", id)
 		}
+	}
+}
+
+// TestGCDefault runs the built binary: without GOGC in the environment the
+// collector runs at the binary's default, with GOGC at the environment's,
+// as /status reports.
+func TestGCDefault(t *testing.T) {
+	// The child inherits this process's environment; a GOGC set for the
+	// test run would hide the default.
+	t.Setenv("GOGC", "")
+	os.Unsetenv("GOGC")
+	const cf = "{\n\tbyteproxy\n}\n\n:{{PORT}} {\n\tbyteproxy\n}\n"
+	for _, tc := range []struct {
+		env  []string
+		want float64
+	}{
+		{nil, defaultGCPercent},
+		{[]string{"GOGC=150"}, 150},
+	} {
+		in := testutil.Start(t, cf, testutil.Options{Env: tc.env})
+		resp, body := testutil.Do(t, "GET", in.URL("/status"), nil)
+		var st struct {
+			Runtime struct {
+				Memory map[string]float64 `json:"memory"`
+			} `json:"runtime"`
+		}
+		if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("/status: %d %v: %s", resp.StatusCode, err, body)
+		}
+		if got := st.Runtime.Memory["gcPercent"]; got != tc.want {
+			t.Errorf("env %v: gcPercent %v, want %v", tc.env, got, tc.want)
+		}
+		if st.Runtime.Memory["memoryLimit"] <= 0 {
+			t.Errorf("env %v: memoryLimit %v", tc.env, st.Runtime.Memory["memoryLimit"])
+		}
+		in.Stop()
 	}
 }

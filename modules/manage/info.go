@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"runtime/metrics"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -249,6 +250,10 @@ func (h *Handler) status(r *http.Request) (int, any) {
 				"heapTotal": ms.HeapSys,
 				"sys":       ms.Sys,
 				"numGC":     ms.NumGC,
+				// The collector's settings (GOGC, GOMEMLIMIT), as the
+				// process runs: the byteproxy binary's default GOGC is 200.
+				"gcPercent":   gcSetting("/gc/gogc:percent"),
+				"memoryLimit": gcSetting("/gc/gomemlimit:bytes"),
 			},
 		},
 		"configuration": configuration,
@@ -287,4 +292,15 @@ func (h *Handler) proxyServices(*http.Request) (int, any) {
 		body["truncated"] = true
 	}
 	return http.StatusOK, body
+}
+
+// gcSetting reads one of the collector's settings from runtime/metrics
+// (the GOGC percent, -1 when off; the memory limit in bytes).
+func gcSetting(name string) int64 {
+	sample := []metrics.Sample{{Name: name}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return int64(sample[0].Value.Uint64())
 }
