@@ -17,6 +17,9 @@ COPY . /src/byteproxy
 RUN xcaddy build --with github.com/byteproxy/byteproxy@v0.2.0=/src/byteproxy --output /usr/bin/caddy
 
 FROM caddy:${CADDY_VERSION}
+# The byteproxy binary's collector setting (docs/OPERATIONS.md, Garbage
+# collector); the caddy binary built above would run at Go's 100.
+ENV GOGC=200
 COPY --from=builder /usr/bin/caddy /usr/bin/caddy
 COPY Caddyfile.example /etc/caddy/Caddyfile
 EXPOSE 3420

@@ -168,6 +168,11 @@ func TestDockerfileShape(t *testing.T) {
 	if !hasCopy(final, "Caddyfile.example", "/etc/caddy/Caddyfile") {
 		t.Errorf("final stage does not copy Caddyfile.example to /etc/caddy/Caddyfile (what the caddy image runs): %v", final.lines)
 	}
+	// The image runs caddy, not cmd/byteproxy: it gets the byteproxy
+	// binary's collector setting (defaultGCPercent) from its environment.
+	if final.env["GOGC"] != "200" {
+		t.Errorf("final stage: ENV GOGC=%q, want 200 (cmd/byteproxy's default)", final.env["GOGC"])
+	}
 }
 
 // xcaddyCommand returns the builder's source directory (COPY . <dir>) and

@@ -214,6 +214,10 @@ func (in *Instance) Reload(caddyfile string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		in.t.Fatalf("reload: %v\n%s\nlogs:\n%s", err, out, in.Logs())
 	}
+	// The test build's reload returned when the replaced servers had
+	// closed (package drain); the client's kept-alive connections to them
+	// are dead.
+	inproc.CloseClientIdle()
 }
 
 // PID is the process id of the gateway, e.g. to read its peak resident

@@ -9,13 +9,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp" // the http app, static_response
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
+
+	"github.com/byteproxy/byteproxy/internal/testutil/drain"
 )
 
 // Instance is a test's hold on the process's Caddy, which runs one config
@@ -73,46 +75,39 @@ func New(t testing.TB) *Instance {
 // stopped and cleaned up.
 //
 // It returns when the replaced config's servers have closed their
-// listeners and connections (drain.go), so the next request is the new
+// listeners and connections (package drain), and the default client has
+// no kept-alive connection to them, so the next request is the new
 // config's.
 func (p *Instance) LoadJSON(raw []byte) error {
-	if err := p.load(raw); err != nil {
+	if err := load(raw); err != nil {
 		return err
 	}
 	p.loaded = true
 	return nil
 }
 
-// running is the generation of the config Caddy runs (0: none counted).
-var running atomic.Uint64
-
-// load runs raw with its servers' connections counted, then waits for the
-// replaced config's to close.
-func (p *Instance) load(raw []byte) error {
+// load runs raw with the drain wrapper on its servers.
+func load(raw []byte) error {
 	var cfg map[string]any
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return err
 	}
-	gen := lastGen.Add(1)
-	if err := countConnections(cfg, gen); err != nil {
-		return err
-	}
+	drain.Inject(cfg)
 	counted, err := json.Marshal(cfg)
 	if err != nil {
 		return err
 	}
-	if err := caddy.Load(counted, true); err != nil {
-		forgetGeneration(gen)
-		return err
+	err = caddy.Load(counted, true)
+	CloseClientIdle()
+	return err
+}
+
+// CloseClientIdle drops the default client's idle connections, which may
+// lead to a replaced server.
+func CloseClientIdle() {
+	if tr, ok := http.DefaultTransport.(*http.Transport); ok {
+		tr.CloseIdleConnections()
 	}
-	if prev := running.Swap(gen); prev != 0 {
-		if open := generationOf(prev).drain(drainWait); open > 0 {
-			p.t.Logf("inproc: the replaced config still holds %d listeners or connections after %s (a request held across the reload)", open, drainWait)
-		}
-		forgetGeneration(prev)
-	}
-	closeClientIdle()
-	return nil
 }
 
 // Stop unloads the config: the apps stop, every module's Cleanup runs, the
@@ -124,7 +119,7 @@ func (p *Instance) Stop() {
 		return
 	}
 	p.loaded = false
-	if err := p.load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`)); err != nil {
+	if err := load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`)); err != nil {
 		p.t.Errorf("stopping the in-process config: %v", err)
 	}
 }

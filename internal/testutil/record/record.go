@@ -32,6 +32,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/byteproxy/byteproxy/internal/httpx"
+	"github.com/byteproxy/byteproxy/internal/testutil/drain"
 )
 
 // EnvFile names the file answers are appended to; nothing is recorded
@@ -246,10 +247,13 @@ func (adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig
 	if err != nil {
 		return out, warnings, err
 	}
-	var cfg any
+	var cfg map[string]any
 	if err := json.Unmarshal(out, &cfg); err != nil {
 		return nil, warnings, err
 	}
+	// A reload of the test build returns when the replaced servers have
+	// closed (package drain).
+	drain.Inject(cfg)
 	out, err = json.Marshal(wrapHandlers(cfg))
 	return out, warnings, err
 }
