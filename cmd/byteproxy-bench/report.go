@@ -300,7 +300,7 @@ func (r *report) printTable(w io.Writer) {
 		fmt.Fprintf(w, "environment of every target: %s\n", strings.Join(r.Env, " "))
 	}
 	if !envHas(r.Env, "GOGC") {
-		fmt.Fprintf(w, "GC: plain Caddy runs with %s as stock caddy does, the gateway with the byteproxy binary's default (GOGC=200); -env GOGC=N sets both\n", stockCaddyGOGC)
+		fmt.Fprintf(w, "GC: plain Caddy runs with %s as stock caddy does, the gateway with the byteproxy binary's default (cmd/byteproxy defaultGCPercent); -env GOGC=N sets both\n", stockCaddyGOGC)
 	}
 	fmt.Fprintf(w, "%d CPUs, load average %.2f before, %.2f after\n", r.CPUs, r.LoadBefore, r.LoadAfter)
 	if len(r.OtherLoad) > 0 {

@@ -93,11 +93,11 @@ func load(raw []byte) error {
 		return err
 	}
 	drain.Inject(cfg)
-	counted, err := json.Marshal(cfg)
+	out, err := json.Marshal(cfg)
 	if err != nil {
 		return err
 	}
-	err = caddy.Load(counted, true)
+	err = caddy.Load(out, true)
 	CloseClientIdle()
 	return err
 }
